@@ -1,0 +1,293 @@
+//! What the gateway records: one typed event per thing that happened, so readers (verify,
+//! the console, SIEM exports) match on variants instead of parsing format strings.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use gatehouse_identity::{Identity, PrincipalKind};
+use serde::{Deserialize, Serialize};
+
+/// Who did something, as recorded: the identity without its expiry or display name, and
+/// never the token it came from.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Actor {
+    /// The token issuer.
+    pub issuer: String,
+    /// The subject, unique within the issuer.
+    pub subject: String,
+    /// User or agent.
+    pub kind: PrincipalKind,
+    /// The email claim, when present.
+    pub email: Option<String>,
+    /// Groups at the time of the event.
+    pub groups: Vec<String>,
+    /// For agents, the person responsible for them.
+    pub owner: Option<String>,
+}
+
+/// One audited fact. Serialised with an `"event"` tag, e.g. `{"event":"session_ended",...}`.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(tag = "event", rename_all = "snake_case")]
+pub enum AuditEvent {
+    /// A caller authenticated and a session to a target began.
+    SessionStarted {
+        /// Session id.
+        session: String,
+        /// Who opened it.
+        actor: Actor,
+        /// `postgres`, `ssh` or `kube`.
+        protocol: String,
+        /// Target name from the config.
+        target: String,
+        /// Client socket address.
+        client_addr: String,
+        /// Policy sets in force (ids), for later explanation.
+        policies: Vec<String>,
+    },
+    /// A session closed.
+    SessionEnded {
+        /// Session id.
+        session: String,
+        /// Why: `client closed`, `token expired`, `target error`, ...
+        reason: String,
+        /// Requests decided during the session.
+        requests: u64,
+        /// Wall-clock length of the session.
+        duration_ms: u64,
+    },
+    /// A caller could not be authenticated; no session exists.
+    AuthenticationFailed {
+        /// Protocol of the attempt.
+        protocol: String,
+        /// Target asked for.
+        target: String,
+        /// Client socket address.
+        client_addr: String,
+        /// Why (never the token itself).
+        reason: String,
+    },
+    /// Policy decided one request.
+    RequestDecided {
+        /// Session id.
+        session: String,
+        /// Request number within the session, from 1.
+        request: u64,
+        /// The Cedar action.
+        action: String,
+        /// Request attributes given to policy (already masked where needed).
+        attributes: serde_json::Value,
+        /// `allow`, `deny` or `needs_approval`.
+        decision: String,
+        /// Policies that determined the decision.
+        policies: Vec<String>,
+        /// Explanation shown to the caller, if any.
+        reason: Option<String>,
+    },
+    /// A request waits for a human approval.
+    ApprovalRequested {
+        /// Approval id.
+        approval: String,
+        /// Session id.
+        session: String,
+        /// Request number within the session.
+        request: u64,
+        /// Who asked.
+        requester: Actor,
+        /// Target name.
+        target: String,
+        /// The Cedar action.
+        action: String,
+        /// What approvers see.
+        summary: String,
+        /// SHA-256 of the exact request, so the executed request is the approved one.
+        request_sha256: String,
+        /// Group whose members may approve.
+        approver_group: String,
+        /// Distinct approvals needed.
+        approvals_required: u32,
+        /// RFC 3339 expiry.
+        expires_at: String,
+    },
+    /// An approver approved.
+    ApprovalGranted {
+        /// Approval id.
+        approval: String,
+        /// Who approved.
+        approver: Actor,
+        /// Optional comment.
+        reason: Option<String>,
+    },
+    /// An approver refused.
+    ApprovalDenied {
+        /// Approval id.
+        approval: String,
+        /// Who refused.
+        approver: Actor,
+        /// Why.
+        reason: String,
+    },
+    /// Nobody decided in time.
+    ApprovalExpired {
+        /// Approval id.
+        approval: String,
+    },
+    /// The requester (or the gateway) withdrew the request.
+    ApprovalWithdrawn {
+        /// Approval id.
+        approval: String,
+        /// Why.
+        reason: String,
+    },
+    /// The approved request was sent to the target.
+    ApprovalExecuted {
+        /// Approval id.
+        approval: String,
+        /// Session that executed it.
+        session: String,
+    },
+    /// The target failed or refused; the session may continue or end.
+    TargetError {
+        /// Session id.
+        session: String,
+        /// The target's message.
+        message: String,
+    },
+    /// Values were masked in a response.
+    MaskingApplied {
+        /// Session id.
+        session: String,
+        /// Request number within the session.
+        request: u64,
+        /// How many values were masked per data class; never the values.
+        counts: BTreeMap<String, u64>,
+    },
+    /// A session recording was closed.
+    RecordingWritten {
+        /// Session id.
+        session: String,
+        /// Path of the recording file.
+        path: String,
+        /// Its size.
+        bytes: u64,
+        /// Hex SHA-256 of its content.
+        sha256: String,
+    },
+    /// The gateway issued a short-lived credential.
+    CredentialIssued {
+        /// Credential id (never the credential).
+        credential_id: String,
+        /// For whom.
+        actor: Actor,
+        /// Protocol it is valid for.
+        protocol: String,
+        /// Target it is valid for.
+        target: String,
+        /// RFC 3339 expiry.
+        expires_at: String,
+    },
+    /// A credential was revoked before it expired.
+    CredentialRevoked {
+        /// Credential id.
+        credential_id: String,
+        /// Who revoked it.
+        by: Actor,
+    },
+    /// A new policy generation is in force.
+    PolicyReloaded {
+        /// Generation number.
+        generation: u64,
+        /// Policies in it.
+        policies: usize,
+    },
+    /// A policy reload was rejected; the previous generation stays in force.
+    PolicyReloadFailed {
+        /// Why.
+        error: String,
+    },
+}
+
+impl From<&Identity> for Actor {
+    fn from(id: &Identity) -> Self {
+        Self {
+            issuer: id.issuer.clone(),
+            subject: id.subject.clone(),
+            kind: id.kind,
+            email: id.email.clone(),
+            groups: id.groups.clone(),
+            owner: id.owner.clone(),
+        }
+    }
+}
+
+impl fmt::Display for Actor {
+    /// The email when known, else the subject; agents also name their owner.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.email.as_deref().unwrap_or(&self.subject))?;
+        match (&self.kind, &self.owner) {
+            (PrincipalKind::Agent, Some(owner)) => write!(f, " (agent of {owner})"),
+            (PrincipalKind::Agent, None) => f.write_str(" (agent)"),
+            (PrincipalKind::User, _) => Ok(()),
+        }
+    }
+}
+
+impl AuditEvent {
+    /// The session this event belongs to, when it names one directly.
+    pub fn session(&self) -> Option<&str> {
+        match self {
+            Self::SessionStarted { session, .. }
+            | Self::SessionEnded { session, .. }
+            | Self::RequestDecided { session, .. }
+            | Self::ApprovalRequested { session, .. }
+            | Self::ApprovalExecuted { session, .. }
+            | Self::TargetError { session, .. }
+            | Self::MaskingApplied { session, .. }
+            | Self::RecordingWritten { session, .. } => Some(session),
+            Self::AuthenticationFailed { .. }
+            | Self::ApprovalGranted { .. }
+            | Self::ApprovalDenied { .. }
+            | Self::ApprovalExpired { .. }
+            | Self::ApprovalWithdrawn { .. }
+            | Self::CredentialIssued { .. }
+            | Self::CredentialRevoked { .. }
+            | Self::PolicyReloaded { .. }
+            | Self::PolicyReloadFailed { .. } => None,
+        }
+    }
+
+    /// The approval this event belongs to, if any.
+    pub fn approval(&self) -> Option<&str> {
+        match self {
+            Self::ApprovalRequested { approval, .. }
+            | Self::ApprovalGranted { approval, .. }
+            | Self::ApprovalDenied { approval, .. }
+            | Self::ApprovalExpired { approval }
+            | Self::ApprovalWithdrawn { approval, .. }
+            | Self::ApprovalExecuted { approval, .. } => Some(approval),
+            _ => None,
+        }
+    }
+
+    /// The `"event"` tag, e.g. `"session_started"`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::SessionStarted { .. } => "session_started",
+            Self::SessionEnded { .. } => "session_ended",
+            Self::AuthenticationFailed { .. } => "authentication_failed",
+            Self::RequestDecided { .. } => "request_decided",
+            Self::ApprovalRequested { .. } => "approval_requested",
+            Self::ApprovalGranted { .. } => "approval_granted",
+            Self::ApprovalDenied { .. } => "approval_denied",
+            Self::ApprovalExpired { .. } => "approval_expired",
+            Self::ApprovalWithdrawn { .. } => "approval_withdrawn",
+            Self::ApprovalExecuted { .. } => "approval_executed",
+            Self::TargetError { .. } => "target_error",
+            Self::MaskingApplied { .. } => "masking_applied",
+            Self::RecordingWritten { .. } => "recording_written",
+            Self::CredentialIssued { .. } => "credential_issued",
+            Self::CredentialRevoked { .. } => "credential_revoked",
+            Self::PolicyReloaded { .. } => "policy_reloaded",
+            Self::PolicyReloadFailed { .. } => "policy_reload_failed",
+        }
+    }
+}

@@ -1,0 +1,536 @@
+//! The single writer of the log: one thread owns the files, assigns seq/prev/hash in order,
+//! and acknowledges appends only once they are durable, so the chain never forks and a
+//! failed write is never mistaken for a recorded one.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc::{self, RecvTimeoutError};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::thread::JoinHandle;
+use std::time::{Instant, SystemTime};
+
+use serde::{Deserialize, Serialize};
+use tokio::sync::oneshot;
+
+use crate::chain::{self, Chain, GENESIS};
+use crate::read::{list_segments, segment_name, split_lines};
+use crate::{AuditError, AuditEvent, AuditOptions, FsyncPolicy};
+
+/// A handle on the open log; clones share the one writer thread.
+#[derive(Clone)]
+pub struct AuditLog {
+    inner: Arc<Inner>,
+}
+
+/// Append latency (enqueue to durable acknowledgement), for `/metrics`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct LatencyStats {
+    /// Appends acknowledged (successfully or not).
+    pub count: u64,
+    /// Sum of their latencies, in microseconds.
+    pub sum_us: u64,
+    /// Largest latency seen, in microseconds.
+    pub max_us: u64,
+    /// Batches made durable, i.e. fsyncs of the log.
+    pub batches: u64,
+}
+
+/// Contents of the `HEAD` file.
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) struct Head {
+    pub(crate) seq: u64,
+    pub(crate) hash: String,
+}
+
+struct Inner {
+    tx: Option<mpsc::Sender<Job>>,
+    shared: Arc<Shared>,
+    thread: Option<JoinHandle<()>>,
+}
+
+struct Shared {
+    healthy: AtomicBool,
+    last_error: Mutex<Option<String>>,
+    head: Mutex<(u64, String)>,
+    count: AtomicU64,
+    sum_us: AtomicU64,
+    max_us: AtomicU64,
+    batches: AtomicU64,
+}
+
+enum Reply {
+    Async(oneshot::Sender<Result<u64, AuditError>>),
+    Blocking(mpsc::SyncSender<Result<u64, AuditError>>),
+}
+
+enum Job {
+    Append {
+        event: AuditEvent,
+        queued: Instant,
+        reply: Reply,
+    },
+    /// Points the writer's segment handle at another file, to exercise the failure path
+    /// with a real failing device.
+    #[cfg(test)]
+    Redirect {
+        path: PathBuf,
+        done: mpsc::SyncSender<()>,
+    },
+}
+
+struct Writer {
+    dir: PathBuf,
+    opts: AuditOptions,
+    shared: Arc<Shared>,
+    segment_no: u64,
+    segment: File,
+    segment_len: u64,
+    seq: u64,
+    hash: String,
+    failed: Option<String>,
+    /// Held for the writer's lifetime; the OS lock goes with the file handle.
+    _lock: File,
+}
+
+/// Records per batch at most, so one batch's latency stays bounded under a flood.
+const MAX_BATCH: usize = 4096;
+
+pub(crate) const HEAD_FILE: &str = "HEAD";
+
+impl AuditLog {
+    /// Opens (or creates) the log in `dir`, checks its tail against `HEAD` and starts the
+    /// writer thread. Refuses a log whose tail does not verify, naming the bad record.
+    pub fn open(dir: &Path, opts: AuditOptions) -> Result<Self, AuditError> {
+        fs::create_dir_all(dir).map_err(|e| AuditError::io("create audit directory", dir, e))?;
+        let lock_path = dir.join("LOCK");
+        let lock = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .map_err(|e| AuditError::io("open lock file", &lock_path, e))?;
+        lock.try_lock().map_err(|e| match e {
+            fs::TryLockError::WouldBlock => AuditError::Locked(dir.to_owned()),
+            fs::TryLockError::Error(e) => AuditError::io("lock audit directory", &lock_path, e),
+        })?;
+
+        let (seq, hash, segment_no) = resume(dir)?;
+        let segment_no = segment_no.unwrap_or(1);
+        let seg_path = dir.join(segment_name(segment_no));
+        let segment = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&seg_path)
+            .map_err(|e| AuditError::io("open segment", &seg_path, e))?;
+        let segment_len = segment
+            .metadata()
+            .map_err(|e| AuditError::io("stat segment", &seg_path, e))?
+            .len();
+        sync_dir(dir)?;
+
+        let shared = Arc::new(Shared {
+            healthy: AtomicBool::new(true),
+            last_error: Mutex::new(None),
+            head: Mutex::new((seq, hash.clone())),
+            count: AtomicU64::new(0),
+            sum_us: AtomicU64::new(0),
+            max_us: AtomicU64::new(0),
+            batches: AtomicU64::new(0),
+        });
+        let writer = Writer {
+            dir: dir.to_owned(),
+            opts,
+            shared: shared.clone(),
+            segment_no,
+            segment,
+            segment_len,
+            seq,
+            hash,
+            failed: None,
+            _lock: lock,
+        };
+        let (tx, rx) = mpsc::channel();
+        let thread = std::thread::Builder::new()
+            .name("audit-writer".into())
+            .spawn(move || writer.run(rx))
+            .map_err(|e| AuditError::io("start writer thread", dir, e))?;
+        tracing::info!(dir = %dir.display(), seq, "Audit log opened.");
+        Ok(Self {
+            inner: Arc::new(Inner {
+                tx: Some(tx),
+                shared,
+                thread: Some(thread),
+            }),
+        })
+    }
+
+    /// Appends `event`; returns its seq once it is durable per the fsync policy.
+    pub async fn append(&self, event: AuditEvent) -> Result<u64, AuditError> {
+        let (tx, rx) = oneshot::channel();
+        self.send(event, Reply::Async(tx))?;
+        rx.await.map_err(|_| AuditError::WriterGone)?
+    }
+
+    /// [`Self::append`] for callers outside an async runtime (the CLI).
+    pub fn append_blocking(&self, event: AuditEvent) -> Result<u64, AuditError> {
+        let (tx, rx) = mpsc::sync_channel(1);
+        self.send(event, Reply::Blocking(tx))?;
+        rx.recv().map_err(|_| AuditError::WriterGone)?
+    }
+
+    /// False once a write or fsync failed; the gateway must then refuse new requests.
+    pub fn healthy(&self) -> bool {
+        self.inner.shared.healthy.load(Ordering::Acquire)
+    }
+
+    /// The failure that made the log unhealthy.
+    pub fn last_error(&self) -> Option<String> {
+        self.inner
+            .shared
+            .last_error
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// The last durable record: `(seq, hash)`, `(0, GENESIS)` for an empty log.
+    pub fn head(&self) -> (u64, String) {
+        self.inner
+            .shared
+            .head
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Append latency so far.
+    pub fn write_latency(&self) -> LatencyStats {
+        let s = &self.inner.shared;
+        LatencyStats {
+            count: s.count.load(Ordering::Relaxed),
+            sum_us: s.sum_us.load(Ordering::Relaxed),
+            max_us: s.max_us.load(Ordering::Relaxed),
+            batches: s.batches.load(Ordering::Relaxed),
+        }
+    }
+
+    fn send(&self, event: AuditEvent, reply: Reply) -> Result<(), AuditError> {
+        if !self.healthy() {
+            return Err(AuditError::Unhealthy(self.last_error().unwrap_or_default()));
+        }
+        let tx = self.inner.tx.as_ref().ok_or(AuditError::WriterGone)?;
+        tx.send(Job::Append {
+            event,
+            queued: Instant::now(),
+            reply,
+        })
+        .map_err(|_| AuditError::WriterGone)
+    }
+
+    #[cfg(test)]
+    pub(crate) fn redirect_segment(&self, path: &Path) {
+        let (done, wait) = mpsc::sync_channel(1);
+        let job = Job::Redirect {
+            path: path.to_owned(),
+            done,
+        };
+        self.inner
+            .tx
+            .as_ref()
+            .expect("writer running")
+            .send(job)
+            .expect("writer running");
+        wait.recv().expect("writer redirected");
+    }
+}
+
+impl std::fmt::Debug for AuditLog {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AuditLog")
+            .field("head", &self.head())
+            .field("healthy", &self.healthy())
+            .finish()
+    }
+}
+
+impl Drop for Inner {
+    /// Closing the channel lets the writer finish what is queued; joining releases the
+    /// directory lock before `drop` returns, so the log can be reopened at once.
+    fn drop(&mut self) {
+        self.tx.take();
+        if let Some(t) = self.thread.take()
+            && t.join().is_err()
+        {
+            tracing::error!("The audit writer thread panicked.");
+        }
+    }
+}
+
+impl Writer {
+    fn run(mut self, rx: mpsc::Receiver<Job>) {
+        let mut batch = Vec::new();
+        while let Ok(first) = rx.recv() {
+            self.collect(first, &mut batch);
+            match self.opts.fsync {
+                FsyncPolicy::Always => {
+                    while batch.len() < MAX_BATCH
+                        && let Ok(job) = rx.try_recv()
+                    {
+                        self.collect(job, &mut batch);
+                    }
+                }
+                FsyncPolicy::Group { max_delay } => {
+                    let deadline = Instant::now() + max_delay;
+                    while batch.len() < MAX_BATCH {
+                        match rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+                            Ok(job) => self.collect(job, &mut batch),
+                            Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => {
+                                break;
+                            }
+                        }
+                    }
+                }
+            }
+            if !batch.is_empty() {
+                self.commit(std::mem::take(&mut batch));
+            }
+        }
+    }
+
+    fn collect(&mut self, job: Job, batch: &mut Vec<(AuditEvent, Instant, Reply)>) {
+        match job {
+            Job::Append {
+                event,
+                queued,
+                reply,
+            } => batch.push((event, queued, reply)),
+            #[cfg(test)]
+            Job::Redirect { path, done } => {
+                self.segment = OpenOptions::new()
+                    .write(true)
+                    .open(&path)
+                    .expect("open redirect target");
+                let _ = done.send(());
+            }
+        }
+    }
+
+    /// Writes, fsyncs and acknowledges one batch. On failure every waiting sender gets the
+    /// error and the log stays refused. Records of a failed batch may still be on disk
+    /// (e.g. written but not fsynced, or HEAD failed): they verify, so the log can hold
+    /// more than was acknowledged but never less.
+    fn commit(&mut self, batch: Vec<(AuditEvent, Instant, Reply)>) {
+        let result = match &self.failed {
+            Some(e) => Err(e.clone()),
+            None => self.write_batch(batch.iter().map(|(e, _, _)| e)),
+        };
+        if let Err(e) = &result
+            && self.failed.is_none()
+        {
+            tracing::error!(error = %e, "Audit log write failed; refusing further appends.");
+            *self
+                .shared
+                .last_error
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner) = Some(e.clone());
+            self.shared.healthy.store(false, Ordering::Release);
+            self.failed = Some(e.clone());
+        }
+        for (i, (_, queued, reply)) in batch.into_iter().enumerate() {
+            let answer = match &result {
+                Ok(first_seq) => Ok(first_seq + i as u64),
+                Err(e) => Err(AuditError::Unhealthy(e.clone())),
+            };
+            self.record_latency(queued);
+            // A caller that gave up waiting no longer needs the answer.
+            let _ = match reply {
+                Reply::Async(tx) => tx.send(answer).map_err(drop),
+                Reply::Blocking(tx) => tx.send(answer).map_err(drop),
+            };
+        }
+    }
+
+    /// Returns the seq of the batch's first record.
+    fn write_batch<'a>(
+        &mut self,
+        events: impl Iterator<Item = &'a AuditEvent>,
+    ) -> Result<u64, String> {
+        let mut buf = Vec::new();
+        let (mut seq, mut hash) = (self.seq, self.hash.clone());
+        let first_seq = seq + 1;
+        for event in events {
+            let time = humantime::format_rfc3339_millis(SystemTime::now()).to_string();
+            let (line, h) = chain::seal(seq + 1, &time, &hash, event)
+                .map_err(|e| format!("cannot serialise event: {e}"))?;
+            let len = line.len() as u64 + 1;
+            if self.segment_len + buf.len() as u64 > 0
+                && self.segment_len + buf.len() as u64 + len > self.opts.segment_max_bytes
+            {
+                self.flush(&mut buf)?;
+                self.rotate()?;
+            }
+            buf.extend_from_slice(line.as_bytes());
+            buf.push(b'\n');
+            seq += 1;
+            hash = h;
+        }
+        self.flush(&mut buf)?;
+        self.shared.batches.fetch_add(1, Ordering::Relaxed);
+        // The records are durable now; HEAD only has to follow.
+        self.seq = seq;
+        self.hash = hash;
+        self.write_head()?;
+        *self
+            .shared
+            .head
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = (self.seq, self.hash.clone());
+        Ok(first_seq)
+    }
+
+    fn flush(&mut self, buf: &mut Vec<u8>) -> Result<(), String> {
+        if buf.is_empty() {
+            return Ok(());
+        }
+        let name = segment_name(self.segment_no);
+        self.segment
+            .write_all(buf)
+            .map_err(|e| format!("cannot write {name}: {e}"))?;
+        self.segment
+            .sync_data()
+            .map_err(|e| format!("cannot fsync {name}: {e}"))?;
+        self.segment_len += buf.len() as u64;
+        buf.clear();
+        Ok(())
+    }
+
+    fn rotate(&mut self) -> Result<(), String> {
+        let next = self.segment_no + 1;
+        let path = self.dir.join(segment_name(next));
+        self.segment = OpenOptions::new()
+            .create_new(true)
+            .append(true)
+            .open(&path)
+            .map_err(|e| format!("cannot create {}: {e}", path.display()))?;
+        sync_dir(&self.dir).map_err(|e| e.to_string())?;
+        self.segment_no = next;
+        self.segment_len = 0;
+        Ok(())
+    }
+
+    fn write_head(&self) -> Result<(), String> {
+        let tmp = self.dir.join("HEAD.tmp");
+        let head = Head {
+            seq: self.seq,
+            hash: self.hash.clone(),
+        };
+        let mut body = serde_json::to_vec(&head).map_err(|e| e.to_string())?;
+        body.push(b'\n');
+        let write = || -> std::io::Result<()> {
+            let mut f = File::create(&tmp)?;
+            f.write_all(&body)?;
+            f.sync_data()?;
+            fs::rename(&tmp, self.dir.join(HEAD_FILE))
+        };
+        write().map_err(|e| format!("cannot update HEAD: {e}"))
+    }
+
+    fn record_latency(&self, queued: Instant) {
+        let us = u64::try_from(queued.elapsed().as_micros()).unwrap_or(u64::MAX);
+        self.shared.count.fetch_add(1, Ordering::Relaxed);
+        self.shared.sum_us.fetch_add(us, Ordering::Relaxed);
+        self.shared.max_us.fetch_max(us, Ordering::Relaxed);
+    }
+}
+
+/// Finds where the chain continues: checks the last segment (chained from the last
+/// record of the one before) against `HEAD`, dropping a torn final line that was never
+/// acknowledged. Returns `(seq, hash, last segment number)`.
+fn resume(dir: &Path) -> Result<(u64, String, Option<u64>), AuditError> {
+    let head = read_head(dir)?;
+    let segments = list_segments(dir)?;
+    let Some(&(last_no, ref last_path)) = segments.last() else {
+        if let Some(h) = head.filter(|h| h.seq > 0) {
+            return Err(AuditError::Corrupt(Box::new(chain::VerifyProblem {
+                seq: Some(1),
+                segment: segment_name(1),
+                line: 1,
+                kind: chain::ProblemKind::Truncated { head_seq: h.seq },
+                message: format!("no segment files, but HEAD says seq {} was written", h.seq),
+            })));
+        }
+        return Ok((0, GENESIS.to_owned(), None));
+    };
+
+    let mut chain = Chain::resume_anywhere();
+    if let Some(h) = &head {
+        chain.expect_head(h.seq, &h.hash);
+    }
+    if segments.len() >= 2 {
+        let (prev_no, prev_path) = &segments[segments.len() - 2];
+        let data = fs::read(prev_path).map_err(|e| AuditError::io("read segment", prev_path, e))?;
+        let lines = split_lines(&data);
+        if let Some((n, line)) = lines.lines.last() {
+            chain
+                .push(&segment_name(*prev_no), *n, line)
+                .map_err(|p| AuditError::Corrupt(Box::new(p)))?;
+        }
+    } else {
+        chain = Chain::new();
+        if let Some(h) = &head {
+            chain.expect_head(h.seq, &h.hash);
+        }
+    }
+    let data = fs::read(last_path).map_err(|e| AuditError::io("read segment", last_path, e))?;
+    let lines = split_lines(&data);
+    let name = segment_name(last_no);
+    for (n, line) in &lines.lines {
+        chain
+            .push(&name, *n, line)
+            .map_err(|p| AuditError::Corrupt(Box::new(p)))?;
+    }
+    // A head older than the tail we checked is fine; a newer one means records are gone.
+    let (seq, hash) = chain
+        .finish(&name, lines.lines.len() + 1)
+        .map_err(|p| AuditError::Corrupt(Box::new(p)))?;
+    if lines.torn.is_some() {
+        let keep = data.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
+        drop_torn_tail(last_path, keep, data.len() - keep)?;
+    }
+    Ok((seq, hash, Some(last_no)))
+}
+
+/// Cuts an unterminated final line once the complete records before it verified: the
+/// writer acknowledges only after a whole batch is written and fsynced, and `HEAD`
+/// vouched for everything before the torn bytes, so they were never acknowledged.
+fn drop_torn_tail(path: &Path, keep: usize, torn: usize) -> Result<(), AuditError> {
+    tracing::warn!(segment = %path.display(), bytes = torn, "Dropping a torn, unacknowledged final audit line.");
+    let f = OpenOptions::new()
+        .write(true)
+        .open(path)
+        .map_err(|e| AuditError::io("open segment", path, e))?;
+    f.set_len(keep as u64)
+        .map_err(|e| AuditError::io("truncate torn line", path, e))?;
+    f.sync_data()
+        .map_err(|e| AuditError::io("fsync segment", path, e))
+}
+
+pub(crate) fn read_head(dir: &Path) -> Result<Option<Head>, AuditError> {
+    let path = dir.join(HEAD_FILE);
+    match fs::read(&path) {
+        Ok(data) => Ok(Some(serde_json::from_slice(&data)?)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(AuditError::io("read HEAD", path, e)),
+    }
+}
+
+fn sync_dir(dir: &Path) -> Result<(), AuditError> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| AuditError::io("fsync audit directory", dir, e))
+}
+
+#[cfg(test)]
+mod tests;

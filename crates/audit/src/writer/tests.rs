@@ -1,0 +1,41 @@
+use super::*;
+use crate::verify;
+
+fn event(n: u64) -> AuditEvent {
+    AuditEvent::PolicyReloaded {
+        generation: n,
+        policies: 3,
+    }
+}
+
+#[tokio::test]
+async fn write_failure_fails_closed_and_loses_nothing_acknowledged() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = AuditLog::open(dir.path(), AuditOptions::default()).unwrap();
+    assert_eq!(log.append(event(1)).await.unwrap(), 1);
+    let head = log.head();
+
+    // A real device that fails every write with ENOSPC.
+    log.redirect_segment(Path::new("/dev/full"));
+    let err = log.append(event(2)).await.unwrap_err();
+    assert!(matches!(err, AuditError::Unhealthy(_)), "{err}");
+    assert!(!log.healthy());
+    let why = log.last_error().unwrap();
+    assert!(why.contains("cannot write segment-000001.jsonl"), "{why}");
+    // Later appends are refused without reaching the disk, async or blocking.
+    assert!(matches!(
+        log.append(event(3)).await,
+        Err(AuditError::Unhealthy(_))
+    ));
+    let log2 = log.clone();
+    let blocking = tokio::task::spawn_blocking(move || log2.append_blocking(event(4)))
+        .await
+        .unwrap();
+    assert!(matches!(blocking, Err(AuditError::Unhealthy(_))));
+    assert_eq!(log.head(), head);
+    assert_eq!(log.write_latency().count, 2);
+    drop(log);
+
+    let report = verify(dir.path()).unwrap();
+    assert_eq!((report.records, report.problem), (1, None));
+}

@@ -1,0 +1,318 @@
+//! The one TOML config file. Each section is typed and documented; unknown keys are errors;
+//! [`Config::load`] validates everything before the gateway binds a single port.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use gatehouse_identity::IssuerConfig;
+use serde::Deserialize;
+
+/// The whole gateway configuration.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Audit log, recordings, embedded store and keys live here. Relative paths in this file
+    /// are relative to the file's own directory.
+    pub state_dir: PathBuf,
+    #[serde(default)]
+    pub admin: AdminConfig,
+    #[serde(default)]
+    pub identity: IdentityConfig,
+    pub policy: PolicyConfig,
+    #[serde(default)]
+    pub audit: gatehouse_audit::AuditConfig,
+    #[serde(default)]
+    pub session: SessionConfig,
+}
+
+/// The admin listener: health, readiness, metrics, the admin API and the development issuer.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminConfig {
+    /// Address to listen on. Plain HTTP is allowed only on a loopback address.
+    #[serde(default = "default_admin_listen")]
+    pub listen: SocketAddr,
+    /// PEM certificate chain; with `tls_key`, the listener serves HTTPS.
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key for `tls_cert`.
+    pub tls_key: Option<PathBuf>,
+    /// The URL clients use to reach this listener, when it differs from `listen`
+    /// (behind a load balancer). The development issuer's URLs derive from it.
+    pub public_url: Option<String>,
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        Self {
+            listen: default_admin_listen(),
+            tls_cert: None,
+            tls_key: None,
+            public_url: None,
+        }
+    }
+}
+
+fn default_admin_listen() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 8080))
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IdentityConfig {
+    /// Trusted OIDC issuers; may be empty when the development issuer is on.
+    #[serde(default)]
+    pub issuers: Vec<IssuerConfig>,
+    #[serde(default)]
+    pub dev_issuer: DevIssuerConfig,
+}
+
+/// A development issuer kept by the gateway itself: never on unless configured, and only on
+/// a loopback admin listener.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DevIssuerConfig {
+    #[serde(default)]
+    pub enabled: bool,
+    /// The audience its tokens carry and the gateway expects.
+    #[serde(default = "default_audience")]
+    pub audience: String,
+}
+
+impl Default for DevIssuerConfig {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            audience: default_audience(),
+        }
+    }
+}
+
+fn default_audience() -> String {
+    "gatehouse".into()
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PolicyConfig {
+    /// Directory with `schema.cedarschema` and the `.cedar` policy files.
+    pub dir: PathBuf,
+    /// How often the directory is checked for changes (SIGHUP reloads at once).
+    #[serde(default = "default_reload_interval", with = "human_duration")]
+    pub reload_interval: Duration,
+}
+
+fn default_reload_interval() -> Duration {
+    Duration::from_secs(2)
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SessionConfig {
+    /// Sessions end after this long even if the token lives longer (e.g. "8h").
+    #[serde(default, with = "human_duration_opt")]
+    pub max_lifetime: Option<Duration>,
+}
+
+/// A config that could not be loaded; the binary exits 64 with this message.
+#[derive(Debug, thiserror::Error)]
+#[error("{path}: {message}")]
+pub struct ConfigError {
+    pub path: String,
+    pub message: String,
+}
+
+impl Config {
+    /// Reads, parses and validates `path`, resolving relative paths against its directory.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let err = |message: String| ConfigError {
+            path: path.display().to_string(),
+            message,
+        };
+        let text = std::fs::read_to_string(path).map_err(|e| err(format!("cannot read: {e}")))?;
+        let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
+        let config = Self::parse(&text, &base).map_err(err)?;
+        if !config.policy.dir.is_dir() {
+            return Err(err(format!(
+                "policy.dir: {} is not a directory",
+                config.policy.dir.display()
+            )));
+        }
+        Ok(config)
+    }
+
+    /// Parses and validates config text without touching the file system: what a test of
+    /// the shipped examples needs.
+    pub fn parse(text: &str, base: &Path) -> Result<Self, String> {
+        let mut config: Config = toml::from_str(text).map_err(|e| e.to_string().trim_end().to_string())?;
+        config.resolve_paths(base);
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn resolve_paths(&mut self, base: &Path) {
+        let resolve = |p: &mut PathBuf| {
+            if p.is_relative() {
+                *p = base.join(&*p);
+            }
+        };
+        resolve(&mut self.state_dir);
+        resolve(&mut self.policy.dir);
+        for p in [&mut self.admin.tls_cert, &mut self.admin.tls_key]
+            .into_iter()
+            .flatten()
+        {
+            resolve(p);
+        }
+        for issuer in &mut self.identity.issuers {
+            if let Some(p) = issuer.jwks_file.as_mut() {
+                resolve(p);
+            }
+        }
+    }
+
+    /// Checks that go beyond types. Each message names the key.
+    pub fn validate(&self) -> Result<(), String> {
+        let admin = &self.admin;
+        if admin.tls_cert.is_some() != admin.tls_key.is_some() {
+            return Err("admin.tls_cert and admin.tls_key go together".into());
+        }
+        let loopback = admin.listen.ip().is_loopback();
+        if admin.tls_cert.is_none() && !loopback {
+            return Err(format!(
+                "admin.listen = {}: plain HTTP is allowed only on a loopback address; set admin.tls_cert and admin.tls_key",
+                admin.listen
+            ));
+        }
+        if self.identity.dev_issuer.enabled {
+            if !loopback {
+                return Err(format!(
+                    "identity.dev_issuer.enabled: the development issuer runs only on a loopback admin listener, not {}",
+                    admin.listen
+                ));
+            }
+            if admin.listen.port() == 0 {
+                return Err(
+                    "admin.listen: the development issuer needs a fixed port (its URL is in every token)".into(),
+                );
+            }
+        }
+        for (i, issuer) in self.identity.issuers.iter().enumerate() {
+            issuer.validate().map_err(|e| format!("identity.issuers[{i}]: {e}"))?;
+        }
+        if self.identity.issuers.is_empty() && !self.identity.dev_issuer.enabled {
+            return Err(
+                "identity.issuers: no issuer is trusted; add [[identity.issuers]] or enable identity.dev_issuer".into(),
+            );
+        }
+        self.audit.validate().map_err(|e| format!("audit: {e}"))?;
+        Ok(())
+    }
+
+    /// The admin listener's URL as clients see it.
+    pub fn admin_url(&self) -> String {
+        if let Some(url) = &self.admin.public_url {
+            return url.trim_end_matches('/').to_string();
+        }
+        let scheme = if self.admin.tls_cert.is_some() { "https" } else { "http" };
+        format!("{scheme}://{}", self.admin.listen)
+    }
+
+    pub fn audit_dir(&self) -> PathBuf {
+        self.state_dir.join("audit")
+    }
+}
+
+mod human_duration {
+    use serde::{Deserialize, Deserializer};
+    use std::time::Duration;
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        let s = String::deserialize(d)?;
+        humantime::parse_duration(&s)
+            .map_err(|e| serde::de::Error::custom(format!("{s:?} is not a duration like \"30s\" or \"8h\": {e}")))
+    }
+}
+
+mod human_duration_opt {
+    use serde::Deserializer;
+    use std::time::Duration;
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+        super::human_duration::deserialize(d).map(Some)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load_str(text: &str) -> Result<Config, ConfigError> {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("policies")).unwrap();
+        let path = dir.path().join("gatehouse.toml");
+        std::fs::write(&path, text).unwrap();
+        Config::load(&path)
+    }
+
+    const MINIMAL: &str =
+        "state_dir = \"state\"\n[policy]\ndir = \"policies\"\n[identity.dev_issuer]\nenabled = true\n";
+
+    #[test]
+    fn minimal_config_loads_with_defaults_and_resolves_paths() {
+        let config = load_str(MINIMAL).unwrap();
+        assert_eq!(config.admin.listen, default_admin_listen());
+        assert!(config.state_dir.is_absolute());
+        assert_eq!(config.audit.fsync, gatehouse_audit::FsyncMode::Always);
+        assert_eq!(config.admin_url(), "http://127.0.0.1:8080");
+    }
+
+    #[test]
+    fn unknown_keys_are_errors_naming_the_key() {
+        let err = load_str(&format!("{MINIMAL}[audit]\nfsyncc = \"always\"\n")).unwrap_err();
+        assert!(err.message.contains("fsyncc"), "{err}");
+    }
+
+    #[test]
+    fn plain_http_off_loopback_is_refused() {
+        let err = load_str(&format!("{MINIMAL}[admin]\nlisten = \"0.0.0.0:8080\"\n")).unwrap_err();
+        assert!(err.message.contains("admin.listen"), "{err}");
+    }
+
+    #[test]
+    fn no_issuer_at_all_is_refused() {
+        let err = load_str("state_dir = \"s\"\n[policy]\ndir = \"policies\"\n").unwrap_err();
+        assert!(err.message.contains("identity.issuers"), "{err}");
+    }
+
+    #[test]
+    fn bad_duration_names_the_value() {
+        let err = load_str(&format!("{MINIMAL}[session]\nmax_lifetime = \"forever\"\n")).unwrap_err();
+        assert!(err.message.contains("forever"), "{err}");
+    }
+}
+
+#[cfg(test)]
+mod examples {
+    use super::*;
+
+    /// Every config shipped in examples/ parses and validates.
+    #[test]
+    fn every_example_config_is_valid() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples");
+        let mut seen = 0;
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.extension().is_some_and(|e| e == "toml") {
+                let text = std::fs::read_to_string(&path).unwrap();
+                if let Err(e) = Config::parse(&text, &dir) {
+                    panic!("{}: {e}", path.display());
+                }
+                seen += 1;
+            }
+        }
+        assert!(seen >= 3, "expected the example configs in {}", dir.display());
+        // The quick start is also loadable as is: its policy directory exists.
+        Config::load(&dir.join("quickstart.toml")).unwrap();
+    }
+}

@@ -1,0 +1,187 @@
+//! `gatehouse serve` and `gatehouse check-config`: load and validate everything, then bind
+//! the listeners and run until SIGINT or SIGTERM.
+
+use std::path::Path;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use gatehouse_audit::{AuditEvent, AuditLog};
+use gatehouse_core::{Gateway, GatewayParts};
+use gatehouse_identity::{DevIssuer, Verifier};
+use gatehouse_policy::PolicyEngine;
+use tokio::sync::watch;
+
+use crate::admin::{self, AdminState};
+use crate::config::{Config, ConfigError};
+
+/// Loads the config and the policies it names; both must be valid before anything binds.
+fn load(path: &Path) -> anyhow::Result<(Config, PolicyEngine)> {
+    let config = Config::load(path)?;
+    let policy = PolicyEngine::load(&config.policy.dir).map_err(|e| ConfigError {
+        path: config.policy.dir.display().to_string(),
+        message: e.to_string(),
+    })?;
+    Ok((config, policy))
+}
+
+pub fn check_config(path: &Path) -> anyhow::Result<ExitCode> {
+    let (config, policy) = load(path)?;
+    Verifier::new(config.identity.issuers.clone()).map_err(|e| ConfigError {
+        path: path.display().to_string(),
+        message: format!("identity.issuers: {e}"),
+    })?;
+    println!(
+        "{}: ok ({} policies, {} issuers{}, admin on {})",
+        path.display(),
+        policy.policy_count(),
+        config.identity.issuers.len(),
+        if config.identity.dev_issuer.enabled {
+            " + development issuer"
+        } else {
+            ""
+        },
+        config.admin_url(),
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn run(path: &Path) -> anyhow::Result<ExitCode> {
+    let (config, policy) = load(path)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    runtime.block_on(serve(config, policy))?;
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn serve(config: Config, policy: PolicyEngine) -> anyhow::Result<()> {
+    create_private_dir(&config.state_dir)?;
+    let audit = AuditLog::open(&config.audit_dir(), config.audit.options()).context("cannot open the audit log")?;
+
+    let mut verifier = Verifier::new(config.identity.issuers.clone()).context("identity.issuers")?;
+    let dev = if config.identity.dev_issuer.enabled {
+        let dev = DevIssuer::load_or_create(
+            &config.state_dir,
+            &config.admin_url(),
+            &config.identity.dev_issuer.audience,
+        )
+        .context("cannot set up the development issuer")?;
+        for issuer in dev.issuer_configs() {
+            verifier = verifier
+                .with_static_keys(issuer, dev.jwks())
+                .context("development issuer")?;
+        }
+        tracing::warn!(users = %dev.user_issuer(), agents = %dev.agent_issuer(), "The development issuer is on: never use it in production.");
+        Some(Arc::new(dev))
+    } else {
+        None
+    };
+
+    let policy = Arc::new(policy);
+    let gateway = Gateway::new(GatewayParts {
+        state_dir: config.state_dir.clone(),
+        verifier,
+        policy: Arc::clone(&policy),
+        audit,
+        targets: Vec::new(),
+        max_session_lifetime: config.session.max_lifetime,
+    })?;
+
+    let tls = match (&config.admin.tls_cert, &config.admin.tls_key) {
+        (Some(cert), Some(key)) => Some(crate::tls::server_config(cert, key, &[b"http/1.1"])?),
+        _ => None,
+    };
+    let listener = tokio::net::TcpListener::bind(config.admin.listen)
+        .await
+        .with_context(|| format!("cannot listen on admin.listen = {}", config.admin.listen))?;
+    let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    tokio::spawn(reload_policies(
+        Arc::clone(&gateway),
+        config.policy.reload_interval,
+        shutdown_rx.clone(),
+    ));
+
+    let state = AdminState::new(Arc::clone(&gateway), dev);
+    tracing::info!(admin = %config.admin_url(), policies = policy.policy_count(), "Gatehouse is serving.");
+    let server = tokio::spawn(admin::serve(listener, tls, state, shutdown_rx));
+
+    shutdown_signal().await;
+    tracing::info!("Shutting down: no new connections, draining the open ones.");
+    let _ = shutdown_tx.send(true);
+    match tokio::time::timeout(Duration::from_secs(10), server).await {
+        Ok(joined) => joined.context("admin listener task")??,
+        Err(_) => tracing::warn!("Connections still open after 10 s; closing them."),
+    }
+    Ok(())
+}
+
+/// Reloads the policy set on SIGHUP and whenever the directory changes on disk. A bad new set
+/// keeps the old one in force; `/readyz` and the audit log say why.
+async fn reload_policies(gateway: Arc<Gateway>, interval: Duration, mut shutdown: watch::Receiver<bool>) {
+    let mut hup = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+        Ok(s) => Some(s),
+        Err(error) => {
+            tracing::warn!(%error, "Cannot listen for SIGHUP; policy reload on file change only.");
+            None
+        }
+    };
+    let mut tick = tokio::time::interval(interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        let forced = tokio::select! {
+            _ = tick.tick() => false,
+            Some(()) = async { match hup.as_mut() { Some(h) => h.recv().await, None => std::future::pending().await } } => true,
+            _ = shutdown.changed() => return,
+        };
+        let policy = gateway.policy();
+        if !forced && !policy.changed_on_disk() {
+            continue;
+        }
+        let event = match policy.reload() {
+            Ok(()) => {
+                tracing::info!(
+                    generation = policy.generation(),
+                    policies = policy.policy_count(),
+                    "Policies reloaded."
+                );
+                AuditEvent::PolicyReloaded {
+                    generation: policy.generation(),
+                    policies: policy.policy_count(),
+                }
+            }
+            Err(error) => {
+                tracing::error!(%error, "Policy reload failed; the previous set stays in force.");
+                AuditEvent::PolicyReloadFailed {
+                    error: error.to_string(),
+                }
+            }
+        };
+        if let Err(error) = gateway.audit().append(event).await {
+            tracing::error!(%error, "Audit write of a policy reload failed.");
+        }
+    }
+}
+
+async fn shutdown_signal() {
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term => {}
+    }
+}
+
+fn create_private_dir(dir: &Path) -> anyhow::Result<()> {
+    use std::os::unix::fs::DirBuilderExt as _;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .with_context(|| format!("cannot create state_dir {}", dir.display()))
+}

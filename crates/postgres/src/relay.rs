@@ -1,0 +1,709 @@
+//! The two-way message loop between a client (already past startup) and the target:
+//! every statement is classified and put to a gate before it may reach the target, and
+//! result values pass the gate's masking on their way back, row by row.
+//!
+//! One task owns the connection state. Messages are framed by length and decoded only
+//! where the relay must look; everything else is copied through. Output is batched:
+//! each side is written once per read that produced complete messages.
+//!
+//! A refusal keeps the session's state what PostgreSQL would make it: when nothing is
+//! outstanding at the target and no transaction is open, the relay answers by itself and
+//! nothing is sent; otherwise the refused message is replaced by one that fails to parse
+//! at the target, so the target aborts the transaction / skips to Sync exactly as it does
+//! for any error, and its error is replaced by the refusal on the way back. The refused
+//! statement's text never reaches the target.
+
+use std::borrow::Cow;
+use std::collections::{HashMap, VecDeque};
+use std::future::Future;
+
+use bytes::{Buf, BufMut, BytesMut};
+use pgwire::messages::data::RowDescription;
+use pgwire::messages::extendedquery::{Bind, Close, Describe, Execute, Parse};
+use pgwire::messages::response::{ErrorResponse, ReadyForQuery, TransactionStatus};
+use pgwire::messages::simplequery::Query;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+
+use crate::classify::{self, Statement};
+use crate::upstream::{MAX_BACKEND_MESSAGE, Upstream};
+use crate::wire::{self, Frame};
+
+/// Largest client message accepted (PostgreSQL's own limit).
+pub const MAX_CLIENT_MESSAGE: usize = 0x4000_0000;
+
+/// Text sent in place of a refused statement: fails in the target's parser.
+const REFUSED_PLACEHOLDER: &str = "GATEHOUSE REFUSED STATEMENT";
+
+/// Read buffers grow by this much when full, which bounds each batch.
+const READ_CHUNK: usize = 64 * 1024;
+
+/// The decision point the relay consults; the enforcement core implements it.
+pub trait StatementGate: Send + Sync + 'static {
+    /// Decide a batch of statements (all statements of one simple Query, or the one of a
+    /// Parse). Return Ok(()) to forward, Err(refusal) to refuse.
+    fn decide(&self, statements: &[classify::Statement]) -> impl Future<Output = Result<(), Refusal>> + Send;
+    /// Called for each text-format DataRow value with its column name: may return a
+    /// replacement (masking). The column name is empty when the relay could not learn it.
+    fn mask_value<'a>(&self, column: &str, value: &'a [u8]) -> Cow<'a, [u8]>;
+}
+
+/// A refusal, sent to the client as an ErrorResponse.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Refusal {
+    /// SQLSTATE ("42501" for a policy denial).
+    pub sqlstate: String,
+    /// Primary message.
+    pub message: String,
+    /// Optional DETAIL.
+    pub detail: Option<String>,
+}
+
+/// What one relayed session did.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RelayStats {
+    /// Bytes read from the client.
+    pub bytes_from_client: u64,
+    /// Bytes written to the client.
+    pub bytes_to_client: u64,
+    /// Statement batches forwarded (Query or Parse).
+    pub batches_forwarded: u64,
+    /// Statement batches refused.
+    pub batches_refused: u64,
+    /// DataRow values replaced by the gate.
+    pub values_masked: u64,
+    /// Whether the client ended with Terminate (rather than by closing).
+    pub terminated: bool,
+}
+
+/// Why a relayed session ended abnormally.
+#[derive(Debug, thiserror::Error)]
+pub enum RelayError {
+    /// Reading from or writing to the client failed.
+    #[error("client connection failed: {0}")]
+    Client(std::io::Error),
+    /// Reading from or writing to the target failed.
+    #[error("target connection failed: {0}")]
+    Target(std::io::Error),
+    /// The client broke the protocol; it was told so before the connection closed.
+    #[error("client protocol violation: {0}")]
+    ClientProtocol(String),
+    /// The target broke the protocol or closed the connection.
+    #[error("target protocol violation: {0}")]
+    TargetProtocol(String),
+}
+
+/// One column of a result, as far as masking cares.
+#[derive(Clone, Debug)]
+struct Column {
+    name: String,
+    text: bool,
+}
+
+/// What the next target messages answer, in request order.
+#[derive(Debug)]
+enum Pending {
+    Query {
+        refusal: Option<Refusal>,
+    },
+    Parse {
+        refusal: Option<Refusal>,
+        name: String,
+    },
+    Bind {
+        portal: String,
+        statement: String,
+        formats: Vec<i16>,
+    },
+    Describe {
+        portal: bool,
+        name: String,
+    },
+    Execute {
+        portal: String,
+        columns: Option<Vec<Column>>,
+    },
+    Close {
+        statement: bool,
+        name: String,
+    },
+    Sync,
+}
+
+#[derive(Debug, Default)]
+struct Portal {
+    statement: String,
+    formats: Vec<i16>,
+    described: Option<Vec<Column>>,
+}
+
+/// What to do after a batch of messages.
+enum Flow {
+    Continue,
+    Terminate,
+}
+
+struct Relay<'g, G> {
+    gate: &'g G,
+    pending: VecDeque<Pending>,
+    statements: HashMap<String, Vec<Column>>,
+    portals: HashMap<String, Portal>,
+    /// Columns of the simple-query result now streaming.
+    current: Option<Vec<Column>>,
+    /// Last transaction status the target reported.
+    status: u8,
+    /// After a refused Parse: drop client messages until Sync.
+    discarding: bool,
+    /// The Sync that ends the discard is answered by the relay, not the target.
+    answer_sync_locally: bool,
+    /// Extended-protocol messages went to the target since the last Sync.
+    extended_open: bool,
+    to_client: BytesMut,
+    to_upstream: BytesMut,
+    stats: RelayStats,
+}
+
+/// Relay a client session to the target through `gate` until either side ends it.
+pub async fn run<C, G>(client: C, upstream: Upstream, gate: &G) -> Result<RelayStats, RelayError>
+where
+    C: AsyncRead + AsyncWrite + Unpin + Send,
+    G: StatementGate,
+{
+    let Upstream {
+        stream: mut target,
+        read_buf: mut tbuf,
+        ..
+    } = upstream;
+    let mut client = client;
+    let mut cbuf = BytesMut::with_capacity(READ_CHUNK);
+    let mut relay = Relay {
+        gate,
+        pending: VecDeque::new(),
+        statements: HashMap::new(),
+        portals: HashMap::new(),
+        current: None,
+        status: b'I',
+        discarding: false,
+        answer_sync_locally: false,
+        extended_open: false,
+        to_client: BytesMut::with_capacity(READ_CHUNK),
+        to_upstream: BytesMut::with_capacity(READ_CHUNK),
+        stats: RelayStats::default(),
+    };
+    // Bytes the target sent right after login (rare) are relayed first.
+    relay.target_batch(&mut tbuf)?;
+    relay.flush(&mut client, &mut target).await?;
+    loop {
+        if cbuf.capacity() - cbuf.len() < READ_CHUNK / 4 {
+            cbuf.reserve(READ_CHUNK);
+        }
+        if tbuf.capacity() - tbuf.len() < READ_CHUNK / 4 {
+            tbuf.reserve(READ_CHUNK);
+        }
+        tokio::select! {
+            read = client.read_buf(&mut cbuf) => {
+                let n = read.map_err(RelayError::Client)?;
+                if n == 0 {
+                    let _ = target.shutdown().await;
+                    return Ok(relay.stats);
+                }
+                relay.stats.bytes_from_client += n as u64;
+                let flow = match relay.client_batch(&mut cbuf).await {
+                    Ok(flow) => flow,
+                    Err(e) => {
+                        let _ = relay.flush(&mut client, &mut target).await;
+                        return Err(e);
+                    }
+                };
+                relay.flush(&mut client, &mut target).await?;
+                if let Flow::Terminate = flow {
+                    let _ = target.shutdown().await;
+                    let _ = client.shutdown().await;
+                    relay.stats.terminated = true;
+                    return Ok(relay.stats);
+                }
+            }
+            read = target.read_buf(&mut tbuf) => {
+                let n = read.map_err(RelayError::Target)?;
+                if n == 0 {
+                    relay.target_batch(&mut tbuf)?;
+                    relay.flush(&mut client, &mut target).await?;
+                    let _ = client.shutdown().await;
+                    return Err(RelayError::TargetProtocol(
+                        "the target closed the connection".to_owned(),
+                    ));
+                }
+                relay.target_batch(&mut tbuf)?;
+                relay.flush(&mut client, &mut target).await?;
+            }
+        }
+    }
+}
+
+impl<G: StatementGate> Relay<'_, G> {
+    async fn flush<C, T>(&mut self, client: &mut C, target: &mut T) -> Result<(), RelayError>
+    where
+        C: AsyncWrite + Unpin,
+        T: AsyncWrite + Unpin,
+    {
+        if !self.to_upstream.is_empty() {
+            target.write_all(&self.to_upstream).await.map_err(RelayError::Target)?;
+            target.flush().await.map_err(RelayError::Target)?;
+            self.to_upstream.clear();
+        }
+        if !self.to_client.is_empty() {
+            self.stats.bytes_to_client += self.to_client.len() as u64;
+            client.write_all(&self.to_client).await.map_err(RelayError::Client)?;
+            client.flush().await.map_err(RelayError::Client)?;
+            self.to_client.clear();
+        }
+        Ok(())
+    }
+
+    /// Handle every complete client message in `buf`.
+    async fn client_batch(&mut self, buf: &mut BytesMut) -> Result<Flow, RelayError> {
+        loop {
+            let frame = match wire::try_frame(buf, MAX_CLIENT_MESSAGE) {
+                Ok(Some(frame)) => frame,
+                Ok(None) => return Ok(Flow::Continue),
+                Err(e) => return Err(self.client_violation(e.to_string())),
+            };
+            if let Flow::Terminate = self.client_message(frame).await? {
+                return Ok(Flow::Terminate);
+            }
+        }
+    }
+
+    async fn client_message(&mut self, frame: Frame) -> Result<Flow, RelayError> {
+        match frame.tag {
+            b'Q' => {
+                let query: Query = self.decode_client(&frame)?;
+                match self.decide(&query.query).await {
+                    Ok(()) => {
+                        self.stats.batches_forwarded += 1;
+                        self.to_upstream.put_slice(&frame.bytes);
+                        self.pending.push_back(Pending::Query { refusal: None });
+                    }
+                    Err(refusal) => self.refuse_whole(refusal)?,
+                }
+            }
+            b'F' => {
+                // FunctionCall (libpq large objects, fast-path): not decodable by pgwire,
+                // and a call by OID cannot be classified. Refused, connection kept.
+                self.refuse_whole(Refusal {
+                    sqlstate: "0A000".to_owned(),
+                    message: "function call messages (fast-path, large objects) are not \
+                              supported through the gateway"
+                        .to_owned(),
+                    detail: None,
+                })?;
+            }
+            b'P' => {
+                if self.discarding {
+                    return Ok(Flow::Continue);
+                }
+                let parse: Parse = self.decode_client(&frame)?;
+                let name = parse.name.clone().unwrap_or_default();
+                match self.decide(&parse.query).await {
+                    Ok(()) => {
+                        self.stats.batches_forwarded += 1;
+                        self.to_upstream.put_slice(&frame.bytes);
+                        self.pending.push_back(Pending::Parse { refusal: None, name });
+                        self.extended_open = true;
+                    }
+                    Err(refusal) => {
+                        self.stats.batches_refused += 1;
+                        self.discarding = true;
+                        if self.can_answer_locally() {
+                            self.answer_sync_locally = true;
+                            self.push_refusal(&refusal)?;
+                        } else {
+                            let placeholder = Parse::new(None, REFUSED_PLACEHOLDER.to_owned(), Vec::new());
+                            wire::encode(&placeholder, &mut self.to_upstream)
+                                .map_err(|e| RelayError::ClientProtocol(e.to_string()))?;
+                            self.pending.push_back(Pending::Parse {
+                                refusal: Some(refusal),
+                                name: String::new(),
+                            });
+                            self.extended_open = true;
+                        }
+                    }
+                }
+            }
+            b'B' => {
+                if self.discarding {
+                    return Ok(Flow::Continue);
+                }
+                let bind: Bind = self.decode_client(&frame)?;
+                // Names are bound when the target confirms, in response order: a later
+                // message in the same batch may reuse the unnamed portal.
+                let pending = Pending::Bind {
+                    portal: bind.portal_name.unwrap_or_default(),
+                    statement: bind.statement_name.unwrap_or_default(),
+                    formats: bind.result_column_format_codes,
+                };
+                self.forward_extended(frame, Some(pending));
+            }
+            b'D' => {
+                if self.discarding {
+                    return Ok(Flow::Continue);
+                }
+                let describe: Describe = self.decode_client(&frame)?;
+                let pending = Pending::Describe {
+                    portal: describe.target_type == b'P',
+                    name: describe.name.unwrap_or_default(),
+                };
+                self.forward_extended(frame, Some(pending));
+            }
+            b'E' => {
+                if self.discarding {
+                    return Ok(Flow::Continue);
+                }
+                let execute: Execute = self.decode_client(&frame)?;
+                let pending = Pending::Execute {
+                    portal: execute.name.unwrap_or_default(),
+                    columns: None,
+                };
+                self.forward_extended(frame, Some(pending));
+            }
+            b'C' => {
+                if self.discarding {
+                    return Ok(Flow::Continue);
+                }
+                let close: Close = self.decode_client(&frame)?;
+                let pending = Pending::Close {
+                    statement: close.target_type == b'S',
+                    name: close.name.unwrap_or_default(),
+                };
+                self.forward_extended(frame, Some(pending));
+            }
+            b'H' => {
+                if !self.discarding {
+                    self.forward_extended(frame, None);
+                }
+            }
+            b'S' => {
+                let local = self.discarding && self.answer_sync_locally;
+                self.discarding = false;
+                self.answer_sync_locally = false;
+                self.extended_open = false;
+                if local {
+                    self.push_ready(self.status)?;
+                } else {
+                    self.to_upstream.put_slice(&frame.bytes);
+                    self.pending.push_back(Pending::Sync);
+                }
+            }
+            b'd' | b'c' | b'f' => self.to_upstream.put_slice(&frame.bytes),
+            b'X' => {
+                self.to_upstream.put_slice(&frame.bytes);
+                return Ok(Flow::Terminate);
+            }
+            other => {
+                return Err(self.client_violation(format!("invalid frontend message type {}", other)));
+            }
+        }
+        Ok(Flow::Continue)
+    }
+
+    fn forward_extended(&mut self, frame: Frame, pending: Option<Pending>) {
+        self.to_upstream.put_slice(&frame.bytes);
+        if let Some(p) = pending {
+            self.pending.push_back(p);
+        }
+        self.extended_open = true;
+    }
+
+    async fn decide(&self, sql: &str) -> Result<(), Refusal> {
+        let statements: Vec<Statement> = classify::classify(sql).map_err(|e| Refusal {
+            sqlstate: "42601".to_owned(),
+            message: e.to_string(),
+            detail: Some("the gateway refuses statements it cannot parse".to_owned()),
+        })?;
+        self.gate.decide(&statements).await
+    }
+
+    fn can_answer_locally(&self) -> bool {
+        self.pending.is_empty() && self.status == b'I' && !self.extended_open
+    }
+
+    /// Refuse a simple Query or FunctionCall (answered by ErrorResponse + ReadyForQuery).
+    fn refuse_whole(&mut self, refusal: Refusal) -> Result<(), RelayError> {
+        self.stats.batches_refused += 1;
+        if self.can_answer_locally() {
+            self.push_refusal(&refusal)?;
+            self.push_ready(self.status)
+        } else {
+            let placeholder = Query::new(REFUSED_PLACEHOLDER.to_owned());
+            wire::encode(&placeholder, &mut self.to_upstream).map_err(|e| RelayError::ClientProtocol(e.to_string()))?;
+            self.pending.push_back(Pending::Query { refusal: Some(refusal) });
+            Ok(())
+        }
+    }
+
+    fn push_refusal(&mut self, refusal: &Refusal) -> Result<(), RelayError> {
+        let mut fields = vec![
+            (b'S', "ERROR".to_owned()),
+            (b'V', "ERROR".to_owned()),
+            (b'C', refusal.sqlstate.clone()),
+            (b'M', refusal.message.clone()),
+        ];
+        if let Some(detail) = &refusal.detail {
+            fields.push((b'D', detail.clone()));
+        }
+        wire::encode(&ErrorResponse::new(fields), &mut self.to_client)
+            .map_err(|e| RelayError::ClientProtocol(e.to_string()))
+    }
+
+    fn push_ready(&mut self, status: u8) -> Result<(), RelayError> {
+        let status = TransactionStatus::try_from(status).map_err(|e| RelayError::TargetProtocol(e.to_string()))?;
+        wire::encode(&ReadyForQuery::new(status), &mut self.to_client)
+            .map_err(|e| RelayError::TargetProtocol(e.to_string()))
+    }
+
+    fn decode_client<M: pgwire::messages::Message>(&mut self, frame: &Frame) -> Result<M, RelayError> {
+        wire::decode(frame).map_err(|e| self.client_violation(e.to_string()))
+    }
+
+    /// Tell the client what it did wrong (FATAL 08P01), as PostgreSQL does before closing.
+    fn client_violation(&mut self, message: String) -> RelayError {
+        let fields = vec![
+            (b'S', "FATAL".to_owned()),
+            (b'V', "FATAL".to_owned()),
+            (b'C', "08P01".to_owned()),
+            (b'M', message.clone()),
+        ];
+        let _ = wire::encode(&ErrorResponse::new(fields), &mut self.to_client);
+        RelayError::ClientProtocol(message)
+    }
+
+    /// Handle every complete target message in `buf`.
+    fn target_batch(&mut self, buf: &mut BytesMut) -> Result<(), RelayError> {
+        loop {
+            let frame = match wire::try_frame(buf, MAX_BACKEND_MESSAGE) {
+                Ok(Some(frame)) => frame,
+                Ok(None) => return Ok(()),
+                Err(e) => return Err(RelayError::TargetProtocol(e.to_string())),
+            };
+            self.target_message(frame)?;
+        }
+    }
+
+    fn target_message(&mut self, frame: Frame) -> Result<(), RelayError> {
+        match frame.tag {
+            b'D' => return self.data_row(frame),
+            b'Z' => {
+                let status = frame.bytes.get(5).copied().unwrap_or(b'I');
+                self.status = status;
+                self.current = None;
+                while let Some(p) = self.pending.pop_front() {
+                    if matches!(p, Pending::Sync | Pending::Query { .. }) {
+                        break;
+                    }
+                }
+            }
+            b'E' => {
+                let replaced = match self.pending.front_mut() {
+                    Some(Pending::Query { refusal }) => refusal.take(),
+                    Some(Pending::Parse { refusal, .. }) => refusal.take(),
+                    _ => None,
+                };
+                let extended = matches!(
+                    self.pending.front(),
+                    Some(
+                        Pending::Parse { .. }
+                            | Pending::Bind { .. }
+                            | Pending::Describe { .. }
+                            | Pending::Execute { .. }
+                            | Pending::Close { .. }
+                    )
+                );
+                if extended {
+                    // The target skips to Sync after an error: so do the expectations.
+                    while !matches!(self.pending.front(), None | Some(Pending::Sync)) {
+                        self.pending.pop_front();
+                    }
+                }
+                if let Some(refusal) = replaced {
+                    return self.push_refusal(&refusal);
+                }
+            }
+            b'1' | b'2' | b'3' => match self.pending.pop_front() {
+                Some(Pending::Parse { name, .. }) => {
+                    self.statements.remove(&name);
+                }
+                Some(Pending::Bind {
+                    portal,
+                    statement,
+                    formats,
+                }) => {
+                    self.portals.insert(
+                        portal,
+                        Portal {
+                            statement,
+                            formats,
+                            described: None,
+                        },
+                    );
+                }
+                Some(Pending::Close { statement, name }) => {
+                    if statement {
+                        self.statements.remove(&name);
+                    } else {
+                        self.portals.remove(&name);
+                    }
+                }
+                _ => {}
+            },
+            b'T' => {
+                let description: RowDescription =
+                    wire::decode(&frame).map_err(|e| RelayError::TargetProtocol(e.to_string()))?;
+                let columns: Vec<Column> = description
+                    .fields
+                    .into_iter()
+                    .map(|f| Column {
+                        name: f.name,
+                        text: f.format_code == 0,
+                    })
+                    .collect();
+                match self.pending.front_mut() {
+                    Some(Pending::Describe { .. }) => {
+                        if let Some(Pending::Describe { portal, name }) = self.pending.pop_front() {
+                            self.described(portal, name, columns);
+                        }
+                    }
+                    _ => self.current = Some(columns),
+                }
+            }
+            b'n' => {
+                if let Some(Pending::Describe { portal, name }) = self.pending.pop_front() {
+                    self.described(portal, name, Vec::new());
+                }
+            }
+            b'C' | b'I' | b's' => {
+                if matches!(self.pending.front(), Some(Pending::Execute { .. })) {
+                    self.pending.pop_front();
+                }
+                self.current = None;
+            }
+            _ => {}
+        }
+        self.to_client.put_slice(&frame.bytes);
+        Ok(())
+    }
+
+    fn described(&mut self, portal: bool, name: String, columns: Vec<Column>) {
+        if portal {
+            if let Some(p) = self.portals.get_mut(&name) {
+                p.described = Some(columns);
+            }
+        } else {
+            self.statements.insert(name, columns);
+        }
+    }
+
+    /// Columns of a portal: its own description, or its statement's with Bind's formats.
+    fn portal_columns(&self, portal: &str) -> Vec<Column> {
+        let Some(p) = self.portals.get(portal) else {
+            return Vec::new();
+        };
+        if let Some(described) = &p.described {
+            return described.clone();
+        }
+        let Some(columns) = self.statements.get(&p.statement) else {
+            return Vec::new();
+        };
+        columns
+            .iter()
+            .enumerate()
+            .map(|(i, c)| {
+                let format = match p.formats.len() {
+                    0 => 0,
+                    1 => p.formats[0],
+                    _ => p.formats.get(i).copied().unwrap_or(0),
+                };
+                Column {
+                    name: c.name.clone(),
+                    text: format == 0,
+                }
+            })
+            .collect()
+    }
+
+    fn data_row(&mut self, frame: Frame) -> Result<(), RelayError> {
+        let resolved = match self.pending.front() {
+            Some(Pending::Execute { portal, columns: None }) => Some(self.portal_columns(portal)),
+            _ => None,
+        };
+        if let (Some(cols), Some(Pending::Execute { columns, .. })) = (resolved, self.pending.front_mut()) {
+            *columns = Some(cols);
+        }
+        let columns: &[Column] = match self.pending.front() {
+            Some(Pending::Execute { columns: Some(c), .. }) => c,
+            _ => self.current.as_deref().unwrap_or(&[]),
+        };
+        match mask_row(self.gate, columns, &frame.bytes).map_err(RelayError::TargetProtocol)? {
+            Some((row, masked)) => {
+                self.stats.values_masked += masked;
+                self.to_client.put_slice(&row);
+            }
+            None => self.to_client.put_slice(&frame.bytes),
+        }
+        Ok(())
+    }
+}
+
+/// Pass each text value of a DataRow through the gate; a new message if any changed.
+/// Columns the relay could not name are offered under an empty name, never skipped.
+fn mask_row<G: StatementGate>(gate: &G, columns: &[Column], row: &[u8]) -> Result<Option<(BytesMut, u64)>, String> {
+    let mut body = row.get(5..).ok_or("short DataRow")?;
+    if body.len() < 2 {
+        return Err("short DataRow".to_owned());
+    }
+    let count = body.get_i16();
+    let mut values: Vec<Option<Cow<'_, [u8]>>> = Vec::with_capacity(count.max(0) as usize);
+    let mut masked = 0u64;
+    for i in 0..count.max(0) as usize {
+        if body.len() < 4 {
+            return Err("truncated DataRow".to_owned());
+        }
+        let len = body.get_i32();
+        if len < 0 {
+            values.push(None);
+            continue;
+        }
+        let len = len as usize;
+        let value = body.get(..len).ok_or("truncated DataRow value")?;
+        body = &body[len..];
+        let column = columns.get(i);
+        let text = column.is_none_or(|c| c.text);
+        if !text {
+            values.push(Some(Cow::Borrowed(value)));
+            continue;
+        }
+        let name = column.map_or("", |c| c.name.as_str());
+        let out = gate.mask_value(name, value);
+        if let Cow::Owned(_) = out {
+            masked += 1;
+        }
+        values.push(Some(out));
+    }
+    if masked == 0 {
+        return Ok(None);
+    }
+    let mut out = BytesMut::with_capacity(row.len() + 64);
+    out.put_u8(b'D');
+    out.put_i32(0);
+    out.put_i16(count);
+    for value in &values {
+        match value {
+            None => out.put_i32(-1),
+            Some(v) => {
+                out.put_i32(i32::try_from(v.len()).map_err(|_| "masked value too long")?);
+                out.put_slice(v);
+            }
+        }
+    }
+    let len = i32::try_from(out.len() - 1).map_err(|_| "masked row too long")?;
+    out[1..5].copy_from_slice(&len.to_be_bytes());
+    Ok(Some((out, masked)))
+}

@@ -1,0 +1,517 @@
+//! Upstream login and the relay against a real PostgreSQL, driven by the real psql and by
+//! tokio-postgres.
+
+// Helpers here run only under tests: a failed unwrap is a failed test.
+#![allow(clippy::unwrap_used)]
+
+use std::borrow::Cow;
+use std::process::Stdio;
+use std::sync::Arc;
+
+use bytes::{BufMut, BytesMut};
+use gatehouse_postgres::classify::{Statement, StatementKind};
+use gatehouse_postgres::relay::{self, Refusal, StatementGate};
+use gatehouse_postgres::upstream::{self, TlsMode, Upstream, UpstreamConfig, UpstreamError};
+use gatehouse_testkit::postgres::PgServer;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+/// Refuses writes to `customers`; masks any column named `email`.
+struct TestGate;
+
+impl StatementGate for TestGate {
+    async fn decide(&self, statements: &[Statement]) -> Result<(), Refusal> {
+        for s in statements {
+            if s.kind != StatementKind::Read && s.tables.contains("customers") {
+                return Err(Refusal {
+                    sqlstate: "42501".to_owned(),
+                    message: format!("{} on customers refused by policy", s.tag),
+                    detail: Some("no policy permits it".to_owned()),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    fn mask_value<'a>(&self, column: &str, value: &'a [u8]) -> Cow<'a, [u8]> {
+        if column == "email" {
+            Cow::Owned(b"***".to_vec())
+        } else {
+            Cow::Borrowed(value)
+        }
+    }
+}
+
+fn config(pg: &PgServer, user: &str, password: &str, database: &str) -> UpstreamConfig {
+    UpstreamConfig {
+        host: pg.host().to_owned(),
+        port: pg.port(),
+        database: database.to_owned(),
+        user: user.to_owned(),
+        password: password.to_owned(),
+        tls: TlsMode::Disable,
+        ca_file: None,
+    }
+}
+
+/// A target with database `app` owned by role `gw`, holding `customers` and `scratch`.
+fn target() -> PgServer {
+    let pg = PgServer::start().unwrap();
+    pg.create_role("gw", "gw-pass").unwrap();
+    pg.create_database("app", "gw").unwrap();
+    let out = pg
+        .psql_as(
+            "gw",
+            "gw-pass",
+            "app",
+            "CREATE TABLE customers (id int PRIMARY KEY, name text, email text);
+             INSERT INTO customers VALUES (1, 'ann', 'ann@example.com'), (2, 'bob', 'bob@example.com');
+             CREATE TABLE scratch (id int, note text);",
+        )
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    pg
+}
+
+fn count(pg: &PgServer, table: &str) -> i64 {
+    let out = pg
+        .psql_as("gw", "gw-pass", "app", &format!("SELECT count(*) FROM {table}"))
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).trim().parse().unwrap()
+}
+
+/// Test stand-in for the lead's startup: trust-style handshake, then `relay::run`.
+async fn gateway(cfg: UpstreamConfig) -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let gate = Arc::new(TestGate);
+    tokio::spawn(async move {
+        loop {
+            let Ok((sock, _)) = listener.accept().await else {
+                return;
+            };
+            let cfg = cfg.clone();
+            let gate = gate.clone();
+            tokio::spawn(async move {
+                let _ = serve(sock, cfg, &gate).await;
+            });
+        }
+    });
+    port
+}
+
+async fn serve(mut sock: TcpStream, cfg: UpstreamConfig, gate: &TestGate) -> anyhow::Result<()> {
+    sock.set_nodelay(true)?;
+    loop {
+        let len = sock.read_i32().await?;
+        let code = sock.read_i32().await?;
+        if code == 80877103 || code == 80877104 {
+            sock.write_all(b"N").await?;
+            continue;
+        }
+        let mut rest = vec![0u8; usize::try_from(len)? - 8];
+        sock.read_exact(&mut rest).await?;
+        break;
+    }
+    let upstream = Upstream::connect(&cfg).await?;
+    let mut out = BytesMut::new();
+    out.put_u8(b'R');
+    out.put_i32(8);
+    out.put_i32(0);
+    for (name, value) in &upstream.params {
+        out.put_u8(b'S');
+        out.put_i32(i32::try_from(4 + name.len() + value.len() + 2)?);
+        out.put_slice(name.as_bytes());
+        out.put_u8(0);
+        out.put_slice(value.as_bytes());
+        out.put_u8(0);
+    }
+    out.put_u8(b'K');
+    out.put_i32(12);
+    out.put_i32(upstream.backend_key.0);
+    out.put_i32(upstream.backend_key.1);
+    out.put_slice(&[b'Z', 0, 0, 0, 5, b'I']);
+    sock.write_all(&out).await?;
+    relay::run(sock, upstream, gate).await?;
+    Ok(())
+}
+
+struct PsqlOut {
+    ok: bool,
+    stdout: String,
+    stderr: String,
+}
+
+async fn psql(port: u16, args: &[&str], stdin: Option<&str>) -> PsqlOut {
+    let mut child = tokio::process::Command::new("psql")
+        .args(["-X", "-A", "-t", "-h", "127.0.0.1", "-p", &port.to_string()])
+        .args(["-U", "alice", "-d", "app"])
+        .args(args)
+        .env("PGSSLMODE", "disable")
+        .env("PGPASSWORD", "unused")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut input = child.stdin.take().unwrap();
+    if let Some(text) = stdin {
+        input.write_all(text.as_bytes()).await.unwrap();
+    }
+    drop(input);
+    let out = child.wait_with_output().await.unwrap();
+    PsqlOut {
+        ok: out.status.success(),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+async fn tokio_client(port: u16) -> tokio_postgres::Client {
+    let (client, conn) = tokio_postgres::connect(
+        &format!("host=127.0.0.1 port={port} user=alice dbname=app sslmode=disable"),
+        tokio_postgres::NoTls,
+    )
+    .await
+    .unwrap();
+    tokio::spawn(conn);
+    client
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upstream_scram_login_collects_parameters_and_key() {
+    let pg = target();
+    let up = Upstream::connect(&config(&pg, "gw", "gw-pass", "app")).await.unwrap();
+    assert!(up.params.iter().any(|(k, _)| k == "server_version"));
+    assert!(up.params.iter().any(|(k, v)| k == "client_encoding" && v == "UTF8"));
+    assert!(up.backend_key.0 > 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upstream_md5_login() {
+    let pg = target();
+    pg.psql("SET password_encryption = 'md5'; CREATE ROLE old LOGIN PASSWORD 'old-pass'")
+        .unwrap();
+    let hba = pg.data_dir().join("pg_hba.conf");
+    let rules = std::fs::read_to_string(&hba).unwrap();
+    std::fs::write(&hba, format!("host all old 127.0.0.1/32 md5\n{rules}")).unwrap();
+    pg.reload().unwrap();
+    let stored = pg
+        .psql("SELECT rolpassword LIKE 'md5%' FROM pg_authid WHERE rolname = 'old'")
+        .unwrap();
+    assert_eq!(stored.trim(), "t");
+    let up = Upstream::connect(&config(&pg, "old", "old-pass", "postgres")).await;
+    assert!(up.is_ok(), "{:?}", up.err());
+    let wrong = Upstream::connect(&config(&pg, "old", "nope", "postgres")).await;
+    assert_eq!(
+        wrong.err().and_then(|e| e.sqlstate().map(str::to_owned)).as_deref(),
+        Some("28P01")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upstream_wrong_password_is_28p01() {
+    let pg = target();
+    let err = Upstream::connect(&config(&pg, "gw", "wrong", "app"))
+        .await
+        .err()
+        .unwrap();
+    assert_eq!(err.sqlstate(), Some("28P01"));
+    assert!(err.to_string().contains("password authentication failed"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upstream_require_tls_never_downgrades() {
+    let pg = target();
+    for mode in [TlsMode::Require, TlsMode::VerifyFull] {
+        let mut cfg = config(&pg, "gw", "gw-pass", "app");
+        cfg.tls = mode.clone();
+        let err = Upstream::connect(&cfg).await.err().unwrap();
+        assert!(matches!(err, UpstreamError::SslRefused(ref m) if *m == mode), "{err}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upstream_cancel_request_reaches_the_backend() {
+    let pg = target();
+    let cfg = config(&pg, "gw", "gw-pass", "app");
+    let mut up = Upstream::connect(&cfg).await.unwrap();
+    let (pid, secret) = up.backend_key;
+    up.stream.write_all(&[b'Q', 0, 0, 0, 24]).await.unwrap();
+    up.stream.write_all(b"SELECT pg_sleep(30)\0").await.unwrap();
+    loop {
+        let out = pg
+            .psql(&format!("SELECT state FROM pg_stat_activity WHERE pid = {pid}"))
+            .unwrap();
+        if out.trim() == "active" {
+            break;
+        }
+        tokio::task::yield_now().await;
+    }
+    let started = std::time::Instant::now();
+    upstream::cancel(&cfg, pid, secret).await.unwrap();
+    let mut seen = Vec::new();
+    let mut chunk = [0u8; 512];
+    while !String::from_utf8_lossy(&seen).contains("57014") {
+        let n = up.stream.read(&mut chunk).await.unwrap();
+        assert!(n > 0, "target closed before reporting the cancel");
+        seen.extend_from_slice(&chunk[..n]);
+    }
+    assert!(started.elapsed() < std::time::Duration::from_secs(20));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn psql_read_passes_with_masking() {
+    let pg = target();
+    let port = gateway(config(&pg, "gw", "gw-pass", "app")).await;
+    let out = psql(port, &["-c", "SELECT id, name, email FROM customers ORDER BY id"], None).await;
+    assert!(out.ok, "{}", out.stderr);
+    assert_eq!(out.stdout, "1|ann|***\n2|bob|***\n");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn psql_refused_write_leaves_table_unchanged() {
+    let pg = target();
+    let port = gateway(config(&pg, "gw", "gw-pass", "app")).await;
+    let out = psql(port, &["-c", "DELETE FROM customers"], None).await;
+    assert!(!out.ok);
+    assert!(
+        out.stderr.contains("ERROR:  DELETE on customers refused by policy"),
+        "{}",
+        out.stderr
+    );
+    assert_eq!(count(&pg, "customers"), 2);
+    // A multi-statement string is refused as a whole: the harmless insert did not run.
+    let out = psql(
+        port,
+        &[
+            "-c",
+            "INSERT INTO scratch VALUES (1, 'x'); UPDATE customers SET name = 'z'",
+        ],
+        None,
+    )
+    .await;
+    assert!(!out.ok);
+    assert_eq!(count(&pg, "scratch"), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn psql_script_continues_after_refusal_and_transactions_stay_consistent() {
+    let pg = target();
+    let port = gateway(config(&pg, "gw", "gw-pass", "app")).await;
+    let script = "SELECT count(*) FROM customers;
+DELETE FROM customers WHERE id = 1;
+SELECT 'after refusal';
+BEGIN;
+INSERT INTO scratch VALUES (7, 'in txn');
+DROP TABLE customers;
+SELECT 'never';
+ROLLBACK;
+SELECT 'end';
+";
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("script.sql");
+    std::fs::write(&file, script).unwrap();
+    let out = psql(port, &["-f", file.to_str().unwrap()], None).await;
+    assert!(out.stdout.contains("2\nafter refusal\n"), "{}", out.stdout);
+    assert!(out.stdout.contains("end"), "{}", out.stdout);
+    // Inside the transaction the refusal aborts it, as a failed statement would.
+    assert!(!out.stdout.contains("never"), "{}", out.stdout);
+    assert!(out.stderr.contains("current transaction is aborted"), "{}", out.stderr);
+    assert!(out.stderr.contains("DROP TABLE on customers refused"), "{}", out.stderr);
+    assert_eq!(count(&pg, "customers"), 2);
+    assert_eq!(count(&pg, "scratch"), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn extended_protocol_refusal_then_good_query_on_same_connection() {
+    let pg = target();
+    let port = gateway(config(&pg, "gw", "gw-pass", "app")).await;
+    let client = tokio_client(port).await;
+    let name: String = client
+        .query_one("SELECT name FROM customers WHERE id = $1", &[&2i32])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(name, "bob");
+    let err = client
+        .execute("DELETE FROM customers WHERE id = $1", &[&1i32])
+        .await
+        .unwrap_err();
+    assert_eq!(
+        err.code(),
+        Some(&tokio_postgres::error::SqlState::INSUFFICIENT_PRIVILEGE)
+    );
+    let stmt = client
+        .prepare("SELECT count(*) FROM customers WHERE id >= $1")
+        .await
+        .unwrap();
+    let n: i64 = client.query_one(&stmt, &[&1i32]).await.unwrap().get(0);
+    assert_eq!(n, 2);
+    let inserted = client
+        .execute("INSERT INTO scratch VALUES ($1, $2)", &[&5i32, &"five"])
+        .await
+        .unwrap();
+    assert_eq!(inserted, 1);
+    assert_eq!(count(&pg, "customers"), 2);
+    assert_eq!(count(&pg, "scratch"), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn extended_refusal_inside_transaction_aborts_it() {
+    let pg = target();
+    let port = gateway(config(&pg, "gw", "gw-pass", "app")).await;
+    let mut client = tokio_client(port).await;
+    let tx = client.transaction().await.unwrap();
+    tx.execute("INSERT INTO scratch VALUES ($1, 'x')", &[&1i32])
+        .await
+        .unwrap();
+    let err = tx.execute("UPDATE customers SET name = $1", &[&"x"]).await.unwrap_err();
+    assert_eq!(
+        err.code(),
+        Some(&tokio_postgres::error::SqlState::INSUFFICIENT_PRIVILEGE)
+    );
+    let after = tx.query("SELECT 1", &[]).await.unwrap_err();
+    assert_eq!(
+        after.code(),
+        Some(&tokio_postgres::error::SqlState::IN_FAILED_SQL_TRANSACTION)
+    );
+    tx.rollback().await.unwrap();
+    assert_eq!(count(&pg, "scratch"), 0);
+    let rows = client.simple_query("SELECT email FROM customers").await.unwrap();
+    let masked: Vec<_> = rows
+        .iter()
+        .filter_map(|m| match m {
+            tokio_postgres::SimpleQueryMessage::Row(r) => r.get(0).map(str::to_owned),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(masked, vec!["***", "***"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn extended_text_results_are_masked_by_portal_columns() {
+    let pg = target();
+    let port = gateway(config(&pg, "gw", "gw-pass", "app")).await;
+    // pgbench-style extended mode, by hand: Parse/Bind (text results)/Describe portal/
+    // Execute/Sync, then Bind on a named statement described earlier.
+    let mut sock = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    let mut startup = BytesMut::new();
+    let params = b"user\0alice\0database\0app\0\0";
+    startup.put_i32(8 + params.len() as i32);
+    startup.put_i32(196608);
+    startup.put_slice(params);
+    sock.write_all(&startup).await.unwrap();
+    read_until(&mut sock, b'Z').await;
+    let mut msg = BytesMut::new();
+    frame(
+        &mut msg,
+        b'P',
+        b"s1\0SELECT email, name FROM customers WHERE id = $1\0\0\0",
+    );
+    frame(&mut msg, b'D', b"Ss1\0");
+    frame(&mut msg, b'S', b"");
+    // Unnamed portal on s1, one text parameter "1", all results text.
+    frame(&mut msg, b'B', b"\0s1\0\0\0\0\x01\0\0\0\x011\0\0");
+    frame(&mut msg, b'E', b"\0\0\0\0\0");
+    frame(&mut msg, b'S', b"");
+    // Unnamed statement, Describe portal (what pgbench -M extended does).
+    frame(
+        &mut msg,
+        b'P',
+        b"\0SELECT name, email FROM customers WHERE id = 2\0\0\0",
+    );
+    frame(&mut msg, b'B', b"\0\0\0\0\0\0\0\0");
+    frame(&mut msg, b'D', b"P\0");
+    frame(&mut msg, b'E', b"\0\0\0\0\0");
+    frame(&mut msg, b'S', b"");
+    sock.write_all(&msg).await.unwrap();
+    let mut seen = read_until(&mut sock, b'Z').await;
+    seen.extend(read_until(&mut sock, b'Z').await);
+    seen.extend(read_until(&mut sock, b'Z').await);
+    let text = String::from_utf8_lossy(&seen);
+    assert!(text.contains("***"), "{text}");
+    assert!(text.contains("ann") && text.contains("bob"), "{text}");
+    assert!(!text.contains("@example.com"), "{text}");
+}
+
+fn frame(out: &mut BytesMut, tag: u8, body: &[u8]) {
+    out.put_u8(tag);
+    out.put_i32(4 + body.len() as i32);
+    out.put_slice(body);
+}
+
+/// Read whole messages until one of type `tag`; returns the bytes read.
+async fn read_until(sock: &mut TcpStream, tag: u8) -> Vec<u8> {
+    let mut all = Vec::new();
+    loop {
+        let t = sock.read_u8().await.unwrap();
+        let len = sock.read_i32().await.unwrap();
+        let mut body = vec![0u8; len as usize - 4];
+        sock.read_exact(&mut body).await.unwrap();
+        all.push(t);
+        all.extend_from_slice(&body);
+        if t == tag {
+            return all;
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_select_streams_through() {
+    let pg = target();
+    let port = gateway(config(&pg, "gw", "gw-pass", "app")).await;
+    let out = psql(
+        port,
+        &[
+            "-c",
+            "SELECT g, 'user' || g || '@example.com' AS email FROM generate_series(1, 100000) g",
+        ],
+        None,
+    )
+    .await;
+    assert!(out.ok, "{}", out.stderr);
+    let lines: Vec<&str> = out.stdout.lines().collect();
+    assert_eq!(lines.len(), 100_000);
+    assert!(lines.iter().all(|l| l.ends_with("|***")));
+    let client = tokio_client(port).await;
+    let rows = client
+        .query("SELECT g FROM generate_series(1, 100000) g", &[])
+        .await
+        .unwrap();
+    assert_eq!(rows.len(), 100_000);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn copy_to_stdout_and_from_stdin() {
+    let pg = target();
+    let port = gateway(config(&pg, "gw", "gw-pass", "app")).await;
+    let out = psql(port, &["-c", "COPY customers (id, name) TO STDOUT"], None).await;
+    assert!(out.ok, "{}", out.stderr);
+    assert_eq!(out.stdout, "1\tann\n2\tbob\n");
+    let out = psql(
+        port,
+        &["-c", "COPY scratch FROM STDIN"],
+        Some("1\tone\n2\ttwo\n3\tthree\n\\.\n"),
+    )
+    .await;
+    assert!(out.ok, "{}", out.stderr);
+    assert_eq!(count(&pg, "scratch"), 3);
+    let out = psql(port, &["-c", "COPY customers FROM STDIN"], Some("9\tx\ty\n\\.\n")).await;
+    assert!(!out.ok);
+    assert!(out.stderr.contains("refused by policy"), "{}", out.stderr);
+    assert_eq!(count(&pg, "customers"), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn function_call_gets_an_error_and_the_session_survives() {
+    let pg = target();
+    let port = gateway(config(&pg, "gw", "gw-pass", "app")).await;
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("blob");
+    std::fs::write(&file, b"large object").unwrap();
+    let script = format!("\\lo_import {}\nSELECT 'still here';\n", file.display());
+    let out = psql(port, &[], Some(&script)).await;
+    assert!(out.stderr.contains("function call messages"), "{}", out.stderr);
+    assert!(out.stdout.contains("still here"), "{}", out.stdout);
+}

@@ -1,0 +1,5 @@
+//! Test-only helpers: real servers on free ports in temp dirs, development tokens, and a
+//! real gateway process. Every server stops when its handle drops, even when a test fails.
+
+pub mod gateway;
+pub mod postgres;

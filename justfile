@@ -1,0 +1,70 @@
+# Gatehouse recipes. `just demo` runs the gateway on the quick-start config; `just test` runs everything.
+
+set shell := ["bash", "-euo", "pipefail", "-c"]
+
+# Show the recipes.
+default:
+    @just --list
+
+# Install what a fresh Debian machine lacks (as root), or print the one command that would.
+setup:
+    #!/usr/bin/env bash
+    set -euo pipefail
+    missing=()
+    have_pkg() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q "install ok installed"; }
+    for pkg in libclang-dev openssh-server openssh-client sshpass postgresql-client; do
+        have_pkg "$pkg" || missing+=("$pkg")
+    done
+    # The PostgreSQL server binaries may come from Debian's postgresql-15 or an image's own install.
+    if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 && ! command -v initdb >/dev/null; then
+        missing+=(postgresql)
+    fi
+    if [ ${#missing[@]} -eq 0 ]; then
+        echo "setup: everything needed is installed"
+        exit 0
+    fi
+    if [ "$(id -u)" -eq 0 ]; then
+        echo "setup: installing ${missing[*]}"
+        export DEBIAN_FRONTEND=noninteractive
+        apt-get update -qq
+        apt-get install -y -qq --no-install-recommends "${missing[@]}"
+    else
+        echo "setup: missing packages; run:"
+        echo "  sudo apt-get install -y ${missing[*]}"
+        exit 1
+    fi
+
+# Build the gateway.
+build:
+    cargo build --workspace
+
+# Run the gateway on the quick-start config (development issuer, example policies, state in .demo/).
+demo: setup
+    cargo build -p gatehouse
+    bash examples/demo.sh
+
+# The whole suite: unit, integration and end-to-end tests with real servers and clients, and the policy tests.
+test: setup
+    cargo build --workspace --all-targets
+    cargo test --workspace --no-fail-fast
+    cargo run -q -p gatehouse -- policy test policies
+
+# Formatting and clippy, as CI wants them.
+lint:
+    cargo fmt --all --check
+    cargo clippy --workspace --all-targets -- -D warnings
+
+# Criterion benchmarks (policy decision, masking, SQL classification).
+bench:
+    cargo bench --workspace -- --warm-up-time 1 --measurement-time 3
+
+# Fuzz the parsers that read client bytes (needs cargo-fuzz; runs each target for SECONDS).
+fuzz seconds="30":
+    #!/usr/bin/env bash
+    set -euo pipefail
+    command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked
+    cd fuzz
+    for target in $(cargo fuzz list); do
+        echo "fuzz: $target for {{seconds}}s"
+        cargo fuzz run "$target" -- -max_total_time={{seconds}}
+    done

@@ -1,0 +1,127 @@
+//! The admin listener of a real `gatehouse serve`: health, readiness, metrics, the development
+//! issuer's discovery, the credential API, and policy reload with a broken file.
+
+#![allow(clippy::unwrap_used)] // test helpers outside #[test] fns: a panic is the failure report
+
+use std::time::Duration;
+
+use gatehouse_testkit::gateway::{GatewayBuilder, TestGateway};
+
+fn gateway() -> TestGateway {
+    GatewayBuilder::new(env!("CARGO_BIN_EXE_gatehouse"))
+        .start()
+        .expect("gateway starts")
+}
+
+#[test]
+fn health_readiness_and_metrics_answer() {
+    let gw = gateway();
+    assert_eq!(gw.get("/healthz").unwrap(), (200, "ok\n".to_string()));
+    let (status, body) = gw.get("/readyz").unwrap();
+    assert_eq!(status, 200, "{body}");
+    let (status, metrics) = gw.get("/metrics").unwrap();
+    assert_eq!(status, 200);
+    for name in [
+        "gatehouse_sessions_total{protocol=\"postgres\"}",
+        "gatehouse_decisions_total{outcome=\"deny\"}",
+        "gatehouse_audit_write_seconds_count",
+        "gatehouse_audit_healthy 1",
+    ] {
+        assert!(metrics.contains(name), "{name} missing from:\n{metrics}");
+    }
+}
+
+#[test]
+fn development_issuer_serves_discovery_and_keys_that_verify_its_tokens() {
+    let gw = gateway();
+    let (status, doc) = gw.get("/dev/users/.well-known/openid-configuration").unwrap();
+    assert_eq!(status, 200);
+    let doc: serde_json::Value = serde_json::from_str(&doc).unwrap();
+    assert_eq!(doc["issuer"], format!("{}/dev/users", gw.admin_url()));
+    let jwks_uri = doc["jwks_uri"].as_str().unwrap();
+    let path = jwks_uri.strip_prefix(&gw.admin_url()).unwrap();
+    let (status, jwks) = gw.get(path).unwrap();
+    assert_eq!(status, 200);
+    let jwks: serde_json::Value = serde_json::from_str(&jwks).unwrap();
+    assert!(jwks["keys"].as_array().is_some_and(|k| !k.is_empty()));
+    for key in jwks["keys"].as_array().unwrap() {
+        assert!(key.get("d").is_none(), "a JWKS never carries the private part");
+    }
+
+    // A minted token authenticates to the admin API; garbage and no token do not.
+    let token = gw.mint("alice", &["dba"], false).unwrap();
+    let (status, body) = gw.request("GET", "/api/credentials", Some(&token), None).unwrap();
+    assert_eq!((status, body.as_str()), (200, "[]"));
+    let (status, body) = gw
+        .request("GET", "/api/credentials", Some("eyJhbGciOiJub25lIn0.e30."), None)
+        .unwrap();
+    assert_eq!(status, 401, "{body}");
+    assert!(body.contains("token rejected"), "{body}");
+    let (status, _) = gw.request("GET", "/api/credentials", None, None).unwrap();
+    assert_eq!(status, 401);
+}
+
+#[test]
+fn credential_for_an_unknown_target_is_refused_with_a_json_error() {
+    let gw = gateway();
+    let token = gw.mint("alice", &["dba"], false).unwrap();
+    let (status, body) = gw
+        .request(
+            "POST",
+            "/api/credentials",
+            Some(&token),
+            Some(r#"{"target":"nowhere"}"#),
+        )
+        .unwrap();
+    assert_eq!(status, 403, "{body}");
+    let body: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert!(body["error"].as_str().unwrap().contains("nowhere"));
+    let (status, body) = gw
+        .request("POST", "/api/credentials", Some(&token), Some(r#"{"tagret":"x"}"#))
+        .unwrap();
+    assert_eq!(status, 400, "{body}");
+}
+
+#[test]
+fn a_broken_policy_file_keeps_the_old_set_and_shows_on_readyz() {
+    let gw = gateway();
+    let generation = |gw: &TestGateway| -> u64 {
+        let (_, metrics) = gw.get("/metrics").unwrap();
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix("gatehouse_policy_generation "))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap()
+    };
+    let before = generation(&gw);
+    let broken = gw.policy_dir().join("zz-broken.cedar");
+    std::fs::write(
+        &broken,
+        "permit (principal, action == Postgres::Action::\"nosuch\", resource);\n",
+    )
+    .unwrap();
+    let noticed = gw.wait_for(Duration::from_secs(10), || {
+        gw.get("/readyz")
+            .map(|(s, b)| s == 503 && b.contains("zz-broken.cedar"))
+            .unwrap_or(false)
+    });
+    assert!(noticed, "readyz did not report the broken file; log:\n{}", gw.log());
+    assert_eq!(generation(&gw), before, "the broken set did not replace the old one");
+
+    std::fs::remove_file(&broken).unwrap();
+    gw.hangup().unwrap();
+    let recovered = gw.wait_for(Duration::from_secs(10), || {
+        gw.get("/readyz").map(|(s, _)| s == 200).unwrap_or(false)
+    });
+    assert!(recovered, "readyz did not recover; log:\n{}", gw.log());
+    assert!(generation(&gw) > before);
+
+    // Both reload outcomes were audited, and the log verifies.
+    let out = gw
+        .cli(&["audit", "verify", "--config", gw.config_path().to_str().unwrap()])
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let text = std::fs::read_to_string(gw.audit_dir().join("segment-000001.jsonl")).unwrap();
+    assert!(text.contains("policy_reload_failed"), "{text}");
+    assert!(text.contains("policy_reloaded"), "{text}");
+}
