@@ -24,6 +24,8 @@ pub struct Config {
     pub audit: gatehouse_audit::AuditConfig,
     #[serde(default)]
     pub session: SessionConfig,
+    /// The PostgreSQL frontend; off when absent.
+    pub postgres: Option<gatehouse_postgres::PostgresConfig>,
 }
 
 /// The admin listener: health, readiness, metrics, the admin API and the development issuer.
@@ -164,6 +166,9 @@ impl Config {
         {
             resolve(p);
         }
+        if let Some(pg) = self.postgres.as_mut() {
+            pg.resolve_paths(base);
+        }
         for issuer in &mut self.identity.issuers {
             if let Some(p) = issuer.jwks_file.as_mut() {
                 resolve(p);
@@ -206,7 +211,37 @@ impl Config {
             );
         }
         self.audit.validate().map_err(|e| format!("audit: {e}"))?;
+        if let Some(pg) = &self.postgres {
+            pg.validate()?;
+        }
+        self.check_target_names()?;
         Ok(())
+    }
+
+    /// Target names are unique across protocols: a credential names one target.
+    fn check_target_names(&self) -> Result<(), String> {
+        let mut seen = std::collections::HashSet::new();
+        for name in self.targets().into_iter().map(|t| t.name) {
+            if !seen.insert(name.clone()) {
+                return Err(format!("target {name:?} is defined twice; target names are unique across protocols"));
+            }
+        }
+        Ok(())
+    }
+
+    /// Every target of every enabled frontend, as policy sees them.
+    pub fn targets(&self) -> Vec<gatehouse_core::Target> {
+        let mut targets = Vec::new();
+        if let Some(pg) = &self.postgres {
+            for t in &pg.targets {
+                targets.push(gatehouse_core::Target::new(
+                    t.name.clone(),
+                    gatehouse_core::Protocol::Postgres,
+                    t.labels.clone(),
+                ));
+            }
+        }
+        targets
     }
 
     /// The admin listener's URL as clients see it.

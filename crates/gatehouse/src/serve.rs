@@ -32,6 +32,12 @@ pub fn check_config(path: &Path) -> anyhow::Result<ExitCode> {
         path: path.display().to_string(),
         message: format!("identity.issuers: {e}"),
     })?;
+    if let Some(pg) = &config.postgres {
+        pg.upstreams().map_err(|message| ConfigError {
+            path: path.display().to_string(),
+            message,
+        })?;
+    }
     println!(
         "{}: ok ({} policies, {} issuers{}, admin on {})",
         path.display(),
@@ -83,7 +89,7 @@ async fn serve(config: Config, policy: PolicyEngine) -> anyhow::Result<()> {
         verifier,
         policy: Arc::clone(&policy),
         audit,
-        targets: Vec::new(),
+        targets: config.targets(),
         max_session_lifetime: config.session.max_lifetime,
     })?;
 
@@ -101,6 +107,21 @@ async fn serve(config: Config, policy: PolicyEngine) -> anyhow::Result<()> {
         shutdown_rx.clone(),
     ));
 
+    let mut frontends = Vec::new();
+    if let Some(pg) = &config.postgres {
+        let tls = match (&pg.tls_cert, &pg.tls_key) {
+            (Some(cert), Some(key)) => Some(crate::tls::server_config(cert, key, &[b"postgresql"])?),
+            _ => None,
+        };
+        let frontend = gatehouse_postgres::PostgresFrontend::new(Arc::clone(&gateway), pg, tls)
+            .map_err(|message| ConfigError { path: "[postgres]".into(), message })?;
+        let listener = tokio::net::TcpListener::bind(pg.listen)
+            .await
+            .with_context(|| format!("cannot listen on postgres.listen = {}", pg.listen))?;
+        tracing::info!(listen = %pg.listen, targets = pg.targets.len(), "PostgreSQL frontend listening.");
+        frontends.push(tokio::spawn(Arc::new(frontend).serve(listener, shutdown_rx.clone())));
+    }
+
     let state = AdminState::new(Arc::clone(&gateway), dev);
     tracing::info!(admin = %config.admin_url(), policies = policy.policy_count(), "Gatehouse is serving.");
     let server = tokio::spawn(admin::serve(listener, tls, state, shutdown_rx));
@@ -108,7 +129,13 @@ async fn serve(config: Config, policy: PolicyEngine) -> anyhow::Result<()> {
     shutdown_signal().await;
     tracing::info!("Shutting down: no new connections, draining the open ones.");
     let _ = shutdown_tx.send(true);
-    match tokio::time::timeout(Duration::from_secs(10), server).await {
+    let drain = async {
+        for frontend in frontends {
+            let _ = frontend.await;
+        }
+        server.await
+    };
+    match tokio::time::timeout(Duration::from_secs(10), drain).await {
         Ok(joined) => joined.context("admin listener task")??,
         Err(_) => tracing::warn!("Connections still open after 10 s; closing them."),
     }

@@ -2,6 +2,11 @@
 //! logs in upstream with the gateway's credential, and relays messages through a gate.
 
 pub mod classify;
+pub mod config;
 pub mod relay;
+pub mod server;
 pub mod upstream;
 pub mod wire;
+
+pub use config::{PostgresConfig, PostgresTarget};
+pub use server::PostgresFrontend;

@@ -42,8 +42,12 @@ pub trait StatementGate: Send + Sync + 'static {
     /// Decide a batch of statements (all statements of one simple Query, or the one of a
     /// Parse). Return Ok(()) to forward, Err(refusal) to refuse.
     fn decide(&self, statements: &[classify::Statement]) -> impl Future<Output = Result<(), Refusal>> + Send;
-    /// Called for each text-format DataRow value with its column name: may return a
-    /// replacement (masking). The column name is empty when the relay could not learn it.
+    /// Called for each result value whose wire form is text with its column name: may
+    /// return a replacement (masking). Text-format DataRow values, binary-format values of
+    /// string types (their binary form is the string), the JSON text inside binary jsonb,
+    /// each element of binary string/JSON arrays, and each field of text-format COPY TO
+    /// STDOUT rows all come here. The column name is empty when the relay could not learn
+    /// it (always for COPY, which does not describe its columns).
     fn mask_value<'a>(&self, column: &str, value: &'a [u8]) -> Cow<'a, [u8]>;
 }
 
@@ -96,7 +100,10 @@ pub enum RelayError {
 #[derive(Clone, Debug)]
 struct Column {
     name: String,
-    text: bool,
+    /// Result format: binary values are masked only where their type's binary form is known.
+    binary: bool,
+    /// Type OID from RowDescription (domains are reported as their base type).
+    type_oid: u32,
 }
 
 /// What the next target messages answer, in request order.
@@ -149,6 +156,8 @@ struct Relay<'g, G> {
     portals: HashMap<String, Portal>,
     /// Columns of the simple-query result now streaming.
     current: Option<Vec<Column>>,
+    /// A text-format COPY TO STDOUT is streaming: its CopyData rows are masked.
+    copy_out_text: bool,
     /// Last transaction status the target reported.
     status: u8,
     /// After a refused Parse: drop client messages until Sync.
@@ -181,6 +190,7 @@ where
         statements: HashMap::new(),
         portals: HashMap::new(),
         current: None,
+        copy_out_text: false,
         status: b'I',
         discarding: false,
         answer_sync_locally: false,
@@ -491,10 +501,18 @@ impl<G: StatementGate> Relay<'_, G> {
     fn target_message(&mut self, frame: Frame) -> Result<(), RelayError> {
         match frame.tag {
             b'D' => return self.data_row(frame),
+            b'H' => {
+                // Binary COPY is not masked: its rows carry neither column names nor type
+                // OIDs, so which fields are strings cannot be known (a known gap).
+                self.copy_out_text = frame.bytes.get(5) == Some(&0);
+            }
+            b'd' if self.copy_out_text => return self.copy_row(frame),
+            b'c' => self.copy_out_text = false,
             b'Z' => {
                 let status = frame.bytes.get(5).copied().unwrap_or(b'I');
                 self.status = status;
                 self.current = None;
+                self.copy_out_text = false;
                 while let Some(p) = self.pending.pop_front() {
                     if matches!(p, Pending::Sync | Pending::Query { .. }) {
                         break;
@@ -502,6 +520,7 @@ impl<G: StatementGate> Relay<'_, G> {
                 }
             }
             b'E' => {
+                self.copy_out_text = false;
                 let replaced = match self.pending.front_mut() {
                     Some(Pending::Query { refusal }) => refusal.take(),
                     Some(Pending::Parse { refusal, .. }) => refusal.take(),
@@ -562,7 +581,8 @@ impl<G: StatementGate> Relay<'_, G> {
                     .into_iter()
                     .map(|f| Column {
                         name: f.name,
-                        text: f.format_code == 0,
+                        binary: f.format_code != 0,
+                        type_oid: f.type_id,
                     })
                     .collect();
                 match self.pending.front_mut() {
@@ -584,6 +604,7 @@ impl<G: StatementGate> Relay<'_, G> {
                     self.pending.pop_front();
                 }
                 self.current = None;
+                self.copy_out_text = false;
             }
             _ => {}
         }
@@ -623,10 +644,24 @@ impl<G: StatementGate> Relay<'_, G> {
                 };
                 Column {
                     name: c.name.clone(),
-                    text: format == 0,
+                    binary: format != 0,
+                    type_oid: c.type_oid,
                 }
             })
             .collect()
+    }
+
+    /// A CopyData row of a text-format COPY TO STDOUT (the target sends one row per
+    /// message): each field passes the gate under an empty column name.
+    fn copy_row(&mut self, frame: Frame) -> Result<(), RelayError> {
+        match mask_copy_row(self.gate, &frame.bytes).map_err(RelayError::TargetProtocol)? {
+            Some((row, masked)) => {
+                self.stats.values_masked += masked;
+                self.to_client.put_slice(&row);
+            }
+            None => self.to_client.put_slice(&frame.bytes),
+        }
+        Ok(())
     }
 
     fn data_row(&mut self, frame: Frame) -> Result<(), RelayError> {
@@ -652,7 +687,26 @@ impl<G: StatementGate> Relay<'_, G> {
     }
 }
 
-/// Pass each text value of a DataRow through the gate; a new message if any changed.
+/// Type OIDs whose binary send format is the value's text, byte for byte (textsend,
+/// varcharsend, bpcharsend, namesend, unknownsend, json_send). Types not listed (citext,
+/// enums, composites and other types with non-fixed OIDs) are passed unmasked in binary
+/// format: their OIDs differ per database and are not assumed.
+const TEXT_OIDS: [u32; 6] = [25, 1043, 1042, 19, 705, 114];
+
+/// jsonb: binary form is a version byte followed by the JSON text.
+const JSONB_OID: u32 = 3802;
+
+/// Version byte of jsonb's binary form that the relay knows (the only one PostgreSQL has).
+const JSONB_VERSION: u8 = 1;
+
+/// Arrays of the types above (text[], varchar[], bpchar[], name[], json[], jsonb[]):
+/// elements are masked one by one, dispatched on the element OID the array carries.
+const ARRAY_OIDS: [u32; 6] = [1009, 1015, 1014, 1003, 199, 3807];
+
+/// PostgreSQL's MAXDIM: arrays claiming more dimensions are malformed.
+const MAX_ARRAY_DIMS: i32 = 6;
+
+/// Pass each value of a DataRow through the gate; a new message if any changed.
 /// Columns the relay could not name are offered under an empty name, never skipped.
 fn mask_row<G: StatementGate>(gate: &G, columns: &[Column], row: &[u8]) -> Result<Option<(BytesMut, u64)>, String> {
     let mut body = row.get(5..).ok_or("short DataRow")?;
@@ -674,14 +728,11 @@ fn mask_row<G: StatementGate>(gate: &G, columns: &[Column], row: &[u8]) -> Resul
         let len = len as usize;
         let value = body.get(..len).ok_or("truncated DataRow value")?;
         body = &body[len..];
-        let column = columns.get(i);
-        let text = column.is_none_or(|c| c.text);
-        if !text {
-            values.push(Some(Cow::Borrowed(value)));
-            continue;
-        }
-        let name = column.map_or("", |c| c.name.as_str());
-        let out = gate.mask_value(name, value);
+        let out = match columns.get(i) {
+            Some(c) if c.binary => mask_binary(gate, &c.name, c.type_oid, value)?,
+            Some(c) => gate.mask_value(&c.name, value),
+            None => gate.mask_value("", value),
+        };
         if let Cow::Owned(_) = out {
             masked += 1;
         }
@@ -697,13 +748,156 @@ fn mask_row<G: StatementGate>(gate: &G, columns: &[Column], row: &[u8]) -> Resul
     for value in &values {
         match value {
             None => out.put_i32(-1),
-            Some(v) => {
-                out.put_i32(i32::try_from(v.len()).map_err(|_| "masked value too long")?);
-                out.put_slice(v);
-            }
+            Some(v) => put_value(&mut out, v)?,
         }
     }
+    finish_message(out).map(|m| Some((m, masked)))
+}
+
+/// Append a length-prefixed value (DataRow, array element).
+fn put_value(out: &mut BytesMut, v: &[u8]) -> Result<(), String> {
+    out.put_i32(i32::try_from(v.len()).map_err(|_| "masked value too long")?);
+    out.put_slice(v);
+    Ok(())
+}
+
+/// Fill in the length of a message built with a zero length after its type byte.
+fn finish_message(mut out: BytesMut) -> Result<BytesMut, String> {
     let len = i32::try_from(out.len() - 1).map_err(|_| "masked row too long")?;
     out[1..5].copy_from_slice(&len.to_be_bytes());
-    Ok(Some((out, masked)))
+    Ok(out)
+}
+
+/// Mask a binary-format value where its type's binary form is known to hold text.
+fn mask_binary<'a, G: StatementGate>(gate: &G, column: &str, oid: u32, value: &'a [u8]) -> Result<Cow<'a, [u8]>, String> {
+    if ARRAY_OIDS.contains(&oid) {
+        mask_binary_array(gate, column, value)
+    } else {
+        Ok(mask_binary_scalar(gate, column, oid, value))
+    }
+}
+
+fn mask_binary_scalar<'a, G: StatementGate>(gate: &G, column: &str, oid: u32, value: &'a [u8]) -> Cow<'a, [u8]> {
+    if TEXT_OIDS.contains(&oid) {
+        return gate.mask_value(column, value);
+    }
+    if oid == JSONB_OID {
+        // jsonb_recv refuses any other version, so no client reads another: offering the
+        // whole value keeps an unexpected one from passing unmasked.
+        let Some((&JSONB_VERSION, json)) = value.split_first() else {
+            return gate.mask_value(column, value);
+        };
+        return match gate.mask_value(column, json) {
+            Cow::Borrowed(_) => Cow::Borrowed(value),
+            Cow::Owned(masked) => {
+                let mut out = Vec::with_capacity(masked.len() + 1);
+                out.push(JSONB_VERSION);
+                out.extend_from_slice(&masked);
+                Cow::Owned(out)
+            }
+        };
+    }
+    Cow::Borrowed(value)
+}
+
+/// Mask each element of a binary array (array_send): ndim, has-null flag, element OID,
+/// (size, lower bound) per dimension, then each element length-prefixed (-1 is NULL).
+fn mask_binary_array<'a, G: StatementGate>(gate: &G, column: &str, value: &'a [u8]) -> Result<Cow<'a, [u8]>, String> {
+    let mut body = value;
+    if body.len() < 12 {
+        return Err("truncated array value".to_owned());
+    }
+    let ndim = body.get_i32();
+    let _has_null = body.get_i32();
+    let elem_oid = body.get_u32();
+    if !(0..=MAX_ARRAY_DIMS).contains(&ndim) {
+        return Err(format!("array value with {ndim} dimensions"));
+    }
+    let mut count: usize = usize::from(ndim > 0);
+    for _ in 0..ndim {
+        if body.len() < 8 {
+            return Err("truncated array value".to_owned());
+        }
+        let size = usize::try_from(body.get_i32()).map_err(|_| "negative array dimension")?;
+        let _lower_bound = body.get_i32();
+        count = count.checked_mul(size).ok_or("array dimensions overflow")?;
+    }
+    // Every element takes at least its 4-byte length: bounds the allocation below.
+    if count > body.len() / 4 {
+        return Err("array value shorter than its dimensions".to_owned());
+    }
+    let header = &value[..value.len() - body.len()];
+    let mut elements: Vec<Option<Cow<'a, [u8]>>> = Vec::with_capacity(count);
+    let mut changed = false;
+    for _ in 0..count {
+        if body.len() < 4 {
+            return Err("truncated array value".to_owned());
+        }
+        let len = body.get_i32();
+        if len < 0 {
+            elements.push(None);
+            continue;
+        }
+        let len = len as usize;
+        let element = body.get(..len).ok_or("truncated array element")?;
+        body = &body[len..];
+        let out = mask_binary_scalar(gate, column, elem_oid, element);
+        changed |= matches!(out, Cow::Owned(_));
+        elements.push(Some(out));
+    }
+    if !body.is_empty() {
+        return Err("trailing bytes after array elements".to_owned());
+    }
+    if !changed {
+        return Ok(Cow::Borrowed(value));
+    }
+    let mut out = BytesMut::with_capacity(value.len() + 64);
+    out.put_slice(header);
+    for element in &elements {
+        match element {
+            None => out.put_i32(-1),
+            Some(e) => put_value(&mut out, e)?,
+        }
+    }
+    Ok(Cow::Owned(out.to_vec()))
+}
+
+/// Mask the fields of one text-format COPY row. Fields are split at tabs, the default
+/// delimiter; a value's own tabs are escaped (`\t`) in text format, so a raw tab is always
+/// a delimiter. With another DELIMITER or in CSV the row is offered in tab-separated
+/// pieces (usually the whole line) and content detectors still apply to it.
+fn mask_copy_row<G: StatementGate>(gate: &G, message: &[u8]) -> Result<Option<(BytesMut, u64)>, String> {
+    let data = message.get(5..).ok_or("short CopyData")?;
+    let (line, end) = match data.strip_suffix(b"\r\n") {
+        Some(line) => (line, &b"\r\n"[..]),
+        None => match data.strip_suffix(b"\n") {
+            Some(line) => (line, &b"\n"[..]),
+            None => (data, &b""[..]),
+        },
+    };
+    let mut masked = 0u64;
+    let fields: Vec<Cow<'_, [u8]>> = line
+        .split(|b| *b == b'\t')
+        .map(|field| {
+            let out = gate.mask_value("", field);
+            if let Cow::Owned(_) = out {
+                masked += 1;
+            }
+            out
+        })
+        .collect();
+    if masked == 0 {
+        return Ok(None);
+    }
+    let mut out = BytesMut::with_capacity(message.len() + 64);
+    out.put_u8(b'd');
+    out.put_i32(0);
+    for (i, field) in fields.iter().enumerate() {
+        if i > 0 {
+            out.put_u8(b'\t');
+        }
+        out.put_slice(field);
+    }
+    out.put_slice(end);
+    finish_message(out).map(|m| Some((m, masked)))
 }

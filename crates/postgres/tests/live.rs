@@ -16,7 +16,8 @@ use gatehouse_testkit::postgres::PgServer;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
-/// Refuses writes to `customers`; masks any column named `email`.
+/// Refuses writes to `customers`; masks any column named `email` to `***`, and by content
+/// any `@example.com` address in other values to `@masked.invalid`.
 struct TestGate;
 
 impl StatementGate for TestGate {
@@ -34,10 +35,13 @@ impl StatementGate for TestGate {
     }
 
     fn mask_value<'a>(&self, column: &str, value: &'a [u8]) -> Cow<'a, [u8]> {
+        const DOMAIN: &str = "@example.com";
         if column == "email" {
-            Cow::Owned(b"***".to_vec())
-        } else {
-            Cow::Borrowed(value)
+            return Cow::Owned(b"***".to_vec());
+        }
+        match std::str::from_utf8(value) {
+            Ok(text) if text.contains(DOMAIN) => Cow::Owned(text.replace(DOMAIN, "@masked.invalid").into_bytes()),
+            _ => Cow::Borrowed(value),
         }
     }
 }
@@ -435,6 +439,146 @@ async fn extended_text_results_are_masked_by_portal_columns() {
     assert!(!text.contains("@example.com"), "{text}");
 }
 
+/// Any column's raw wire bytes, whatever its type.
+struct Raw(Vec<u8>);
+
+impl<'a> tokio_postgres::types::FromSql<'a> for Raw {
+    fn from_sql(
+        _: &tokio_postgres::types::Type,
+        raw: &'a [u8],
+    ) -> Result<Self, Box<dyn std::error::Error + Sync + Send>> {
+        Ok(Raw(raw.to_vec()))
+    }
+
+    fn accepts(_: &tokio_postgres::types::Type) -> bool {
+        true
+    }
+}
+
+/// The same query straight at the target, as the gateway's role: the unmasked control.
+async fn direct_client(pg: &PgServer) -> tokio_postgres::Client {
+    let (client, conn) = tokio_postgres::connect(
+        &format!(
+            "host={} port={} user=gw password=gw-pass dbname=app sslmode=disable",
+            pg.host(),
+            pg.port()
+        ),
+        tokio_postgres::NoTls,
+    )
+    .await
+    .unwrap();
+    tokio::spawn(conn);
+    client
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn binary_string_results_are_masked() {
+    let pg = target();
+    let port = gateway(config(&pg, "gw", "gw-pass", "app")).await;
+    let direct = direct_client(&pg).await;
+    let client = tokio_client(port).await;
+    // tokio-postgres asks for every result column in binary format.
+    let queries = [
+        "SELECT email FROM customers WHERE id = 1",
+        "SELECT email::varchar(100) AS email FROM customers WHERE id = 1",
+        "SELECT email::char(20) AS email FROM customers WHERE id = 1",
+        "SELECT email::name AS email FROM customers WHERE id = 1",
+    ];
+    for sql in queries {
+        let plain: String = direct.query_one(sql, &[]).await.unwrap().get(0);
+        assert_eq!(plain.trim_end(), "ann@example.com", "{sql}");
+        let row = client.query_one(sql, &[]).await.unwrap();
+        assert_eq!(row.get::<_, String>(0), "***", "{sql}");
+    }
+    // By content, in a column the gate cannot name; other columns pass untouched.
+    let sql = "SELECT id, 'mail ' || email AS contact FROM customers ORDER BY id";
+    let plain: Vec<String> = direct.query(sql, &[]).await.unwrap().iter().map(|r| r.get(1)).collect();
+    assert_eq!(plain, ["mail ann@example.com", "mail bob@example.com"]);
+    let rows = client.query(sql, &[]).await.unwrap();
+    let ids: Vec<i32> = rows.iter().map(|r| r.get(0)).collect();
+    let contacts: Vec<String> = rows.iter().map(|r| r.get(1)).collect();
+    assert_eq!(ids, [1, 2]);
+    assert_eq!(contacts, ["mail ann@masked.invalid", "mail bob@masked.invalid"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn binary_json_and_jsonb_results_are_masked() {
+    let pg = target();
+    let port = gateway(config(&pg, "gw", "gw-pass", "app")).await;
+    let direct = direct_client(&pg).await;
+    let client = tokio_client(port).await;
+    let sql = "SELECT jsonb_build_object('contact', email) AS doc, to_json(email) AS email, \
+               to_jsonb(email) AS email FROM customers WHERE id = 1";
+    let plain = direct.query_one(sql, &[]).await.unwrap();
+    assert_eq!(plain.get::<_, Raw>(0).0, b"\x01{\"contact\": \"ann@example.com\"}");
+    assert_eq!(plain.get::<_, Raw>(1).0, b"\"ann@example.com\"");
+    let row = client.query_one(sql, &[]).await.unwrap();
+    // jsonb keeps its version byte; the JSON text behind it is masked.
+    assert_eq!(row.get::<_, Raw>(0).0, b"\x01{\"contact\": \"ann@masked.invalid\"}");
+    assert_eq!(row.get::<_, Raw>(1).0, b"***");
+    assert_eq!(row.get::<_, Raw>(2).0, b"\x01***");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn binary_string_arrays_are_masked_element_by_element() {
+    let pg = target();
+    let port = gateway(config(&pg, "gw", "gw-pass", "app")).await;
+    let direct = direct_client(&pg).await;
+    let client = tokio_client(port).await;
+    let sql = "SELECT array_agg(email ORDER BY id) AS email, \
+               ARRAY[min(email), NULL, min(name)] AS contacts, \
+               array_agg(email::varchar ORDER BY id) AS contacts_v FROM customers";
+    let plain = direct.query_one(sql, &[]).await.unwrap();
+    assert_eq!(plain.get::<_, Vec<String>>(0), ["ann@example.com", "bob@example.com"]);
+    assert_eq!(
+        plain.get::<_, Vec<Option<String>>>(1),
+        [Some("ann@example.com".to_owned()), None, Some("ann".to_owned())]
+    );
+    let row = client.query_one(sql, &[]).await.unwrap();
+    assert_eq!(row.get::<_, Vec<String>>(0), ["***", "***"]);
+    assert_eq!(
+        row.get::<_, Vec<Option<String>>>(1),
+        [Some("ann@masked.invalid".to_owned()), None, Some("ann".to_owned())]
+    );
+    assert_eq!(
+        row.get::<_, Vec<String>>(2),
+        ["ann@masked.invalid", "bob@masked.invalid"]
+    );
+    // Two dimensions: the header is kept and each element's length is rewritten.
+    let sql = "SELECT ARRAY[[email, 'x'], ['y', name]] AS m FROM customers WHERE id = 2";
+    let expected = |first: &str| {
+        let mut v = BytesMut::new();
+        for word in [2, 0, 25, 2, 1, 2, 1] {
+            v.put_i32(word);
+        }
+        for element in [first, "x", "y", "bob"] {
+            v.put_i32(element.len() as i32);
+            v.put_slice(element.as_bytes());
+        }
+        v.to_vec()
+    };
+    assert_eq!(direct.query_one(sql, &[]).await.unwrap().get::<_, Raw>(0).0, expected("bob@example.com"));
+    assert_eq!(client.query_one(sql, &[]).await.unwrap().get::<_, Raw>(0).0, expected("bob@masked.invalid"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn copy_to_stdout_rows_are_masked_by_content() {
+    let pg = target();
+    let port = gateway(config(&pg, "gw", "gw-pass", "app")).await;
+    let sql = "COPY (SELECT id, email, name FROM customers ORDER BY id) TO STDOUT";
+    let plain = pg.psql_as("gw", "gw-pass", "app", sql).unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&plain.stdout),
+        "1\tann@example.com\tann\n2\tbob@example.com\tbob\n"
+    );
+    let out = psql(port, &["-c", sql], None).await;
+    assert!(out.ok, "{}", out.stderr);
+    assert_eq!(out.stdout, "1\tann@masked.invalid\tann\n2\tbob@masked.invalid\tbob\n");
+    let out = psql(port, &["-c", &format!("{} WITH (FORMAT csv)", sql)], None).await;
+    assert!(out.ok, "{}", out.stderr);
+    assert_eq!(out.stdout, "1,ann@masked.invalid,ann\n2,bob@masked.invalid,bob\n");
+}
+
 fn frame(out: &mut BytesMut, tag: u8, body: &[u8]) {
     out.put_u8(tag);
     out.put_i32(4 + body.len() as i32);
@@ -514,4 +658,118 @@ async fn function_call_gets_an_error_and_the_session_survives() {
     let out = psql(port, &[], Some(&script)).await;
     assert!(out.stderr.contains("function call messages"), "{}", out.stderr);
     assert!(out.stdout.contains("still here"), "{}", out.stdout);
+}
+
+/// Turn on TLS at the target with a fresh CA; returns the CA file.
+fn enable_tls(pg: &PgServer, dir: &std::path::Path) -> std::path::PathBuf {
+    use std::os::unix::fs::MetadataExt;
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new("openssl")
+            .args(args)
+            .current_dir(dir)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    };
+    run(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:P-256",
+        "-nodes",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.pem",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=test ca",
+    ]);
+    run(&[
+        "req",
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:P-256",
+        "-nodes",
+        "-keyout",
+        "server.key",
+        "-out",
+        "server.csr",
+        "-subj",
+        "/CN=127.0.0.1",
+    ]);
+    std::fs::write(dir.join("ext.cnf"), "subjectAltName=IP:127.0.0.1\n").unwrap();
+    run(&[
+        "x509",
+        "-req",
+        "-in",
+        "server.csr",
+        "-CA",
+        "ca.pem",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-out",
+        "server.pem",
+        "-days",
+        "2",
+        "-extfile",
+        "ext.cnf",
+    ]);
+    let data = pg.data_dir();
+    let meta = std::fs::metadata(&data).unwrap();
+    for name in ["server.pem", "server.key"] {
+        let target = data.join(name);
+        std::fs::copy(dir.join(name), &target).unwrap();
+        std::os::unix::fs::chown(&target, Some(meta.uid()), Some(meta.gid())).unwrap();
+        std::fs::set_permissions(&target, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    }
+    pg.psql("ALTER SYSTEM SET ssl_cert_file = 'server.pem'").unwrap();
+    pg.psql("ALTER SYSTEM SET ssl_key_file = 'server.key'").unwrap();
+    pg.psql("ALTER SYSTEM SET ssl = on").unwrap();
+    pg.reload().unwrap();
+    dir.join("ca.pem")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upstream_tls_require_and_verify_full() {
+    let pg = target();
+    let dir = tempfile::tempdir().unwrap();
+    let ca = enable_tls(&pg, dir.path());
+    let mut cfg = config(&pg, "gw", "gw-pass", "app");
+    cfg.tls = TlsMode::Require;
+    let up = Upstream::connect(&cfg).await.unwrap();
+    assert!(matches!(up.stream, upstream::UpstreamStream::Tls(_)));
+    let ssl_in_use = pg
+        .psql("SELECT count(*) FROM pg_stat_ssl s JOIN pg_stat_activity a USING (pid) WHERE s.ssl AND a.usename = 'gw'")
+        .unwrap();
+    assert_eq!(ssl_in_use.trim(), "1");
+    cfg.tls = TlsMode::VerifyFull;
+    cfg.ca_file = Some(ca);
+    Upstream::connect(&cfg).await.unwrap();
+    // A CA that did not sign the server certificate fails verification.
+    let other = dir.path().join("other");
+    std::fs::create_dir(&other).unwrap();
+    let out = std::process::Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+        ])
+        .args(["-keyout", "o.key", "-out", "o.pem", "-days", "2", "-subj", "/CN=other"])
+        .current_dir(&other)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    cfg.ca_file = Some(other.join("o.pem"));
+    let err = Upstream::connect(&cfg).await.err().unwrap();
+    assert!(matches!(err, UpstreamError::Tls(_)), "{err}");
 }

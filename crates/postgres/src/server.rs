@@ -1,0 +1,521 @@
+//! The PostgreSQL listener: answers SSLRequest with TLS, asks for the caller's token as a
+//! cleartext password (inside TLS), opens a core session on the target named by the startup
+//! database, logs in upstream with the gateway's own credential and hands the connection to
+//! the relay with a gate that asks the core about every statement.
+
+use std::borrow::Cow;
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::{BufMut, BytesMut};
+use gatehouse_core::{Gateway, Protocol, Refusal as CoreRefusal, RefusalKind, Session};
+use gatehouse_mask::{MaskCounts, Masker};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{Semaphore, watch};
+use tokio_rustls::TlsAcceptor;
+
+use crate::classify::{Statement, StatementKind};
+use crate::config::PostgresConfig;
+use crate::relay::{self, Refusal, StatementGate};
+use crate::upstream::{self, UpstreamConfig};
+
+const PROTOCOL_3_0: i32 = 196_608;
+const SSL_REQUEST: i32 = 80_877_103;
+const GSSENC_REQUEST: i32 = 80_877_104;
+const CANCEL_REQUEST: i32 = 80_877_102;
+/// Startup packets are small; PostgreSQL itself caps them at 10,000 bytes.
+const MAX_STARTUP_PACKET: usize = 10_000;
+/// A password message carries a JWT: generous, but bounded.
+const MAX_PASSWORD_MESSAGE: usize = 20_000;
+
+/// Any client stream, plain or TLS.
+trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
+
+/// Where a gateway-issued cancel key leads.
+struct CancelTarget {
+    upstream: UpstreamConfig,
+    pid: i32,
+    secret: i32,
+}
+
+/// The PostgreSQL frontend, shared by every connection.
+pub struct PostgresFrontend {
+    gateway: Arc<Gateway>,
+    tls: Option<TlsAcceptor>,
+    allow_plaintext: bool,
+    upstreams: HashMap<String, UpstreamConfig>,
+    cancels: Mutex<HashMap<(i32, i32), CancelTarget>>,
+    limit: Arc<Semaphore>,
+    auth_timeout: Duration,
+}
+
+/// Why a connection ended before its session began; logged, never shown raw to the client.
+#[derive(Debug, thiserror::Error)]
+enum StartupError {
+    #[error("client connection failed: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("client protocol violation: {0}")]
+    Protocol(String),
+    #[error("refused: {0}")]
+    Refused(String),
+}
+
+impl PostgresFrontend {
+    /// `tls` is the listener's rustls config (from `tls_cert`/`tls_key`), if any.
+    pub fn new(
+        gateway: Arc<Gateway>,
+        config: &PostgresConfig,
+        tls: Option<Arc<rustls::ServerConfig>>,
+    ) -> Result<Self, String> {
+        let upstreams = config.upstreams()?.into_iter().collect();
+        Ok(Self {
+            gateway,
+            tls: tls.map(TlsAcceptor::from),
+            allow_plaintext: config.allow_plaintext,
+            upstreams,
+            cancels: Mutex::new(HashMap::new()),
+            limit: Arc::new(Semaphore::new(config.max_connections)),
+            auth_timeout: Duration::from_secs(config.auth_timeout_secs),
+        })
+    }
+
+    /// Serves `listener` until `shutdown` turns true, then waits for open sessions to end.
+    pub async fn serve(self: Arc<Self>, listener: TcpListener, mut shutdown: watch::Receiver<bool>) {
+        let mut tasks = tokio::task::JoinSet::new();
+        loop {
+            let permit = tokio::select! {
+                p = Arc::clone(&self.limit).acquire_owned() => match p { Ok(p) => p, Err(_) => break },
+                _ = stopped(&mut shutdown) => break,
+            };
+            let accepted = tokio::select! {
+                a = listener.accept() => a,
+                _ = stopped(&mut shutdown) => break,
+            };
+            let (tcp, peer) = match accepted {
+                Ok(conn) => conn,
+                Err(error) => {
+                    tracing::warn!(%error, "PostgreSQL accept failed.");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            };
+            let this = Arc::clone(&self);
+            let shutdown = shutdown.clone();
+            tasks.spawn(async move {
+                this.connection(tcp, peer, shutdown).await;
+                drop(permit);
+            });
+            while tasks.try_join_next().is_some() {}
+        }
+        drop(listener);
+        while tasks.join_next().await.is_some() {}
+    }
+
+    async fn connection(&self, tcp: TcpStream, peer: SocketAddr, shutdown: watch::Receiver<bool>) {
+        let _ = tcp.set_nodelay(true);
+        let mut stream: Box<dyn Io> = Box::new(tcp);
+        let started = tokio::time::timeout(self.auth_timeout, self.startup(&mut stream, peer)).await;
+        let (session, upstream_conn) = match started {
+            Ok(Ok(Some(ready))) => ready,
+            Ok(Ok(None)) => return,
+            Ok(Err(error)) => {
+                tracing::info!(client = %peer, %error, "PostgreSQL connection ended before its session began.");
+                return;
+            }
+            Err(_) => {
+                tracing::info!(client = %peer, "PostgreSQL client did not log in in time.");
+                let _ = write_error(&mut stream, "FATAL", "08006", "authentication timed out").await;
+                return;
+            }
+        };
+        let span = tracing::info_span!("session", session = %session.id(), user = %session.identity().display_name(), target = %session.target().name, protocol = "postgres");
+        let _entered = span.enter();
+        let key = upstream_conn.1;
+        let gate = SessionGate::new(session.clone(), session.masker().await.clone());
+        let mut shutdown = shutdown;
+        let outcome = tokio::select! {
+            r = relay::run(&mut stream, upstream_conn.0, &gate) => match r {
+                Ok(_) => "client closed".to_string(),
+                Err(error) => {
+                    tracing::info!(%error, "Relay ended.");
+                    error.to_string()
+                }
+            },
+            _ = tokio::time::sleep(session.time_left()) => {
+                let _ = write_error(&mut stream, "FATAL", "57P01", "terminating connection because the token or credential expired; reconnect with a fresh one").await;
+                "token expired".to_string()
+            }
+            _ = stopped(&mut shutdown) => {
+                let _ = write_error(&mut stream, "FATAL", "57P01", "terminating connection because the gateway is shutting down").await;
+                "gateway shutdown".to_string()
+            }
+        };
+        self.lock_cancels().remove(&key);
+        gate.flush_masking().await;
+        session.end(&outcome).await;
+        let _ = stream.shutdown().await;
+    }
+
+    fn lock_cancels(&self) -> std::sync::MutexGuard<'_, HashMap<(i32, i32), CancelTarget>> {
+        self.cancels.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Startup and authentication. `None` when the connection was a cancel request or was
+    /// refused with a message already sent.
+    async fn startup(
+        &self,
+        stream: &mut Box<dyn Io>,
+        peer: SocketAddr,
+    ) -> Result<Option<(Session, (upstream::Upstream, (i32, i32)))>, StartupError> {
+        let mut encrypted = false;
+        let params = loop {
+            let (code, body) = read_startup_packet(stream).await?;
+            match code {
+                SSL_REQUEST if !encrypted => match &self.tls {
+                    Some(acceptor) => {
+                        stream.write_all(b"S").await?;
+                        stream.flush().await?;
+                        let plain = std::mem::replace(stream, Box::new(tokio::io::join(tokio::io::empty(), tokio::io::sink())));
+                        let tls = acceptor.accept(plain).await?;
+                        *stream = Box::new(tls);
+                        encrypted = true;
+                    }
+                    None => {
+                        stream.write_all(b"N").await?;
+                    }
+                },
+                // GSSAPI encryption is not offered: the client falls back (to SSL or plain).
+                GSSENC_REQUEST => stream.write_all(b"N").await?,
+                CANCEL_REQUEST => {
+                    self.cancel(&body).await;
+                    return Ok(None);
+                }
+                PROTOCOL_3_0 => break parse_params(&body)?,
+                code if code >> 16 == 3 => {
+                    // A newer 3.x minor: say we speak 3.0 and carry on (NegotiateProtocolVersion).
+                    let params = parse_params(&body)?;
+                    let unknown: Vec<&String> = params.keys().filter(|k| k.starts_with("_pq_.")).collect();
+                    let mut msg = BytesMut::new();
+                    msg.put_u8(b'v');
+                    let len_at = msg.len();
+                    msg.put_i32(0);
+                    msg.put_i32(0);
+                    msg.put_i32(i32::try_from(unknown.len()).unwrap_or(0));
+                    for name in unknown {
+                        msg.put_slice(name.as_bytes());
+                        msg.put_u8(0);
+                    }
+                    let len = i32::try_from(msg.len() - len_at).unwrap_or(i32::MAX);
+                    msg[len_at..len_at + 4].copy_from_slice(&len.to_be_bytes());
+                    stream.write_all(&msg).await?;
+                    break params;
+                }
+                _ => {
+                    write_error(stream, "FATAL", "0A000", "unsupported frontend protocol").await?;
+                    return Err(StartupError::Protocol(format!("startup code {code}")));
+                }
+            }
+        };
+        let user = params.get("user").cloned().unwrap_or_default();
+        let database = params.get("database").cloned().unwrap_or_else(|| user.clone());
+        if params
+            .get("replication")
+            .is_some_and(|r| !matches!(r.as_str(), "false" | "off" | "no" | "0"))
+        {
+            write_error(stream, "FATAL", "0A000", "gatehouse does not relay replication connections").await?;
+            return Err(StartupError::Refused("replication connection".into()));
+        }
+        if !encrypted && !self.allow_plaintext {
+            write_error(
+                stream,
+                "FATAL",
+                "28000",
+                "gatehouse requires an encrypted connection: connect with sslmode=require or stronger",
+            )
+            .await?;
+            return Err(StartupError::Refused("plaintext connection".into()));
+        }
+
+        // AuthenticationCleartextPassword: the password is the OIDC token or a ghc_ credential.
+        stream.write_all(&[b'R', 0, 0, 0, 8, 0, 0, 0, 3]).await?;
+        stream.flush().await?;
+        let secret = read_password(stream).await?;
+        let session = match self.gateway.connect(&secret, Protocol::Postgres, &database, peer).await {
+            Ok(s) => s,
+            Err(refusal) => {
+                tracing::info!(client = %peer, user, database, kind = ?refusal.kind, "PostgreSQL login refused.");
+                // One message for a bad token, an unknown target and a denied connect, as
+                // PostgreSQL words a failed password login.
+                let message = match refusal.kind {
+                    RefusalKind::Unavailable => refusal.message.clone(),
+                    _ => format!("password authentication failed for user \"{user}\""),
+                };
+                write_error(stream, "FATAL", "28000", &message).await?;
+                return Ok(None);
+            }
+        };
+        tracing::info!(client = %peer, session = %session.id(), user = %session.identity().display_name(), startup_user = user, target = database, "PostgreSQL session opened.");
+        let Some(config) = self.upstreams.get(&database) else {
+            // The core knows the target, so config wiring guarantees an upstream for it.
+            session.end("no upstream configured").await;
+            write_error(stream, "FATAL", "28000", &format!("password authentication failed for user \"{user}\"")).await?;
+            return Ok(None);
+        };
+        let upstream_conn = match tokio::time::timeout(Duration::from_secs(10), upstream::Upstream::connect(config)).await {
+            Ok(Ok(u)) => u,
+            Ok(Err(error)) => {
+                tracing::warn!(session = %session.id(), %error, "Target login failed.");
+                session.target_error(error.to_string()).await;
+                session.end("target unreachable").await;
+                write_error(stream, "FATAL", "08001", &format!("gatehouse could not log in to target \"{database}\"")).await?;
+                return Ok(None);
+            }
+            Err(_) => {
+                session.target_error("login to the target timed out").await;
+                session.end("target unreachable").await;
+                write_error(stream, "FATAL", "08001", &format!("gatehouse could not reach target \"{database}\" in time")).await?;
+                return Ok(None);
+            }
+        };
+
+        // The client sees a normal server: AuthenticationOk, the target's parameters, the
+        // gateway's own cancel key, ReadyForQuery.
+        let key = self.register_cancel(config, upstream_conn.backend_key);
+        let mut out = BytesMut::new();
+        out.put_slice(&[b'R', 0, 0, 0, 8, 0, 0, 0, 0]);
+        for (name, value) in &upstream_conn.params {
+            out.put_u8(b'S');
+            out.put_i32(i32::try_from(4 + name.len() + 1 + value.len() + 1).unwrap_or(i32::MAX));
+            out.put_slice(name.as_bytes());
+            out.put_u8(0);
+            out.put_slice(value.as_bytes());
+            out.put_u8(0);
+        }
+        out.put_u8(b'K');
+        out.put_i32(12);
+        out.put_i32(key.0);
+        out.put_i32(key.1);
+        out.put_slice(&[b'Z', 0, 0, 0, 5, b'I']);
+        stream.write_all(&out).await?;
+        stream.flush().await?;
+        Ok(Some((session, (upstream_conn, key))))
+    }
+
+    fn register_cancel(&self, upstream: &UpstreamConfig, backend: (i32, i32)) -> (i32, i32) {
+        let mut cancels = self.lock_cancels();
+        loop {
+            let mut raw = [0u8; 8];
+            // Without entropy nothing else works either; a zero key is merely guessable.
+            let _ = aws_lc_rs::rand::fill(&mut raw);
+            let pid = i32::from_be_bytes([raw[0] & 0x7f, raw[1], raw[2], raw[3]]);
+            let secret = i32::from_be_bytes([raw[4], raw[5], raw[6], raw[7]]);
+            if let std::collections::hash_map::Entry::Vacant(slot) = cancels.entry((pid, secret)) {
+                slot.insert(CancelTarget {
+                    upstream: upstream.clone(),
+                    pid: backend.0,
+                    secret: backend.1,
+                });
+                return (pid, secret);
+            }
+        }
+    }
+
+    /// CancelRequest: the client names the gateway's key; the gateway cancels the right
+    /// upstream backend. Unknown keys are ignored, as PostgreSQL does.
+    async fn cancel(&self, body: &[u8]) {
+        let (Some(pid), Some(secret)) = (read_i32(body, 0), read_i32(body, 4)) else {
+            return;
+        };
+        let target = self
+            .lock_cancels()
+            .get(&(pid, secret))
+            .map(|t| (t.upstream.clone(), t.pid, t.secret));
+        let Some((config, pid, secret)) = target else {
+            tracing::debug!("CancelRequest with an unknown key ignored.");
+            return;
+        };
+        if let Err(error) = upstream::cancel(&config, pid, secret).await {
+            tracing::warn!(%error, "Forwarding a cancel request failed.");
+        }
+    }
+}
+
+/// The gate the relay consults: each statement is one request through the core's
+/// enforcement path; masking follows the session's per-class decisions.
+struct SessionGate {
+    session: Session,
+    masker: Masker,
+    /// Masking counts of the request whose rows are streaming now, audited when the next
+    /// request is decided or the session ends.
+    counts: Mutex<(u64, MaskCounts)>,
+}
+
+impl SessionGate {
+    fn new(session: Session, masker: Masker) -> Self {
+        Self {
+            session,
+            masker,
+            counts: Mutex::new((0, MaskCounts::default())),
+        }
+    }
+
+    async fn flush_masking(&self) {
+        let (request, counts) = {
+            let mut guard = self.counts.lock().unwrap_or_else(|p| p.into_inner());
+            let request = guard.0;
+            (request, std::mem::take(&mut guard.1))
+        };
+        self.session.record_masking(request, &counts).await;
+    }
+}
+
+fn action(kind: StatementKind) -> &'static str {
+    match kind {
+        StatementKind::Read => "read",
+        StatementKind::Write => "write",
+        StatementKind::Ddl => "ddl",
+        StatementKind::Admin => "admin",
+        // Transaction control and harmless session settings change no data; they are
+        // decided (and audited) as reads, so a caller who may read may also BEGIN.
+        StatementKind::Transaction | StatementKind::Session => "read",
+    }
+}
+
+fn refusal(r: CoreRefusal) -> Refusal {
+    let detail = (!r.policies.is_empty()).then(|| format!("decided by policy {}", r.policies.join(", ")));
+    let sqlstate = match r.kind {
+        RefusalKind::Denied | RefusalKind::ApprovalRequired { .. } => "42501",
+        RefusalKind::Expired | RefusalKind::Unauthenticated => "28000",
+        RefusalKind::Unavailable => "58000",
+    };
+    Refusal {
+        sqlstate: sqlstate.into(),
+        message: r.message,
+        detail,
+    }
+}
+
+impl StatementGate for SessionGate {
+    async fn decide(&self, statements: &[Statement]) -> Result<(), Refusal> {
+        self.flush_masking().await;
+        let audit_masker = Masker::all();
+        for statement in statements {
+            // Literals in the statement text may themselves be sensitive: the text that
+            // policy sees and the audit log keeps is masked like a response would be.
+            let mut ignored = MaskCounts::default();
+            let text = audit_masker.mask_text(&statement.text, &mut ignored);
+            let context = serde_json::json!({
+                "statement_kind": statement.tag,
+                "tables": statement.tables,
+                "functions": statement.functions,
+                "has_where": statement.has_where,
+                "statement": text,
+            });
+            let permit = self
+                .session
+                .authorize(action(statement.kind), context)
+                .await
+                .map_err(refusal)?;
+            self.counts.lock().unwrap_or_else(|p| p.into_inner()).0 = permit.request();
+        }
+        Ok(())
+    }
+
+    fn mask_value<'a>(&self, column: &str, value: &'a [u8]) -> Cow<'a, [u8]> {
+        if self.masker.is_noop() {
+            return Cow::Borrowed(value);
+        }
+        let Ok(text) = std::str::from_utf8(value) else {
+            return Cow::Borrowed(value);
+        };
+        let mut guard = self.counts.lock().unwrap_or_else(|p| p.into_inner());
+        match self.masker.mask_column(column, text, &mut guard.1) {
+            Cow::Borrowed(_) => Cow::Borrowed(value),
+            Cow::Owned(masked) => Cow::Owned(masked.into_bytes()),
+        }
+    }
+}
+
+/// Resolves once the shutdown flag turns true (or its sender is gone).
+async fn stopped(shutdown: &mut watch::Receiver<bool>) {
+    let _ = shutdown.wait_for(|s| *s).await;
+}
+
+async fn read_startup_packet(stream: &mut Box<dyn Io>) -> Result<(i32, Vec<u8>), StartupError> {
+    let len = stream.read_i32().await?;
+    let len = usize::try_from(len).map_err(|_| StartupError::Protocol("negative packet length".into()))?;
+    if !(8..=MAX_STARTUP_PACKET).contains(&len) {
+        return Err(StartupError::Protocol(format!("startup packet of {len} bytes")));
+    }
+    let code = stream.read_i32().await?;
+    let mut body = vec![0u8; len - 8];
+    stream.read_exact(&mut body).await?;
+    Ok((code, body))
+}
+
+fn parse_params(body: &[u8]) -> Result<HashMap<String, String>, StartupError> {
+    let mut params = HashMap::new();
+    let mut fields = body.split(|b| *b == 0);
+    loop {
+        let Some(name) = fields.next() else { break };
+        if name.is_empty() {
+            break;
+        }
+        let value = fields
+            .next()
+            .ok_or_else(|| StartupError::Protocol("startup parameter without a value".into()))?;
+        let text = |b: &[u8]| {
+            String::from_utf8(b.to_vec()).map_err(|_| StartupError::Protocol("startup parameter is not UTF-8".into()))
+        };
+        params.insert(text(name)?, text(value)?);
+    }
+    Ok(params)
+}
+
+async fn read_password(stream: &mut Box<dyn Io>) -> Result<String, StartupError> {
+    let tag = stream.read_u8().await?;
+    if tag != b'p' {
+        return Err(StartupError::Protocol(format!("expected a password message, got {:?}", tag as char)));
+    }
+    let len = usize::try_from(stream.read_i32().await?).unwrap_or(0);
+    if !(5..=MAX_PASSWORD_MESSAGE).contains(&len) {
+        write_error(stream, "FATAL", "08P01", "invalid password message length").await?;
+        return Err(StartupError::Protocol(format!("password message of {len} bytes")));
+    }
+    let mut body = vec![0u8; len - 4];
+    stream.read_exact(&mut body).await?;
+    if body.last() == Some(&0) {
+        body.pop();
+    }
+    String::from_utf8(body).map_err(|_| StartupError::Protocol("password is not UTF-8".into()))
+}
+
+fn read_i32(body: &[u8], at: usize) -> Option<i32> {
+    Some(i32::from_be_bytes(body.get(at..at + 4)?.try_into().ok()?))
+}
+
+/// An ErrorResponse (severity, SQLSTATE, message), flushed.
+async fn write_error<S: AsyncWrite + Unpin + ?Sized>(
+    stream: &mut S,
+    severity: &str,
+    code: &str,
+    message: &str,
+) -> std::io::Result<()> {
+    let mut body = BytesMut::new();
+    for (field, value) in [(b'S', severity), (b'V', severity), (b'C', code), (b'M', message)] {
+        body.put_u8(field);
+        body.put_slice(value.as_bytes());
+        body.put_u8(0);
+    }
+    body.put_u8(0);
+    let mut msg = BytesMut::with_capacity(body.len() + 5);
+    msg.put_u8(b'E');
+    msg.put_i32(i32::try_from(body.len() + 4).unwrap_or(i32::MAX));
+    msg.put_slice(&body);
+    stream.write_all(&msg).await?;
+    stream.flush().await
+}

@@ -1,0 +1,267 @@
+//! The PostgreSQL gateway end to end: a real PostgreSQL server, a real `gatehouse serve`,
+//! and the real `psql`, `pgbench` and tokio-postgres clients with development tokens.
+
+#![allow(clippy::unwrap_used)] // test helpers outside #[test] fns: a panic is the failure report
+
+use std::process::{Command, Output};
+use std::time::Duration;
+
+use gatehouse_testkit::gateway::{GatewayBuilder, TestGateway, free_port};
+use gatehouse_testkit::postgres::PgServer;
+
+const ORDERS_PASSWORD: &str = "orders-gateway-secret";
+
+struct Setup {
+    gw: TestGateway,
+    pg: PgServer,
+    port: u16,
+    _secrets: tempfile::TempDir,
+}
+
+fn setup() -> Setup {
+    let pg = PgServer::start().unwrap();
+    pg.create_role("gatehouse_orders", ORDERS_PASSWORD).unwrap();
+    pg.create_database("orders", "gatehouse_orders").unwrap();
+    pg.create_database("scratch", "gatehouse_orders").unwrap();
+    let out = pg
+        .psql_as(
+            "gatehouse_orders",
+            ORDERS_PASSWORD,
+            "orders",
+            "CREATE TABLE customers (id int PRIMARY KEY, name text, email text, card text);
+             INSERT INTO customers VALUES
+               (1, 'Ada', 'ada@example.com', '4111 1111 1111 1111'),
+               (2, 'Bob', 'bob@example.org', '5500 0000 0000 0004');",
+        )
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let secrets = tempfile::tempdir().unwrap();
+    let pw = secrets.path().join("orders.pw");
+    std::fs::write(&pw, format!("{ORDERS_PASSWORD}\n")).unwrap();
+    let port = free_port().unwrap();
+    let gw = GatewayBuilder::new(env!("CARGO_BIN_EXE_gatehouse"))
+        .config(&format!(
+            r#"
+[postgres]
+listen = "127.0.0.1:{port}"
+allow_plaintext = true
+
+[[postgres.targets]]
+name = "orders"
+host = "127.0.0.1"
+port = {pg_port}
+database = "orders"
+user = "gatehouse_orders"
+password_file = "{pw}"
+tls = "disable"
+labels = {{ env = "prod" }}
+
+[[postgres.targets]]
+name = "scratch"
+host = "127.0.0.1"
+port = {pg_port}
+database = "scratch"
+user = "gatehouse_orders"
+password_file = "{pw}"
+tls = "disable"
+labels = {{ env = "dev" }}
+"#,
+            pg_port = pg.port(),
+            pw = pw.display(),
+        ))
+        .start()
+        .unwrap();
+    Setup {
+        gw,
+        pg,
+        port,
+        _secrets: secrets,
+    }
+}
+
+fn psql(s: &Setup, db: &str, password: &str, sql: &str) -> Output {
+    Command::new("psql")
+        .arg(format!(
+            "host=127.0.0.1 port={} dbname={db} user=someone sslmode=disable connect_timeout=10",
+            s.port
+        ))
+        .args(["-X", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-c", sql])
+        .env("PGPASSWORD", password)
+        .output()
+        .unwrap()
+}
+
+fn out(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn err(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+fn direct(s: &Setup, sql: &str) -> String {
+    let o = s.pg.psql_as("gatehouse_orders", ORDERS_PASSWORD, "orders", sql).unwrap();
+    assert!(o.status.success(), "{}", err(&o));
+    out(&o)
+}
+
+#[test]
+fn psql_reads_through_the_gateway_with_sensitive_values_masked() {
+    let s = setup();
+    let token = s.gw.mint("alice", &["dba"], false).unwrap();
+    let o = psql(&s, "orders", &token, "SELECT id, name, email, card FROM customers ORDER BY id");
+    assert!(o.status.success(), "{}\n{}", err(&o), s.gw.log());
+    let text = out(&o);
+    assert!(text.contains("Ada"), "{text}");
+    assert!(!text.contains("ada@example.com"), "email masked: {text}");
+    assert!(text.contains("a***@example.com"), "{text}");
+    assert!(!text.contains("4111 1111 1111 1111"), "card masked: {text}");
+    assert!(text.contains("1111"), "last four kept: {text}");
+
+    // support-leads may see emails, but never cards.
+    let support = s.gw.mint("sam", &["support-leads"], false).unwrap();
+    let text = out(&psql(&s, "orders", &support, "SELECT email, card FROM customers WHERE id = 1"));
+    assert!(text.contains("ada@example.com"), "{text}");
+    assert!(!text.contains("4111 1111 1111 1111"), "{text}");
+}
+
+#[test]
+fn writes_are_decided_per_statement_and_refusals_never_reach_the_target() {
+    let s = setup();
+    let agent = s.gw.mint("ci-bot", &[], true).unwrap();
+    let o = psql(&s, "orders", &agent, "UPDATE customers SET name = 'Eve' WHERE id = 1");
+    assert!(!o.status.success());
+    assert!(err(&o).contains("ERROR:"), "{}", err(&o));
+    assert!(err(&o).contains("dba-leads"), "names the approver group: {}", err(&o));
+
+    // One refused statement refuses the whole string; nothing of it runs.
+    let dba = s.gw.mint("alice", &["dba"], false).unwrap();
+    let o = psql(&s, "orders", &dba, "UPDATE customers SET name = 'Zed' WHERE id = 2; DELETE FROM customers");
+    assert!(!o.status.success());
+    assert!(err(&o).contains("ERROR:"), "{}", err(&o));
+    assert_eq!(direct(&s, "SELECT name FROM customers ORDER BY id"), "Ada\nBob\n");
+
+    // A write with WHERE by a dba goes through.
+    let o = psql(&s, "orders", &dba, "UPDATE customers SET name = 'Bobby' WHERE id = 2");
+    assert!(o.status.success(), "{}", err(&o));
+    assert_eq!(direct(&s, "SELECT name FROM customers WHERE id = 2"), "Bobby\n");
+
+    // Hidden writes are still writes.
+    let o = psql(
+        &s,
+        "orders",
+        &agent,
+        "WITH gone AS (DELETE FROM customers WHERE id = 1 RETURNING *) SELECT count(*) FROM gone",
+    );
+    assert!(!o.status.success(), "{}", out(&o));
+    assert_eq!(direct(&s, "SELECT count(*) FROM customers"), "2\n");
+}
+
+#[test]
+fn bad_token_unknown_database_and_denied_connect_fail_alike() {
+    let s = setup();
+    let token = s.gw.mint("alice", &["dba"], false).unwrap();
+    let bad = psql(&s, "orders", "not-a-token", "SELECT 1");
+    let unknown = psql(&s, "nosuchdb", &token, "SELECT 1");
+    assert!(!bad.status.success() && !unknown.status.success());
+    let message = |o: &Output| {
+        err(o)
+            .lines()
+            .find(|l| l.contains("FATAL"))
+            .map(|l| l.split("FATAL:").nth(1).unwrap_or("").trim().to_string())
+            .unwrap_or_default()
+    };
+    assert_eq!(message(&bad), "password authentication failed for user \"someone\"");
+    assert_eq!(message(&bad), message(&unknown));
+}
+
+#[test]
+fn credentials_work_as_the_password_and_the_session_is_audited() {
+    let s = setup();
+    let token = s.gw.mint("alice", &["dba"], false).unwrap();
+    let cfg = s.gw.config_path().display().to_string();
+    let o = Command::new(env!("CARGO_BIN_EXE_gatehouse"))
+        .args(["credentials", "--config", &cfg, "--target", "orders", "--ttl", "5m"])
+        .env("GATEHOUSE_TOKEN", &token)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", err(&o));
+    let secret = out(&o).trim().to_string();
+    assert!(secret.starts_with("ghc_"), "{secret}");
+
+    let o = psql(&s, "orders", &secret, "SELECT count(*) FROM customers");
+    assert!(o.status.success(), "{}", err(&o));
+    assert_eq!(out(&o), "2\n");
+    // Bound to its target: not valid for another database.
+    assert!(!psql(&s, "scratch", &secret, "SELECT 1").status.success());
+
+    let sessions = Command::new(env!("CARGO_BIN_EXE_gatehouse"))
+        .args(["audit", "sessions", "--config", &cfg, "--json"])
+        .output()
+        .unwrap();
+    let sessions: serde_json::Value = serde_json::from_slice(&sessions.stdout).unwrap();
+    let list = sessions.as_array().unwrap();
+    assert!(
+        list.iter().any(|x| x["target"] == "orders" && x["requests"].as_u64() >= Some(1)),
+        "{sessions}"
+    );
+    let verify = Command::new(env!("CARGO_BIN_EXE_gatehouse"))
+        .args(["audit", "verify", "--config", &cfg])
+        .output()
+        .unwrap();
+    assert!(verify.status.success(), "{}", err(&verify));
+    let segment = std::fs::read_to_string(s.gw.audit_dir().join("segment-000001.jsonl")).unwrap();
+    assert!(!segment.contains(&token) && !segment.contains(&secret), "no secrets in the audit log");
+    assert!(segment.contains("SELECT count(*) FROM customers"), "statements are recorded");
+}
+
+#[test]
+fn pgbench_runs_through_the_gateway() {
+    let s = setup();
+    let dba = s.gw.mint("alice", &["dba"], false).unwrap();
+    let conn = ["-h", "127.0.0.1", "-p", &s.port.to_string(), "-U", "someone"];
+    let init = Command::new("pgbench")
+        .args(conn)
+        .args(["-i", "-s", "1", "scratch"])
+        .env("PGPASSWORD", &dba)
+        .env("PGSSLMODE", "disable")
+        .output()
+        .unwrap();
+    assert!(init.status.success(), "{}\n{}", err(&init), s.gw.log());
+    let run = Command::new("pgbench")
+        .args(conn)
+        .args(["-c", "2", "-t", "50", "scratch"])
+        .env("PGPASSWORD", &dba)
+        .env("PGSSLMODE", "disable")
+        .output()
+        .unwrap();
+    assert!(run.status.success(), "{}\n{}", err(&run), out(&run));
+    assert!(out(&run).contains("number of transactions actually processed: 100/100"), "{}", out(&run));
+}
+
+#[test]
+fn cancel_request_reaches_the_right_backend() {
+    let s = setup();
+    let token = s.gw.mint("alice", &["dba"], false).unwrap();
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
+    runtime.block_on(async {
+        let conn = format!(
+            "host=127.0.0.1 port={} dbname=orders user=someone password={token} sslmode=disable",
+            s.port
+        );
+        let (client, connection) = tokio_postgres::connect(&conn, tokio_postgres::NoTls).await.unwrap();
+        tokio::spawn(connection);
+        let cancel = client.cancel_token();
+        let sleeper = tokio::spawn(async move { client.simple_query("SELECT pg_sleep(30)").await });
+        // Cancel once the backend is really sleeping (the runtime's workers drive the query
+        // while this thread polls).
+        let sleeping = s.gw.wait_for(Duration::from_secs(10), || {
+            direct(&s, "SELECT count(*) FROM pg_stat_activity WHERE query = 'SELECT pg_sleep(30)'") == "1\n"
+        });
+        assert!(sleeping, "the query never started");
+        cancel.cancel_query(tokio_postgres::NoTls).await.unwrap();
+        let result = tokio::time::timeout(Duration::from_secs(10), sleeper).await.unwrap().unwrap();
+        let error = result.unwrap_err();
+        assert_eq!(error.code(), Some(&tokio_postgres::error::SqlState::QUERY_CANCELED), "{error}");
+    });
+}
