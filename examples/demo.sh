@@ -1,24 +1,72 @@
 #!/usr/bin/env bash
-# `just demo`: runs the gateway on the quick-start config and shows how to talk to it.
+# `just demo`: a PostgreSQL server with sample data on 127.0.0.1:55432, and the gateway in
+# front of it on 127.0.0.1:15432 with the development issuer and the example policies.
+# Everything lives in .demo/; Ctrl-C stops both.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bin=target/debug/gatehouse
-config=examples/quickstart.toml
-mkdir -p .demo
+root=$(pwd)
+bin="$root/target/debug/gatehouse"
+config="$root/examples/quickstart.toml"
+demo="$root/.demo"
+pgdata="$demo/pg"
+mkdir -p "$demo"
+
+pgbin=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n 1)
+[ -n "$pgbin" ] || pgbin=$(dirname "$(command -v initdb)")
+# PostgreSQL refuses to run as root: run it as the unprivileged 'nobody' then.
+as_pg() { if [ "$(id -u)" -eq 0 ]; then runuser -u nobody -- "$@"; else "$@"; fi; }
+
+if [ ! -f "$demo/pg-password" ]; then
+    head -c 18 /dev/urandom | base64 | tr -d '/+=' > "$demo/pg-password"
+    chmod 600 "$demo/pg-password"
+fi
+export GATEHOUSE_DEMO_PASSWORD=$(cat "$demo/pg-password")
+
+if [ ! -f "$pgdata/PG_VERSION" ]; then
+    mkdir -p "$pgdata"
+    [ "$(id -u)" -eq 0 ] && chown nobody "$pgdata" && chmod 700 "$pgdata"
+    pwfile="$pgdata.pw"
+    echo "$GATEHOUSE_DEMO_PASSWORD" > "$pwfile"
+    [ "$(id -u)" -eq 0 ] && chown nobody "$pwfile"
+    as_pg "$pgbin/initdb" -D "$pgdata" -U postgres --auth=scram-sha-256 --pwfile="$pwfile" >/dev/null
+    rm -f "$pwfile"
+    fresh=1
+fi
+as_pg "$pgbin/pg_ctl" -D "$pgdata" -l "$pgdata/server.log" -w \
+    -o "-p 55432 -c listen_addresses=127.0.0.1 -k $pgdata" start >/dev/null
+stop_pg() { as_pg "$pgbin/pg_ctl" -D "$pgdata" -m fast stop >/dev/null 2>&1 || true; }
+trap stop_pg EXIT
+
+if [ "${fresh:-0}" = 1 ]; then
+    PGPASSWORD="$GATEHOUSE_DEMO_PASSWORD" psql -X -q -h 127.0.0.1 -p 55432 -U postgres -d postgres <<SQL
+CREATE ROLE gatehouse_orders LOGIN PASSWORD '$GATEHOUSE_DEMO_PASSWORD';
+CREATE DATABASE orders OWNER gatehouse_orders;
+SQL
+    PGPASSWORD="$GATEHOUSE_DEMO_PASSWORD" psql -X -q -h 127.0.0.1 -p 55432 -U gatehouse_orders -d orders <<'SQL'
+CREATE TABLE customers (id int PRIMARY KEY, name text, email text, card text);
+INSERT INTO customers VALUES
+  (1, 'Ada Lovelace', 'ada@example.com', '4111 1111 1111 1111'),
+  (2, 'Grace Hopper', 'grace@example.org', '5500 0000 0000 0004');
+SQL
+fi
+
 "$bin" check-config "$config"
 cat <<TXT
 
-Gatehouse is starting on http://127.0.0.1:8080 with the development issuer and the example
-policies in policies/. State (audit log, keys, store) goes to .demo/state.
+Gatehouse: admin on http://127.0.0.1:8080, PostgreSQL on 127.0.0.1:15432 (target "orders").
+State (audit log, keys, store) is in .demo/state. In another terminal:
 
-In another terminal:
-  export GATEHOUSE_TOKEN=\$($bin token mint --config $config --sub alice --groups dba --ttl 15m)
-  curl -s http://127.0.0.1:8080/readyz
-  curl -s http://127.0.0.1:8080/metrics | grep gatehouse_
-  $bin policy test policies
-  $bin audit verify --config $config
+  # a person in group dba: reads are allowed, emails and card numbers come back masked
+  export PGPASSWORD=\$($bin token mint --config $config --sub alice --groups dba)
+  psql "host=127.0.0.1 port=15432 dbname=orders user=alice sslmode=disable" -c 'SELECT * FROM customers'
+
+  # an agent: reads pass, a write on prod needs approval by dba-leads and is refused
+  export PGPASSWORD=\$($bin token mint --config $config --sub ci-bot --agent)
+  psql "host=127.0.0.1 port=15432 dbname=orders user=ci-bot sslmode=disable" -c "UPDATE customers SET name = 'x' WHERE id = 1"
+
   $bin audit sessions --config $config
+  $bin audit verify --config $config
 
 Stop with Ctrl-C.
 TXT
-exec "$bin" serve --config "$config"
+"$bin" serve --config "$config"

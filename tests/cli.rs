@@ -10,6 +10,7 @@ fn gatehouse(args: &[&str]) -> Output {
         .args(args)
         .env_remove("GATEHOUSE_TOKEN")
         .env_remove("GATEHOUSE_CONFIG")
+        .env_remove("GATEHOUSE_DEMO_PASSWORD")
         .output()
         .expect("gatehouse runs")
 }
@@ -43,7 +44,11 @@ fn config(dir: &Path, extra: &str) -> String {
 
 #[test]
 fn check_config_accepts_the_quick_start_and_exits_64_naming_a_bad_key() {
-    let ok = gatehouse(&["check-config", &repo("examples/quickstart.toml")]);
+    let ok = Command::new(env!("CARGO_BIN_EXE_gatehouse"))
+        .args(["check-config", &repo("examples/quickstart.toml")])
+        .env("GATEHOUSE_DEMO_PASSWORD", "demo")
+        .output()
+        .unwrap();
     assert!(ok.status.success(), "{}", stderr(&ok));
     assert!(stdout(&ok).contains("ok"), "{}", stdout(&ok));
 
@@ -52,6 +57,15 @@ fn check_config_accepts_the_quick_start_and_exits_64_naming_a_bad_key() {
     let out = gatehouse(&["check-config", &bad]);
     assert_eq!(out.status.code(), Some(64), "{}", stderr(&out));
     assert!(stderr(&out).contains("fsink"), "{}", stderr(&out));
+
+    // The demo database's password comes from the environment; without it the config is bad.
+    let no_password = gatehouse(&["check-config", &repo("examples/quickstart.toml")]);
+    assert_eq!(no_password.status.code(), Some(64), "{}", stderr(&no_password));
+    assert!(
+        stderr(&no_password).contains("GATEHOUSE_DEMO_PASSWORD"),
+        "{}",
+        stderr(&no_password)
+    );
 
     let missing = gatehouse(&["check-config", "/nonexistent/gatehouse.toml"]);
     assert_eq!(missing.status.code(), Some(64));

@@ -19,6 +19,11 @@ struct Setup {
 }
 
 fn setup() -> Setup {
+    setup_with(|_| "allow_plaintext = true".to_string())
+}
+
+/// `listener` gives the `[postgres]` keys beyond `listen`, from the secrets dir.
+fn setup_with(listener: impl FnOnce(&std::path::Path) -> String) -> Setup {
     let pg = PgServer::start().unwrap();
     pg.create_role("gatehouse_orders", ORDERS_PASSWORD).unwrap();
     pg.create_database("orders", "gatehouse_orders").unwrap();
@@ -39,12 +44,13 @@ fn setup() -> Setup {
     let pw = secrets.path().join("orders.pw");
     std::fs::write(&pw, format!("{ORDERS_PASSWORD}\n")).unwrap();
     let port = free_port().unwrap();
+    let listener = listener(secrets.path());
     let gw = GatewayBuilder::new(env!("CARGO_BIN_EXE_gatehouse"))
         .config(&format!(
             r#"
 [postgres]
 listen = "127.0.0.1:{port}"
-allow_plaintext = true
+{listener}
 
 [[postgres.targets]]
 name = "orders"
@@ -100,7 +106,9 @@ fn err(o: &Output) -> String {
 }
 
 fn direct(s: &Setup, sql: &str) -> String {
-    let o = s.pg.psql_as("gatehouse_orders", ORDERS_PASSWORD, "orders", sql).unwrap();
+    let o =
+        s.pg.psql_as("gatehouse_orders", ORDERS_PASSWORD, "orders", sql)
+            .unwrap();
     assert!(o.status.success(), "{}", err(&o));
     out(&o)
 }
@@ -109,7 +117,12 @@ fn direct(s: &Setup, sql: &str) -> String {
 fn psql_reads_through_the_gateway_with_sensitive_values_masked() {
     let s = setup();
     let token = s.gw.mint("alice", &["dba"], false).unwrap();
-    let o = psql(&s, "orders", &token, "SELECT id, name, email, card FROM customers ORDER BY id");
+    let o = psql(
+        &s,
+        "orders",
+        &token,
+        "SELECT id, name, email, card FROM customers ORDER BY id",
+    );
     assert!(o.status.success(), "{}\n{}", err(&o), s.gw.log());
     let text = out(&o);
     assert!(text.contains("Ada"), "{text}");
@@ -120,7 +133,12 @@ fn psql_reads_through_the_gateway_with_sensitive_values_masked() {
 
     // support-leads may see emails, but never cards.
     let support = s.gw.mint("sam", &["support-leads"], false).unwrap();
-    let text = out(&psql(&s, "orders", &support, "SELECT email, card FROM customers WHERE id = 1"));
+    let text = out(&psql(
+        &s,
+        "orders",
+        &support,
+        "SELECT email, card FROM customers WHERE id = 1",
+    ));
     assert!(text.contains("ada@example.com"), "{text}");
     assert!(!text.contains("4111 1111 1111 1111"), "{text}");
 }
@@ -136,7 +154,12 @@ fn writes_are_decided_per_statement_and_refusals_never_reach_the_target() {
 
     // One refused statement refuses the whole string; nothing of it runs.
     let dba = s.gw.mint("alice", &["dba"], false).unwrap();
-    let o = psql(&s, "orders", &dba, "UPDATE customers SET name = 'Zed' WHERE id = 2; DELETE FROM customers");
+    let o = psql(
+        &s,
+        "orders",
+        &dba,
+        "UPDATE customers SET name = 'Zed' WHERE id = 2; DELETE FROM customers",
+    );
     assert!(!o.status.success());
     assert!(err(&o).contains("ERROR:"), "{}", err(&o));
     assert_eq!(direct(&s, "SELECT name FROM customers ORDER BY id"), "Ada\nBob\n");
@@ -202,7 +225,8 @@ fn credentials_work_as_the_password_and_the_session_is_audited() {
     let sessions: serde_json::Value = serde_json::from_slice(&sessions.stdout).unwrap();
     let list = sessions.as_array().unwrap();
     assert!(
-        list.iter().any(|x| x["target"] == "orders" && x["requests"].as_u64() >= Some(1)),
+        list.iter()
+            .any(|x| x["target"] == "orders" && x["requests"].as_u64() >= Some(1)),
         "{sessions}"
     );
     let verify = Command::new(env!("CARGO_BIN_EXE_gatehouse"))
@@ -211,8 +235,14 @@ fn credentials_work_as_the_password_and_the_session_is_audited() {
         .unwrap();
     assert!(verify.status.success(), "{}", err(&verify));
     let segment = std::fs::read_to_string(s.gw.audit_dir().join("segment-000001.jsonl")).unwrap();
-    assert!(!segment.contains(&token) && !segment.contains(&secret), "no secrets in the audit log");
-    assert!(segment.contains("SELECT count(*) FROM customers"), "statements are recorded");
+    assert!(
+        !segment.contains(&token) && !segment.contains(&secret),
+        "no secrets in the audit log"
+    );
+    assert!(
+        segment.contains("SELECT count(*) FROM customers"),
+        "statements are recorded"
+    );
 }
 
 #[test]
@@ -236,14 +266,21 @@ fn pgbench_runs_through_the_gateway() {
         .output()
         .unwrap();
     assert!(run.status.success(), "{}\n{}", err(&run), out(&run));
-    assert!(out(&run).contains("number of transactions actually processed: 100/100"), "{}", out(&run));
+    assert!(
+        out(&run).contains("number of transactions actually processed: 100/100"),
+        "{}",
+        out(&run)
+    );
 }
 
 #[test]
 fn cancel_request_reaches_the_right_backend() {
     let s = setup();
     let token = s.gw.mint("alice", &["dba"], false).unwrap();
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
     runtime.block_on(async {
         let conn = format!(
             "host=127.0.0.1 port={} dbname=orders user=someone password={token} sslmode=disable",
@@ -256,12 +293,63 @@ fn cancel_request_reaches_the_right_backend() {
         // Cancel once the backend is really sleeping (the runtime's workers drive the query
         // while this thread polls).
         let sleeping = s.gw.wait_for(Duration::from_secs(10), || {
-            direct(&s, "SELECT count(*) FROM pg_stat_activity WHERE query = 'SELECT pg_sleep(30)'") == "1\n"
+            direct(
+                &s,
+                "SELECT count(*) FROM pg_stat_activity WHERE query = 'SELECT pg_sleep(30)'",
+            ) == "1\n"
         });
         assert!(sleeping, "the query never started");
         cancel.cancel_query(tokio_postgres::NoTls).await.unwrap();
-        let result = tokio::time::timeout(Duration::from_secs(10), sleeper).await.unwrap().unwrap();
+        let result = tokio::time::timeout(Duration::from_secs(10), sleeper)
+            .await
+            .unwrap()
+            .unwrap();
         let error = result.unwrap_err();
-        assert_eq!(error.code(), Some(&tokio_postgres::error::SqlState::QUERY_CANCELED), "{error}");
+        assert_eq!(
+            error.code(),
+            Some(&tokio_postgres::error::SqlState::QUERY_CANCELED),
+            "{error}"
+        );
     });
+}
+
+#[test]
+fn tls_listener_serves_verify_full_clients_and_refuses_plaintext() {
+    let s = setup_with(|dir| {
+        let certs = gatehouse_testkit::tls::TestCerts::generate(dir).unwrap();
+        format!(
+            "tls_cert = \"{}\"\ntls_key = \"{}\"",
+            certs.server_cert.display(),
+            certs.server_key.display()
+        )
+    });
+    let token = s.gw.mint("alice", &["dba"], false).unwrap();
+    let ca = s._secrets.path().join("ca.pem");
+    let verified = Command::new("psql")
+        .arg(format!(
+            "host=localhost port={} dbname=orders user=alice sslmode=verify-full sslrootcert={} connect_timeout=10",
+            s.port,
+            ca.display()
+        ))
+        .args([
+            "-X",
+            "-A",
+            "-t",
+            "-c",
+            "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()",
+        ])
+        .env("PGPASSWORD", &token)
+        .output()
+        .unwrap();
+    assert!(verified.status.success(), "{}\n{}", err(&verified), s.gw.log());
+    // The gateway's leg to the target is plain here (tls = "disable"); the client's leg is TLS.
+    assert_eq!(out(&verified), "f\n");
+
+    let plain = psql(&s, "orders", &token, "SELECT 1");
+    assert!(!plain.status.success());
+    assert!(
+        err(&plain).contains("requires an encrypted connection"),
+        "{}",
+        err(&plain)
+    );
 }

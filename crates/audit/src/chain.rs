@@ -134,12 +134,7 @@ pub enum LineError {
 }
 
 /// Builds the stored line (without newline) and its hash for an event.
-pub fn seal(
-    seq: u64,
-    time: &str,
-    prev: &str,
-    event: &AuditEvent,
-) -> Result<(String, String), serde_json::Error> {
+pub fn seal(seq: u64, time: &str, prev: &str, event: &AuditEvent) -> Result<(String, String), serde_json::Error> {
     let event_json = serde_json::to_string(event)?;
     // An internally tagged enum always serialises as a non-empty object.
     let fields = event_json.strip_prefix('{').unwrap_or(&event_json);
@@ -151,22 +146,19 @@ pub fn seal(
 
 /// Parses one stored line and checks its hash against its bytes.
 pub fn check_line(line: &str) -> Result<Record, LineError> {
-    let record: Record =
-        serde_json::from_str(line).map_err(|e| LineError::Unparseable(e.to_string()))?;
+    let record: Record = serde_json::from_str(line).map_err(|e| LineError::Unparseable(e.to_string()))?;
     let altered = |message: String| LineError::Altered {
         seq: record.seq,
         message,
     };
-    let unhashed_prefix =
-        prefix(record.seq, &record.time, &record.prev).map_err(|e| altered(e.to_string()))?;
+    let unhashed_prefix = prefix(record.seq, &record.time, &record.prev).map_err(|e| altered(e.to_string()))?;
     let full_prefix = format!(
         "{unhashed_prefix}\"hash\":{},",
         json_str(&record.hash).map_err(|e| altered(e.to_string()))?
     );
     let Some(fields) = line.strip_prefix(&full_prefix) else {
         return Err(altered(
-            "the record is not in canonical form (seq, time, prev, hash must come first, compact)"
-                .into(),
+            "the record is not in canonical form (seq, time, prev, hash must come first, compact)".into(),
         ));
     };
     let actual = sha256_hex(format!("{unhashed_prefix}{fields}").as_bytes());
@@ -344,10 +336,7 @@ impl Chain {
             return Err(problem(
                 Some(seq),
                 ProblemKind::Altered,
-                format!(
-                    "seq {seq} has hash {} but HEAD says {head_hash}",
-                    record.hash
-                ),
+                format!("seq {seq} has hash {} but HEAD says {head_hash}", record.hash),
             ));
         }
         self.expected = Some(seq + 1);

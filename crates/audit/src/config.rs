@@ -113,8 +113,7 @@ mod tests {
 
     #[test]
     fn parses_group_commit_and_rejects_unknown_keys() {
-        let c: AuditConfig =
-            serde_json::from_str(r#"{"fsync":"group","group_commit_ms":3}"#).unwrap();
+        let c: AuditConfig = serde_json::from_str(r#"{"fsync":"group","group_commit_ms":3}"#).unwrap();
         c.validate().unwrap();
         assert_eq!(
             c.options().fsync,

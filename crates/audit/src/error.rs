@@ -39,11 +39,7 @@ pub enum AuditError {
 }
 
 impl AuditError {
-    pub(crate) fn io(
-        context: &'static str,
-        path: impl Into<PathBuf>,
-        source: std::io::Error,
-    ) -> Self {
+    pub(crate) fn io(context: &'static str, path: impl Into<PathBuf>, source: std::io::Error) -> Self {
         Self::Io {
             context,
             path: path.into(),

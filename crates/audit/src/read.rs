@@ -102,9 +102,8 @@ pub fn verify(dir: &Path) -> Result<VerifyReport, AuditError> {
                 if is_last && p.kind == ProblemKind::Unparseable {
                     p.kind = ProblemKind::Truncated { head_seq };
                     p.seq = Some(chain.last().0 + 1);
-                    p.message = format!(
-                        "{name} line {n}: the log ends inside a record, before seq {head_seq} named by HEAD"
-                    );
+                    p.message =
+                        format!("{name} line {n}: the log ends inside a record, before seq {head_seq} named by HEAD");
                 }
                 problem = Some(p);
                 break;
@@ -119,12 +118,7 @@ pub fn verify(dir: &Path) -> Result<VerifyReport, AuditError> {
         None => chain.finish(&end.0, end.1).err(),
     };
     let problem = problem.map(|mut p| {
-        if !missing.is_empty()
-            && matches!(
-                p.kind,
-                ProblemKind::Removed { .. } | ProblemKind::Truncated { .. }
-            )
-        {
+        if !missing.is_empty() && matches!(p.kind, ProblemKind::Removed { .. } | ProblemKind::Truncated { .. }) {
             p.message
                 .push_str(&format!(" (segment files missing: {})", missing.join(", ")));
         }
@@ -141,9 +135,7 @@ pub fn verify(dir: &Path) -> Result<VerifyReport, AuditError> {
 
 /// Every record in order, parsed but not verified (use [`verify`] for that). An
 /// unterminated final line is one the writer has not finished and is skipped.
-pub fn read_records(
-    dir: &Path,
-) -> Result<impl Iterator<Item = Result<Record, AuditError>>, AuditError> {
+pub fn read_records(dir: &Path) -> Result<impl Iterator<Item = Result<Record, AuditError>>, AuditError> {
     Ok(RecordIter {
         segments: list_segments(dir)?.into(),
         lines: VecDeque::new(),
@@ -177,17 +169,13 @@ pub fn sessions(dir: &Path) -> Result<Vec<SessionSummary>, AuditError> {
                     outcome: "active".into(),
                 });
             }
-            AuditEvent::SessionEnded {
-                session, reason, ..
-            } => {
+            AuditEvent::SessionEnded { session, reason, .. } => {
                 if let Some(s) = index.get(&session).map(|&i| &mut list[i]) {
                     s.ended = Some(record.time);
                     s.outcome = reason;
                 }
             }
-            AuditEvent::RequestDecided {
-                session, decision, ..
-            } => {
+            AuditEvent::RequestDecided { session, decision, .. } => {
                 if let Some(s) = index.get(&session).map(|&i| &mut list[i]) {
                     s.requests += 1;
                     if decision == "deny" {
@@ -209,10 +197,7 @@ pub fn session_records(dir: &Path, session: &str) -> Result<Vec<Record>, AuditEr
         let record = record?;
         let mine = match record.event.session() {
             Some(s) => s == session,
-            None => record
-                .event
-                .approval()
-                .is_some_and(|a| approvals.contains(a)),
+            None => record.event.approval().is_some_and(|a| approvals.contains(a)),
         };
         if mine {
             if let AuditEvent::ApprovalRequested { approval, .. } = &record.event {

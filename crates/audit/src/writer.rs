@@ -74,10 +74,7 @@ enum Job {
     /// Points the writer's segment handle at another file, to exercise the failure path
     /// with a real failing device.
     #[cfg(test)]
-    Redirect {
-        path: PathBuf,
-        done: mpsc::SyncSender<()>,
-    },
+    Redirect { path: PathBuf, done: mpsc::SyncSender<()> },
 }
 
 struct Writer {
@@ -301,11 +298,7 @@ impl Writer {
 
     fn collect(&mut self, job: Job, batch: &mut Vec<(AuditEvent, Instant, Reply)>) {
         match job {
-            Job::Append {
-                event,
-                queued,
-                reply,
-            } => batch.push((event, queued, reply)),
+            Job::Append { event, queued, reply } => batch.push((event, queued, reply)),
             #[cfg(test)]
             Job::Redirect { path, done } => {
                 self.segment = OpenOptions::new()
@@ -330,11 +323,7 @@ impl Writer {
             && self.failed.is_none()
         {
             tracing::error!(error = %e, "Audit log write failed; refusing further appends.");
-            *self
-                .shared
-                .last_error
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner) = Some(e.clone());
+            *self.shared.last_error.lock().unwrap_or_else(PoisonError::into_inner) = Some(e.clone());
             self.shared.healthy.store(false, Ordering::Release);
             self.failed = Some(e.clone());
         }
@@ -353,17 +342,14 @@ impl Writer {
     }
 
     /// Returns the seq of the batch's first record.
-    fn write_batch<'a>(
-        &mut self,
-        events: impl Iterator<Item = &'a AuditEvent>,
-    ) -> Result<u64, String> {
+    fn write_batch<'a>(&mut self, events: impl Iterator<Item = &'a AuditEvent>) -> Result<u64, String> {
         let mut buf = Vec::new();
         let (mut seq, mut hash) = (self.seq, self.hash.clone());
         let first_seq = seq + 1;
         for event in events {
             let time = humantime::format_rfc3339_millis(SystemTime::now()).to_string();
-            let (line, h) = chain::seal(seq + 1, &time, &hash, event)
-                .map_err(|e| format!("cannot serialise event: {e}"))?;
+            let (line, h) =
+                chain::seal(seq + 1, &time, &hash, event).map_err(|e| format!("cannot serialise event: {e}"))?;
             let len = line.len() as u64 + 1;
             if self.segment_len + buf.len() as u64 > 0
                 && self.segment_len + buf.len() as u64 + len > self.opts.segment_max_bytes
@@ -382,11 +368,7 @@ impl Writer {
         self.seq = seq;
         self.hash = hash;
         self.write_head()?;
-        *self
-            .shared
-            .head
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner) = (self.seq, self.hash.clone());
+        *self.shared.head.lock().unwrap_or_else(PoisonError::into_inner) = (self.seq, self.hash.clone());
         Ok(first_seq)
     }
 
@@ -513,8 +495,7 @@ fn drop_torn_tail(path: &Path, keep: usize, torn: usize) -> Result<(), AuditErro
         .map_err(|e| AuditError::io("open segment", path, e))?;
     f.set_len(keep as u64)
         .map_err(|e| AuditError::io("truncate torn line", path, e))?;
-    f.sync_data()
-        .map_err(|e| AuditError::io("fsync segment", path, e))
+    f.sync_data().map_err(|e| AuditError::io("fsync segment", path, e))
 }
 
 pub(crate) fn read_head(dir: &Path) -> Result<Option<Head>, AuditError> {

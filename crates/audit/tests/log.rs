@@ -9,8 +9,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use gatehouse_audit::{
-    AuditError, AuditEvent, AuditLog, AuditOptions, FsyncPolicy, ProblemKind, read_records,
-    session_records, sessions, verify,
+    AuditError, AuditEvent, AuditLog, AuditOptions, FsyncPolicy, ProblemKind, read_records, session_records, sessions,
+    verify,
 };
 
 fn opts(segment_max_bytes: u64) -> AuditOptions {
@@ -40,19 +40,11 @@ fn segment(dir: &Path, no: u64) -> PathBuf {
 }
 
 fn lines(path: &Path) -> Vec<String> {
-    fs::read_to_string(path)
-        .unwrap()
-        .lines()
-        .map(str::to_owned)
-        .collect()
+    fs::read_to_string(path).unwrap().lines().map(str::to_owned).collect()
 }
 
 fn put_lines(path: &Path, lines: &[String]) {
-    fs::write(
-        path,
-        lines.iter().map(|l| format!("{l}\n")).collect::<String>(),
-    )
-    .unwrap();
+    fs::write(path, lines.iter().map(|l| format!("{l}\n")).collect::<String>()).unwrap();
 }
 
 /// A fresh 10-record single-segment log, writer closed.
@@ -68,10 +60,7 @@ async fn untouched_log_verifies_across_rotation_and_reopen() {
     let head = log.head();
     assert_eq!(head.0, 30);
     drop(log);
-    assert!(
-        segment(dir.path(), 3).exists(),
-        "small segments must rotate"
-    );
+    assert!(segment(dir.path(), 3).exists(), "small segments must rotate");
 
     let log = AuditLog::open(dir.path(), opts(1024)).unwrap();
     assert_eq!(log.head(), head, "reopen resumes the chain");
@@ -88,10 +77,7 @@ async fn untouched_log_verifies_across_rotation_and_reopen() {
         let size = fs::metadata(path).unwrap().len();
         assert!(size <= 1024, "segment {no} is {size} bytes");
     }
-    let records: Vec<_> = read_records(dir.path())
-        .unwrap()
-        .map(Result::unwrap)
-        .collect();
+    let records: Vec<_> = read_records(dir.path()).unwrap().map(Result::unwrap).collect();
     assert_eq!(
         records.iter().map(|r| r.seq).collect::<Vec<_>>(),
         (1..=31).collect::<Vec<_>>()
@@ -114,11 +100,7 @@ async fn edited_byte_is_reported_at_its_record() {
         (p.kind, p.seq, p.line, p.segment.as_str()),
         (ProblemKind::Altered, Some(5), 5, "segment-000001.jsonl")
     );
-    assert!(
-        p.message.contains("segment-000001.jsonl line 5"),
-        "{}",
-        p.message
-    );
+    assert!(p.message.contains("segment-000001.jsonl line 5"), "{}", p.message);
 }
 
 #[tokio::test]
@@ -143,10 +125,7 @@ async fn swapped_records_are_reordered() {
     l.swap(2, 3);
     put_lines(&seg, &l);
     let p = verify(dir.path()).unwrap().problem.unwrap();
-    assert_eq!(
-        (p.kind, p.seq, p.line),
-        (ProblemKind::Reordered, Some(4), 3)
-    );
+    assert_eq!((p.kind, p.seq, p.line), (ProblemKind::Reordered, Some(4), 3));
 }
 
 #[tokio::test]
@@ -280,11 +259,7 @@ async fn group_commit_acknowledges_a_batch_after_one_fsync() {
     let mut seqs = tasks.join_all().await;
     seqs.sort_unstable();
     assert_eq!(seqs, (1..=50).collect::<Vec<_>>());
-    assert_eq!(
-        log.write_latency().batches,
-        1,
-        "all 50 appends share one fsync"
-    );
+    assert_eq!(log.write_latency().batches, 1, "all 50 appends share one fsync");
 
     // With `Always`, appends awaited one by one each get their own fsync.
     drop(log);
@@ -413,10 +388,7 @@ async fn sessions_and_their_records_are_summarised() {
             duration_ms: 5,
         },
     ] {
-        assert_eq!(
-            e.session().is_some(),
-            !matches!(e, AuditEvent::ApprovalExpired { .. })
-        );
+        assert_eq!(e.session().is_some(), !matches!(e, AuditEvent::ApprovalExpired { .. }));
         log.append(e).await.unwrap();
     }
     let list = sessions(dir.path()).unwrap();
@@ -427,10 +399,7 @@ async fn sessions_and_their_records_are_summarised() {
     );
     assert_eq!(list[0].outcome, "client closed");
     assert!(list[0].ended.is_some());
-    assert_eq!(
-        (list[1].outcome.as_str(), list[1].ended.as_deref()),
-        ("active", None)
-    );
+    assert_eq!((list[1].outcome.as_str(), list[1].ended.as_deref()), ("active", None));
     assert_eq!(list[1].actor, "agent-7 (agent of ann@example.com)");
 
     let b: Vec<_> = session_records(dir.path(), "b")
@@ -447,8 +416,7 @@ async fn sessions_and_their_records_are_summarised() {
             "approval_expired"
         ]
     );
-    let json =
-        serde_json::to_value(read_records(dir.path()).unwrap().next().unwrap().unwrap()).unwrap();
+    let json = serde_json::to_value(read_records(dir.path()).unwrap().next().unwrap().unwrap()).unwrap();
     assert_eq!(
         (json["event"].as_str(), json["actor"]["kind"].as_str()),
         (Some("session_started"), Some("Agent"))
@@ -467,9 +435,5 @@ async fn a_lost_final_newline_is_refused_not_repaired() {
         matches!(&err, AuditError::Corrupt(p) if p.kind == ProblemKind::Truncated { head_seq: 10 }),
         "{err}"
     );
-    assert_eq!(
-        fs::read(&seg).unwrap(),
-        data,
-        "a refused log is left as found"
-    );
+    assert_eq!(fs::read(&seg).unwrap(), data, "a refused log is left as found");
 }

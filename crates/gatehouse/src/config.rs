@@ -223,7 +223,9 @@ impl Config {
         let mut seen = std::collections::HashSet::new();
         for name in self.targets().into_iter().map(|t| t.name) {
             if !seen.insert(name.clone()) {
-                return Err(format!("target {name:?} is defined twice; target names are unique across protocols"));
+                return Err(format!(
+                    "target {name:?} is defined twice; target names are unique across protocols"
+                ));
             }
         }
         Ok(())

@@ -113,8 +113,12 @@ async fn serve(config: Config, policy: PolicyEngine) -> anyhow::Result<()> {
             (Some(cert), Some(key)) => Some(crate::tls::server_config(cert, key, &[b"postgresql"])?),
             _ => None,
         };
-        let frontend = gatehouse_postgres::PostgresFrontend::new(Arc::clone(&gateway), pg, tls)
-            .map_err(|message| ConfigError { path: "[postgres]".into(), message })?;
+        let frontend = gatehouse_postgres::PostgresFrontend::new(Arc::clone(&gateway), pg, tls).map_err(|message| {
+            ConfigError {
+                path: "[postgres]".into(),
+                message,
+            }
+        })?;
         let listener = tokio::net::TcpListener::bind(pg.listen)
             .await
             .with_context(|| format!("cannot listen on postgres.listen = {}", pg.listen))?;

@@ -53,11 +53,7 @@ fn default_leeway() -> u64 {
 
 impl IssuerConfig {
     /// A configuration with the defaults for everything but the three required keys.
-    pub fn new(
-        issuer: impl Into<String>,
-        audience: impl Into<String>,
-        principal: PrincipalKind,
-    ) -> Self {
+    pub fn new(issuer: impl Into<String>, audience: impl Into<String>, principal: PrincipalKind) -> Self {
         Self {
             issuer: issuer.into(),
             audience: audience.into(),
@@ -73,15 +69,13 @@ impl IssuerConfig {
     /// Checks the configuration; the message names the offending key.
     pub fn validate(&self) -> Result<(), String> {
         let name = &self.issuer;
-        let (scheme, _) = parse_url(&self.issuer)
-            .map_err(|e| format!("issuer `{name}`: `issuer` must be an http(s) URL ({e})"))?;
+        let (scheme, _) =
+            parse_url(&self.issuer).map_err(|e| format!("issuer `{name}`: `issuer` must be an http(s) URL ({e})"))?;
         if scheme.is_none() {
             return Err(format!("issuer `{name}`: `issuer` must be an http(s) URL"));
         }
         if self.issuer.contains(['?', '#']) {
-            return Err(format!(
-                "issuer `{name}`: `issuer` must not have a query or fragment"
-            ));
+            return Err(format!("issuer `{name}`: `issuer` must not have a query or fragment"));
         }
         if self.audience.trim().is_empty() {
             return Err(format!("issuer `{name}`: `audience` must not be empty"));
@@ -99,9 +93,7 @@ impl IssuerConfig {
             ));
         }
         if self.jwks_file.is_some() && self.jwks_uri.is_some() {
-            return Err(format!(
-                "issuer `{name}`: set `jwks_file` or `jwks_uri`, not both"
-            ));
+            return Err(format!("issuer `{name}`: set `jwks_file` or `jwks_uri`, not both"));
         }
         if let Some(uri) = &self.jwks_uri {
             check_fetch_url(uri).map_err(|e| format!("issuer `{name}`: `jwks_uri` {e}"))?;
@@ -118,10 +110,7 @@ pub(crate) fn parse_url(url: &str) -> Result<(Option<bool>, String), String> {
         Some("http") => Some(false),
         _ => None,
     };
-    let host = uri
-        .host()
-        .ok_or_else(|| "has no host".to_owned())?
-        .to_owned();
+    let host = uri.host().ok_or_else(|| "has no host".to_owned())?.to_owned();
     Ok((https, host))
 }
 
@@ -138,8 +127,7 @@ pub(crate) fn check_fetch_url(url: &str) -> Result<(), String> {
 
 pub(crate) fn is_loopback(host: &str) -> bool {
     let bare = host.trim_start_matches('[').trim_end_matches(']');
-    host.eq_ignore_ascii_case("localhost")
-        || bare.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback())
+    host.eq_ignore_ascii_case("localhost") || bare.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback())
 }
 
 #[cfg(test)]

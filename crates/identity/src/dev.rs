@@ -67,11 +67,7 @@ impl std::fmt::Debug for DevIssuer {
 impl DevIssuer {
     /// Loads the signing key from `{state_dir}/dev-issuer/signing-key.pem`, creating it
     /// (mode 0600) on first start.
-    pub fn load_or_create(
-        state_dir: &Path,
-        base_url: &str,
-        audience: &str,
-    ) -> Result<Self, IdentityError> {
+    pub fn load_or_create(state_dir: &Path, base_url: &str, audience: &str) -> Result<Self, IdentityError> {
         let base_url = base_url.trim_end_matches('/').to_owned();
         if !(base_url.starts_with("http://") || base_url.starts_with("https://")) {
             return Err(IdentityError::Config(format!(
@@ -95,9 +91,7 @@ impl DevIssuer {
         let public = key.public_key().as_ref();
         // Uncompressed SEC1 point: 0x04 || x (32 bytes) || y (32 bytes).
         if public.len() != 65 {
-            return Err(IdentityError::DevIssuer(
-                "unexpected public key encoding".to_owned(),
-            ));
+            return Err(IdentityError::DevIssuer("unexpected public key encoding".to_owned()));
         }
         let x = URL_SAFE_NO_PAD.encode(&public[1..33]);
         let y = URL_SAFE_NO_PAD.encode(&public[33..65]);
@@ -139,16 +133,8 @@ impl DevIssuer {
     /// [`crate::Verifier::with_static_keys`].
     pub fn issuer_configs(&self) -> Vec<IssuerConfig> {
         vec![
-            IssuerConfig::new(
-                self.user_issuer(),
-                self.audience.clone(),
-                PrincipalKind::User,
-            ),
-            IssuerConfig::new(
-                self.agent_issuer(),
-                self.audience.clone(),
-                PrincipalKind::Agent,
-            ),
+            IssuerConfig::new(self.user_issuer(), self.audience.clone(), PrincipalKind::User),
+            IssuerConfig::new(self.agent_issuer(), self.audience.clone(), PrincipalKind::Agent),
         ]
     }
 
@@ -175,14 +161,10 @@ impl DevIssuer {
     /// Signs a token for the user or agent issuer.
     pub fn mint(&self, req: &MintRequest) -> Result<String, IdentityError> {
         if req.subject.is_empty() {
-            return Err(IdentityError::DevIssuer(
-                "subject must not be empty".to_owned(),
-            ));
+            return Err(IdentityError::DevIssuer("subject must not be empty".to_owned()));
         }
         if req.ttl.is_zero() || req.ttl > MAX_DEV_TOKEN_TTL {
-            return Err(IdentityError::DevIssuer(
-                "ttl must be between 1 s and 24 h".to_owned(),
-            ));
+            return Err(IdentityError::DevIssuer("ttl must be between 1 s and 24 h".to_owned()));
         }
         let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)
@@ -197,11 +179,7 @@ impl DevIssuer {
             "iss": issuer, "sub": req.subject, "aud": self.audience,
             "iat": now, "nbf": now, "exp": now + req.ttl.as_secs(), "groups": req.groups,
         });
-        for (name, value) in [
-            ("email", &req.email),
-            ("name", &req.name),
-            ("owner", &req.owner),
-        ] {
+        for (name, value) in [("email", &req.email), ("name", &req.name), ("owner", &req.owner)] {
             if let Some(value) = value {
                 claims[name] = Value::String(value.clone());
             }
@@ -253,9 +231,8 @@ fn load_key(path: &Path) -> Result<EcdsaKeyPair, IdentityError> {
     let der = STANDARD
         .decode(body)
         .map_err(|_| IdentityError::DevIssuer(format!("{} is not valid PEM", path.display())))?;
-    EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &der).map_err(|_| {
-        IdentityError::DevIssuer(format!("{} is not a P-256 private key", path.display()))
-    })
+    EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &der)
+        .map_err(|_| IdentityError::DevIssuer(format!("{} is not a P-256 private key", path.display())))
 }
 
 fn create_key(path: &Path) -> Result<EcdsaKeyPair, IdentityError> {

@@ -101,10 +101,7 @@ impl IdentityError {
             | Self::Expired
             | Self::NotYetValid
             | Self::IssuedInFuture => true,
-            Self::KeysUnavailable { .. }
-            | Self::Config(_)
-            | Self::Io { .. }
-            | Self::DevIssuer(_) => false,
+            Self::KeysUnavailable { .. } | Self::Config(_) | Self::Io { .. } | Self::DevIssuer(_) => false,
         }
     }
 

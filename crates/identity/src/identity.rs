@@ -78,10 +78,7 @@ mod unix_seconds {
 
     pub(super) fn serialize<S: Serializer>(t: &SystemTime, s: S) -> Result<S::Ok, S::Error> {
         // Times before the epoch cannot come from a verified token; clamp rather than fail.
-        let secs = t
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_secs())
-            .unwrap_or(0);
+        let secs = t.duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
         s.serialize_u64(secs)
     }
 

@@ -133,11 +133,7 @@ impl KeySet {
         match kid {
             Some(kid) => self.by_kid.get(kid).cloned(),
             None => {
-                let mut matching = self
-                    .by_kid
-                    .values()
-                    .chain(self.unnamed.iter())
-                    .filter(|k| k.alg == alg);
+                let mut matching = self.by_kid.values().chain(self.unnamed.iter()).filter(|k| k.alg == alg);
                 match (matching.next(), matching.next()) {
                     (Some(k), None) => Some(Arc::clone(k)),
                     _ => None,
@@ -158,9 +154,7 @@ fn parse_jwk(jwk: &Value) -> Result<(Option<String>, VerifyingKey), String> {
             Some(_) => Err(format!("JWK `{name}` is not a string")),
         }
     };
-    let required = |name: &str| -> Result<&str, String> {
-        text(name)?.ok_or_else(|| format!("JWK has no `{name}`"))
-    };
+    let required = |name: &str| -> Result<&str, String> { text(name)?.ok_or_else(|| format!("JWK has no `{name}`")) };
     if let Some(usage) = text("use")?
         && usage != "sig"
     {
@@ -201,10 +195,7 @@ fn parse_jwk(jwk: &Value) -> Result<(Option<String>, VerifyingKey), String> {
             if b64(x)?.len() != len || b64(y)?.len() != len {
                 return Err("EC JWK coordinates have the wrong length".to_owned());
             }
-            (
-                alg,
-                DecodingKey::from_ec_components(x, y).map_err(|e| e.to_string())?,
-            )
+            (alg, DecodingKey::from_ec_components(x, y).map_err(|e| e.to_string())?)
         }
         "OKP" => {
             if required("crv")? != "Ed25519" {
@@ -245,9 +236,9 @@ impl Clock {
     }
 
     fn offset(&self) -> Duration {
-        self.offset_secs.as_ref().map_or(Duration::ZERO, |o| {
-            Duration::from_secs(o.load(Ordering::Relaxed))
-        })
+        self.offset_secs
+            .as_ref()
+            .map_or(Duration::ZERO, |o| Duration::from_secs(o.load(Ordering::Relaxed)))
     }
 
     #[cfg(test)]
@@ -266,12 +257,7 @@ impl Clock {
 }
 
 impl RemoteKeys {
-    pub(crate) fn new(
-        issuer: String,
-        jwks_uri: Option<String>,
-        fetcher: Arc<Fetcher>,
-        clock: Clock,
-    ) -> Self {
+    pub(crate) fn new(issuer: String, jwks_uri: Option<String>, fetcher: Arc<Fetcher>, clock: Clock) -> Self {
         Self {
             issuer,
             jwks_uri,
@@ -326,9 +312,7 @@ impl RemoteKeys {
             }
         }
         let Some(cached) = self.snapshot() else {
-            return Err(
-                self.unavailable("keys not fetched yet; will retry after the cooldown".to_owned())
-            );
+            return Err(self.unavailable("keys not fetched yet; will retry after the cooldown".to_owned()));
         };
         if !cached.is_usable_stale(now) {
             return Err(self.unavailable("keys expired and could not be refreshed".to_owned()));
@@ -386,10 +370,11 @@ impl RemoteKeys {
         handle.spawn(async move {
             let Ok(mut state) = this.refresh.try_lock() else { return };
             let now = this.clock.now();
-            let due = this.snapshot().is_none_or(|c| {
-                now.saturating_duration_since(c.fetched_at) >= c.max_age / 4 * 3
-            });
-            if due && state.may_fetch(now)
+            let due = this
+                .snapshot()
+                .is_none_or(|c| now.saturating_duration_since(c.fetched_at) >= c.max_age / 4 * 3);
+            if due
+                && state.may_fetch(now)
                 && let Err(reason) = this.refresh_locked(&mut state).await
             {
                 tracing::warn!(issuer = %this.issuer, error = %reason, "Background key refresh failed.");
@@ -422,19 +407,13 @@ impl RemoteKeys {
             max_age,
         };
         *self.current.write().unwrap_or_else(|p| p.into_inner()) = Some(Arc::new(cached));
-        self.negative
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clear();
+        self.negative.lock().unwrap_or_else(|p| p.into_inner()).clear();
         tracing::debug!(issuer = %self.issuer, max_age_secs = max_age.as_secs(), "Refreshed issuer keys.");
         Ok(())
     }
 
     async fn discover(&self) -> Result<String, String> {
-        let url = format!(
-            "{}/.well-known/openid-configuration",
-            self.issuer.trim_end_matches('/')
-        );
+        let url = format!("{}/.well-known/openid-configuration", self.issuer.trim_end_matches('/'));
         let (doc, _) = self.fetcher.get_json(&url).await?;
         // OIDC Discovery 4.3: a document for another issuer must not be used (mix-up).
         if doc.get("issuer").and_then(Value::as_str) != Some(self.issuer.as_str()) {
@@ -468,10 +447,7 @@ impl RefreshState {
 
 impl Fetcher {
     fn client(&self) -> Result<&HttpClient, String> {
-        self.client
-            .get_or_init(build_client)
-            .as_ref()
-            .map_err(Clone::clone)
+        self.client.get_or_init(build_client).as_ref().map_err(Clone::clone)
     }
 
     /// GETs a JSON document with the URL policy, timeout and size cap applied, and
@@ -500,8 +476,7 @@ impl Fetcher {
                 .await
                 .map_err(|e| format!("reading {url} failed: {e}"))?
                 .to_bytes();
-            let doc: Value =
-                serde_json::from_slice(&body).map_err(|_| format!("{url} did not return JSON"))?;
+            let doc: Value = serde_json::from_slice(&body).map_err(|_| format!("{url} did not return JSON"))?;
             Ok((doc, max_age))
         };
         tokio::time::timeout(FETCH_TIMEOUT, fetch)
@@ -515,21 +490,20 @@ fn build_client() -> Result<HttpClient, String> {
     http.enforce_http(false);
     http.set_connect_timeout(Some(FETCH_TIMEOUT));
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-    let builder =
-        match HttpsConnectorBuilder::new().with_provider_and_native_roots(Arc::clone(&provider)) {
-            Ok(builder) => builder,
-            Err(error) => {
-                // Fail closed: without trust anchors every https fetch fails, while loopback
-                // http (development, tests) still works.
-                tracing::warn!(%error, "No system trust anchors; https key fetches will fail.");
-                let config = rustls::ClientConfig::builder_with_provider(provider)
-                    .with_safe_default_protocol_versions()
-                    .map_err(|e| format!("TLS configuration failed: {e}"))?
-                    .with_root_certificates(rustls::RootCertStore::empty())
-                    .with_no_client_auth();
-                HttpsConnectorBuilder::new().with_tls_config(config)
-            }
-        };
+    let builder = match HttpsConnectorBuilder::new().with_provider_and_native_roots(Arc::clone(&provider)) {
+        Ok(builder) => builder,
+        Err(error) => {
+            // Fail closed: without trust anchors every https fetch fails, while loopback
+            // http (development, tests) still works.
+            tracing::warn!(%error, "No system trust anchors; https key fetches will fail.");
+            let config = rustls::ClientConfig::builder_with_provider(provider)
+                .with_safe_default_protocol_versions()
+                .map_err(|e| format!("TLS configuration failed: {e}"))?
+                .with_root_certificates(rustls::RootCertStore::empty())
+                .with_no_client_auth();
+            HttpsConnectorBuilder::new().with_tls_config(config)
+        }
+    };
     let connector = builder.https_or_http().enable_http1().wrap_connector(http);
     Ok(Client::builder(TokioExecutor::new()).build(connector))
 }
@@ -537,10 +511,7 @@ fn build_client() -> Result<HttpClient, String> {
 /// The cache lifetime from `Cache-Control`, bounded so an issuer can neither make us
 /// fetch constantly (`no-cache`, `max-age=0`) nor pin a key for days.
 pub(crate) fn cache_max_age(headers: &http::HeaderMap) -> Duration {
-    let Some(value) = headers
-        .get(http::header::CACHE_CONTROL)
-        .and_then(|v| v.to_str().ok())
-    else {
+    let Some(value) = headers.get(http::header::CACHE_CONTROL).and_then(|v| v.to_str().ok()) else {
         return DEFAULT_MAX_AGE;
     };
     let mut max_age = None;
@@ -550,11 +521,7 @@ pub(crate) fn cache_max_age(headers: &http::HeaderMap) -> Duration {
             return MIN_MAX_AGE;
         }
         if let Some(secs) = lower.strip_prefix("max-age=") {
-            max_age = secs
-                .trim_matches('"')
-                .parse::<u64>()
-                .ok()
-                .map(Duration::from_secs);
+            max_age = secs.trim_matches('"').parse::<u64>().ok().map(Duration::from_secs);
         }
     }
     max_age.map_or(DEFAULT_MAX_AGE, |d| d.clamp(MIN_MAX_AGE, MAX_MAX_AGE))
@@ -573,10 +540,7 @@ mod tests {
     #[test]
     fn cache_control_is_bounded() {
         assert_eq!(cache_max_age(&http::HeaderMap::new()), DEFAULT_MAX_AGE);
-        assert_eq!(
-            cache_max_age(&headers("public, max-age=600")),
-            Duration::from_secs(600)
-        );
+        assert_eq!(cache_max_age(&headers("public, max-age=600")), Duration::from_secs(600));
         assert_eq!(cache_max_age(&headers("max-age=0")), MIN_MAX_AGE);
         assert_eq!(cache_max_age(&headers("max-age=99999999")), MAX_MAX_AGE);
         assert_eq!(cache_max_age(&headers("no-store")), MIN_MAX_AGE);

@@ -9,8 +9,8 @@ use aws_lc_rs::hmac;
 use aws_lc_rs::rand::SystemRandom;
 use aws_lc_rs::rsa::KeySize;
 use aws_lc_rs::signature::{
-    ECDSA_P256_SHA256_FIXED_SIGNING, ECDSA_P384_SHA384_FIXED_SIGNING, EcdsaKeyPair, Ed25519KeyPair,
-    KeyPair as _, RSA_PKCS1_SHA256, RSA_PSS_SHA256, RsaKeyPair, RsaPublicKeyComponents,
+    ECDSA_P256_SHA256_FIXED_SIGNING, ECDSA_P384_SHA384_FIXED_SIGNING, EcdsaKeyPair, Ed25519KeyPair, KeyPair as _,
+    RSA_PKCS1_SHA256, RSA_PSS_SHA256, RsaKeyPair, RsaPublicKeyComponents,
 };
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -118,12 +118,11 @@ impl TestKey {
         let rng = SystemRandom::new();
         match &self.kind {
             KeyKind::Rs256 | KeyKind::Ps256 => {
-                let pad: &'static dyn aws_lc_rs::signature::RsaEncoding =
-                    if matches!(self.kind, KeyKind::Rs256) {
-                        &RSA_PKCS1_SHA256
-                    } else {
-                        &RSA_PSS_SHA256
-                    };
+                let pad: &'static dyn aws_lc_rs::signature::RsaEncoding = if matches!(self.kind, KeyKind::Rs256) {
+                    &RSA_PKCS1_SHA256
+                } else {
+                    &RSA_PSS_SHA256
+                };
                 let mut sig = vec![0; rsa().public_modulus_len()];
                 rsa().sign(pad, &rng, input, &mut sig).unwrap();
                 sig
@@ -149,10 +148,7 @@ impl TestKey {
 }
 
 fn now() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_secs() as i64
+    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs() as i64
 }
 
 fn claims() -> Value {
@@ -242,15 +238,9 @@ async fn rejects_hs256_keyed_with_the_public_key() {
                 b64(json!({"alg": "HS256", "kid": "k"}).to_string()),
                 b64(claims().to_string())
             );
-            let tag = hmac::sign(
-                &hmac::Key::new(hmac::HMAC_SHA256, &secret),
-                input.as_bytes(),
-            );
+            let tag = hmac::sign(&hmac::Key::new(hmac::HMAC_SHA256, &secret), input.as_bytes());
             let token = format!("{input}.{}", b64(tag));
-            assert!(matches!(
-                reject(&v, &token).await,
-                IdentityError::AlgorithmNotAllowed
-            ));
+            assert!(matches!(reject(&v, &token).await, IdentityError::AlgorithmNotAllowed));
         }
     }
 }
@@ -333,10 +323,7 @@ async fn issuer_must_match_exactly() {
         let mut c = claims();
         c["iss"] = json!(iss);
         assert!(
-            matches!(
-                reject(&v, &key.token(&c)).await,
-                IdentityError::UnknownIssuer
-            ),
+            matches!(reject(&v, &key.token(&c)).await, IdentityError::UnknownIssuer),
             "{iss}"
         );
     }
@@ -354,10 +341,7 @@ async fn issuer_keys_are_not_interchangeable() {
     let b = TestKey::es256("b");
     let v = Verifier::new(vec![])
         .unwrap()
-        .with_static_keys(
-            IssuerConfig::new(ISS, AUD, PrincipalKind::User),
-            jwks(&[&a]),
-        )
+        .with_static_keys(IssuerConfig::new(ISS, AUD, PrincipalKind::User), jwks(&[&a]))
         .unwrap()
         .with_static_keys(
             IssuerConfig::new("https://agents.example.com", AUD, PrincipalKind::Agent),
@@ -383,15 +367,9 @@ async fn audience_must_contain_ours() {
     let v = verifier(&[&key]);
     let mut c = claims();
     c["aud"] = json!("other-service");
-    assert!(matches!(
-        reject(&v, &key.token(&c)).await,
-        IdentityError::WrongAudience
-    ));
+    assert!(matches!(reject(&v, &key.token(&c)).await, IdentityError::WrongAudience));
     c["aud"] = json!(["other", "also-other"]);
-    assert!(matches!(
-        reject(&v, &key.token(&c)).await,
-        IdentityError::WrongAudience
-    ));
+    assert!(matches!(reject(&v, &key.token(&c)).await, IdentityError::WrongAudience));
     c["aud"] = json!(["other", AUD]);
     assert!(v.verify(&key.token(&c)).await.is_ok());
     c["aud"] = json!([AUD, 7]);
@@ -412,18 +390,12 @@ async fn time_claims_are_enforced_with_bounded_leeway() {
     let v = verifier(&[&key]);
     let mut c = claims();
     c["exp"] = json!(now() - 61);
-    assert!(matches!(
-        reject(&v, &key.token(&c)).await,
-        IdentityError::Expired
-    ));
+    assert!(matches!(reject(&v, &key.token(&c)).await, IdentityError::Expired));
     c["exp"] = json!(now() - 30);
     assert!(v.verify(&key.token(&c)).await.is_ok(), "within leeway");
     let mut c = claims();
     c["nbf"] = json!(now() + 120);
-    assert!(matches!(
-        reject(&v, &key.token(&c)).await,
-        IdentityError::NotYetValid
-    ));
+    assert!(matches!(reject(&v, &key.token(&c)).await, IdentityError::NotYetValid));
     c["nbf"] = json!(now() - 5);
     assert!(v.verify(&key.token(&c)).await.is_ok());
     let mut c = claims();
@@ -490,21 +462,14 @@ async fn rejects_malformed_and_oversized_tokens() {
     let v = verifier(&[&key]);
     let good = key.token(&claims());
     let mut parts = good.split('.');
-    let (h, p, s) = (
-        parts.next().unwrap(),
-        parts.next().unwrap(),
-        parts.next().unwrap(),
-    );
+    let (h, p, s) = (parts.next().unwrap(), parts.next().unwrap(), parts.next().unwrap());
     for bad in [
         format!("{h}.{p}"),
         format!("{h}.{p}.{s}.{s}.{s}"),
         format!("{h}.{p}.{s}."),
         String::new(),
     ] {
-        assert!(
-            matches!(reject(&v, &bad).await, IdentityError::Malformed(_)),
-            "{bad}"
-        );
+        assert!(matches!(reject(&v, &bad).await, IdentityError::Malformed(_)), "{bad}");
     }
     assert!(matches!(
         reject(&v, &format!("{h}.{p}.{s}=")).await,
@@ -516,10 +481,7 @@ async fn rejects_malformed_and_oversized_tokens() {
     ));
     let mut c = claims();
     c["pad"] = json!("x".repeat(17 * 1024));
-    assert!(matches!(
-        reject(&v, &key.token(&c)).await,
-        IdentityError::TooLarge
-    ));
+    assert!(matches!(reject(&v, &key.token(&c)).await, IdentityError::TooLarge));
 }
 
 #[test]
@@ -531,25 +493,15 @@ fn jwks_file_is_loaded_at_construction() {
     let mut cfg = IssuerConfig::new(ISS, AUD, PrincipalKind::User);
     cfg.jwks_file = Some(path.clone());
     let v = Verifier::new(vec![cfg.clone()]).unwrap();
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .build()
-        .unwrap();
-    assert_eq!(
-        rt.block_on(v.verify(&key.token(&claims())))
-            .unwrap()
-            .subject,
-        "ann"
-    );
+    let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+    assert_eq!(rt.block_on(v.verify(&key.token(&claims()))).unwrap().subject, "ann");
     std::fs::write(&path, "not json").unwrap();
     assert!(matches!(
         Verifier::new(vec![cfg.clone()]),
         Err(IdentityError::Config(_))
     ));
     cfg.jwks_file = Some(dir.path().join("missing.json"));
-    assert!(matches!(
-        Verifier::new(vec![cfg]),
-        Err(IdentityError::Io { .. })
-    ));
+    assert!(matches!(Verifier::new(vec![cfg]), Err(IdentityError::Io { .. })));
 }
 
 #[test]
@@ -558,9 +510,7 @@ fn duplicate_and_invalid_issuers_are_refused() {
     assert!(Verifier::new(vec![c.clone(), c.clone()]).is_err());
     let mut bad = c;
     bad.leeway_secs = 600;
-    assert!(
-        matches!(Verifier::new(vec![bad]), Err(IdentityError::Config(m)) if m.contains("leeway_secs"))
-    );
+    assert!(matches!(Verifier::new(vec![bad]), Err(IdentityError::Config(m)) if m.contains("leeway_secs")));
 }
 
 #[test]
@@ -603,10 +553,7 @@ async fn start_issuer(initial: Value) -> Issuer {
             get(|State(s): State<Issuer>| async move {
                 s.jwks_hits.fetch_add(1, Ordering::SeqCst);
                 let body = s.jwks.lock().unwrap().clone();
-                (
-                    [(http::header::CACHE_CONTROL, "public, max-age=600")],
-                    axum::Json(body),
-                )
+                ([(http::header::CACHE_CONTROL, "public, max-age=600")], axum::Json(body))
             }),
         )
         .with_state(issuer.clone());
@@ -646,10 +593,7 @@ async fn unknown_kid_flood_fetches_once_per_cooldown() {
         tasks
     };
     for result in flood(0).join_all().await {
-        assert!(
-            matches!(result, Err(IdentityError::UnknownKey)),
-            "{result:?}"
-        );
+        assert!(matches!(result, Err(IdentityError::UnknownKey)), "{result:?}");
     }
     assert_eq!(issuer.discovery_hits.load(Ordering::SeqCst), 1);
     assert_eq!(
@@ -658,11 +602,7 @@ async fn unknown_kid_flood_fetches_once_per_cooldown() {
         "one fetch for 200 random kids"
     );
     // The real key still works during the flood, from the cache.
-    assert!(
-        v.verify(&key.token(&claims_for(&issuer.base)))
-            .await
-            .is_ok()
-    );
+    assert!(v.verify(&key.token(&claims_for(&issuer.base))).await.is_ok());
     assert_eq!(issuer.jwks_hits.load(Ordering::SeqCst), 1);
 
     clock.advance(REFETCH_COOLDOWN + Duration::from_secs(1));
@@ -688,10 +628,7 @@ async fn discovery_and_key_rotation_without_rebuilding() {
         clock.clone(),
     )
     .unwrap();
-    let id = v
-        .verify(&old.token(&claims_for(&issuer.base)))
-        .await
-        .unwrap();
+    let id = v.verify(&old.token(&claims_for(&issuer.base))).await.unwrap();
     assert_eq!(id.issuer, issuer.base);
     assert_eq!(issuer.jwks_hits.load(Ordering::SeqCst), 1);
 
@@ -699,10 +636,7 @@ async fn discovery_and_key_rotation_without_rebuilding() {
     *issuer.jwks.lock().unwrap() = jwks(&[&new]);
     let new_token = new.token(&claims_for(&issuer.base));
     // Within the cooldown the unknown kid is refused without a fetch.
-    assert!(matches!(
-        v.verify(&new_token).await,
-        Err(IdentityError::UnknownKey)
-    ));
+    assert!(matches!(v.verify(&new_token).await, Err(IdentityError::UnknownKey)));
     assert_eq!(issuer.jwks_hits.load(Ordering::SeqCst), 1);
     clock.advance(REFETCH_COOLDOWN);
     assert_eq!(v.verify(&new_token).await.unwrap().subject, "ann");
@@ -777,12 +711,7 @@ async fn discovery_for_another_issuer_is_refused() {
     let issuer = start_issuer(jwks(&[&key])).await;
     // Same server, but configured under a different issuer string (trailing path).
     let configured = format!("{}/tenant", issuer.base);
-    let v = Verifier::new(vec![IssuerConfig::new(
-        &configured,
-        AUD,
-        PrincipalKind::User,
-    )])
-    .unwrap();
+    let v = Verifier::new(vec![IssuerConfig::new(&configured, AUD, PrincipalKind::User)]).unwrap();
     match v.verify(&key.token(&claims_for(&configured))).await {
         Err(IdentityError::KeysUnavailable { reason, .. }) => {
             assert!(reason.contains("different issuer"), "{reason}");
@@ -801,10 +730,7 @@ async fn unreachable_issuer_is_not_the_clients_fault() {
     let key = TestKey::es256("k");
     let v = Verifier::new(vec![IssuerConfig::new(&base, AUD, PrincipalKind::User)]).unwrap();
     let err = v.verify(&key.token(&claims_for(&base))).await.unwrap_err();
-    assert!(
-        matches!(err, IdentityError::KeysUnavailable { .. }),
-        "{err}"
-    );
+    assert!(matches!(err, IdentityError::KeysUnavailable { .. }), "{err}");
     assert!(!err.is_client_fault());
 }
 
@@ -814,20 +740,9 @@ async fn oversized_jwks_is_refused() {
     let mut doc = jwks(&[&key]);
     doc["padding"] = json!("x".repeat(2 * 1024 * 1024));
     let issuer = start_issuer(doc).await;
-    let v = Verifier::new(vec![IssuerConfig::new(
-        &issuer.base,
-        AUD,
-        PrincipalKind::User,
-    )])
-    .unwrap();
-    let err = v
-        .verify(&key.token(&claims_for(&issuer.base)))
-        .await
-        .unwrap_err();
-    assert!(
-        matches!(err, IdentityError::KeysUnavailable { .. }),
-        "{err}"
-    );
+    let v = Verifier::new(vec![IssuerConfig::new(&issuer.base, AUD, PrincipalKind::User)]).unwrap();
+    let err = v.verify(&key.token(&claims_for(&issuer.base))).await.unwrap_err();
+    assert!(matches!(err, IdentityError::KeysUnavailable { .. }), "{err}");
 }
 
 // --- The development issuer. ---

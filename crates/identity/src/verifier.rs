@@ -54,10 +54,7 @@ impl Verifier {
         Self::with_clock(issuers, Clock::default())
     }
 
-    pub(crate) fn with_clock(
-        issuers: Vec<IssuerConfig>,
-        clock: Clock,
-    ) -> Result<Self, IdentityError> {
+    pub(crate) fn with_clock(issuers: Vec<IssuerConfig>, clock: Clock) -> Result<Self, IdentityError> {
         let mut verifier = Self {
             issuers: HashMap::new(),
             fetcher: Arc::new(Fetcher::default()),
@@ -71,15 +68,12 @@ impl Verifier {
                         context: format!("reading JWKS file {}", path.display()),
                         source,
                     })?;
-                    let doc: Value = serde_json::from_slice(&text).map_err(|e| {
-                        IdentityError::Config(format!(
-                            "JWKS file {} is not JSON: {e}",
-                            path.display()
-                        ))
-                    })?;
-                    Keys::Static(KeySet::from_jwks(&doc).map_err(|e| {
-                        IdentityError::Config(format!("JWKS file {}: {e}", path.display()))
-                    })?)
+                    let doc: Value = serde_json::from_slice(&text)
+                        .map_err(|e| IdentityError::Config(format!("JWKS file {} is not JSON: {e}", path.display())))?;
+                    Keys::Static(
+                        KeySet::from_jwks(&doc)
+                            .map_err(|e| IdentityError::Config(format!("JWKS file {}: {e}", path.display())))?,
+                    )
                 }
                 None => Keys::Remote(Arc::new(RemoteKeys::new(
                     config.issuer.clone(),
@@ -95,14 +89,10 @@ impl Verifier {
 
     /// Adds an issuer whose keys are given in-process (the development issuer); its
     /// `jwks_file` and `jwks_uri` are ignored.
-    pub fn with_static_keys(
-        mut self,
-        issuer: IssuerConfig,
-        jwks: Value,
-    ) -> Result<Self, IdentityError> {
+    pub fn with_static_keys(mut self, issuer: IssuerConfig, jwks: Value) -> Result<Self, IdentityError> {
         issuer.validate().map_err(IdentityError::Config)?;
-        let keys = KeySet::from_jwks(&jwks)
-            .map_err(|e| IdentityError::Config(format!("issuer `{}`: {e}", issuer.issuer)))?;
+        let keys =
+            KeySet::from_jwks(&jwks).map_err(|e| IdentityError::Config(format!("issuer `{}`: {e}", issuer.issuer)))?;
         self.insert(issuer, Keys::Static(keys))?;
         Ok(self)
     }
@@ -114,16 +104,13 @@ impl Verifier {
                 config.issuer
             )));
         }
-        self.issuers
-            .insert(config.issuer.clone(), Issuer { config, keys });
+        self.issuers.insert(config.issuer.clone(), Issuer { config, keys });
         Ok(())
     }
 
     /// Number of discovery and JWKS requests sent so far.
     pub fn fetch_count(&self) -> u64 {
-        self.fetcher
-            .requests
-            .load(std::sync::atomic::Ordering::Relaxed)
+        self.fetcher.requests.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Verifies a compact JWS and returns who it names.
@@ -166,9 +153,7 @@ impl<'a> Parsed<'a> {
         let (Some(header), Some(payload), Some(signature), None) =
             (parts.next(), parts.next(), parts.next(), parts.next())
         else {
-            return Err(IdentityError::Malformed(
-                "expected three dot-separated segments",
-            ));
+            return Err(IdentityError::Malformed("expected three dot-separated segments"));
         };
         if header.is_empty() || payload.is_empty() || signature.is_empty() {
             return Err(IdentityError::Malformed("empty segment"));
@@ -210,12 +195,7 @@ impl<'a> Parsed<'a> {
         if key.alg != self.alg {
             return Err(IdentityError::AlgorithmMismatch);
         }
-        match jsonwebtoken::crypto::verify(
-            self.signature,
-            self.signing_input.as_bytes(),
-            &key.key,
-            key.alg,
-        ) {
+        match jsonwebtoken::crypto::verify(self.signature, self.signing_input.as_bytes(), &key.key, key.alg) {
             Ok(true) => Ok(()),
             _ => Err(IdentityError::BadSignature),
         }
@@ -278,33 +258,25 @@ fn identity_from_claims(
         Some(Value::Array(auds)) => {
             let mut found = false;
             for aud in auds {
-                let aud = aud.as_str().ok_or_else(|| {
-                    IdentityError::invalid("aud", "must be a string or an array of strings")
-                })?;
+                let aud = aud
+                    .as_str()
+                    .ok_or_else(|| IdentityError::invalid("aud", "must be a string or an array of strings"))?;
                 found |= aud == config.audience;
             }
             found
         }
         Some(_) => {
-            return Err(IdentityError::invalid(
-                "aud",
-                "must be a string or an array of strings",
-            ));
+            return Err(IdentityError::invalid("aud", "must be a string or an array of strings"));
         }
     };
     if !audience_ok {
         return Err(IdentityError::WrongAudience);
     }
 
-    let now = now
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0);
+    let now = now.duration_since(UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0);
     let leeway = config.leeway_secs.min(crate::config::MAX_LEEWAY_SECS) as i64;
-    let exp = numeric_date(claims, "exp")?
-        .ok_or_else(|| IdentityError::MissingClaim("exp".to_owned()))?;
-    let iat = numeric_date(claims, "iat")?
-        .ok_or_else(|| IdentityError::MissingClaim("iat".to_owned()))?;
+    let exp = numeric_date(claims, "exp")?.ok_or_else(|| IdentityError::MissingClaim("exp".to_owned()))?;
+    let iat = numeric_date(claims, "iat")?.ok_or_else(|| IdentityError::MissingClaim("iat".to_owned()))?;
     if now >= exp.saturating_add(leeway) {
         return Err(IdentityError::Expired);
     }
@@ -327,9 +299,7 @@ fn identity_from_claims(
             .iter()
             .map(|g| g.as_str().map(str::to_owned))
             .collect::<Option<Vec<_>>>()
-            .ok_or_else(|| {
-                IdentityError::invalid(&config.groups_claim, "must be an array of strings")
-            })?,
+            .ok_or_else(|| IdentityError::invalid(&config.groups_claim, "must be an array of strings"))?,
         Some(_) => {
             return Err(IdentityError::invalid(
                 &config.groups_claim,
@@ -350,10 +320,7 @@ fn identity_from_claims(
     })
 }
 
-fn required_string<'m>(
-    claims: &'m Map<String, Value>,
-    name: &str,
-) -> Result<&'m str, IdentityError> {
+fn required_string<'m>(claims: &'m Map<String, Value>, name: &str) -> Result<&'m str, IdentityError> {
     match claims.get(name) {
         Some(Value::String(s)) => Ok(s),
         Some(_) => Err(IdentityError::invalid(name, "must be a string")),
@@ -361,10 +328,7 @@ fn required_string<'m>(
     }
 }
 
-fn optional_string(
-    claims: &Map<String, Value>,
-    name: &str,
-) -> Result<Option<String>, IdentityError> {
+fn optional_string(claims: &Map<String, Value>, name: &str) -> Result<Option<String>, IdentityError> {
     match claims.get(name) {
         None => Ok(None),
         Some(Value::String(s)) => Ok(Some(s.clone())),

@@ -56,10 +56,7 @@ fn authorize(c: &mut Criterion) {
         context: statement("UPDATE", "UPDATE orders SET status = $1 WHERE id = $2"),
     };
     assert!(engine.authorize(&read).is_allow());
-    assert!(matches!(
-        engine.authorize(&write),
-        Decision::NeedsApproval { .. }
-    ));
+    assert!(matches!(engine.authorize(&write), Decision::NeedsApproval { .. }));
 
     c.bench_function("postgres read (allow)", |b| {
         b.iter(|| engine.authorize(black_box(&read)))

@@ -80,9 +80,7 @@ pub(crate) fn parse_approval<'a>(
         Some(text) => match humantime::parse_duration(text.trim()) {
             Ok(d) if !d.is_zero() => Some(d),
             Ok(_) => {
-                return Err(format!(
-                    "@{APPROVAL_TIMEOUT}({text:?}) must be longer than zero"
-                ));
+                return Err(format!("@{APPROVAL_TIMEOUT}({text:?}) must be longer than zero"));
             }
             Err(e) => {
                 return Err(format!(
@@ -108,10 +106,7 @@ mod tests {
 
     #[test]
     fn no_approval_annotations_means_no_approval() {
-        assert_eq!(
-            parse(Effect::Permit, &[("id", "x"), ("doc", "y")]),
-            Ok(None)
-        );
+        assert_eq!(parse(Effect::Permit, &[("id", "x"), ("doc", "y")]), Ok(None));
         assert_eq!(parse(Effect::Forbid, &[]), Ok(None));
     }
 
@@ -145,11 +140,8 @@ mod tests {
             }))
         );
         assert_eq!(
-            parse(
-                Effect::Permit,
-                &[("approval", "g"), ("approval_timeout", "1h 30s")]
-            )
-            .map(|s| s.and_then(|s| s.timeout)),
+            parse(Effect::Permit, &[("approval", "g"), ("approval_timeout", "1h 30s")])
+                .map(|s| s.and_then(|s| s.timeout)),
             Ok(Some(Duration::from_secs(3630)))
         );
     }
@@ -169,10 +161,7 @@ mod tests {
             &[("approvals", "g")],
             &[("approval", "g"), ("approval_time_out", "5m")],
         ] {
-            assert!(
-                parse(Effect::Permit, pairs).is_err(),
-                "{pairs:?} was accepted"
-            );
+            assert!(parse(Effect::Permit, pairs).is_err(), "{pairs:?} was accepted");
         }
     }
 

@@ -8,8 +8,8 @@ use std::sync::{Arc, Mutex, PoisonError};
 
 use arc_swap::ArcSwap;
 use cedar_policy::{
-    AuthorizationError, Authorizer, Context, Effect, Entities, Entity, EntityId, EntityUid,
-    PolicyId, PolicySet, Request, RequestValidationError, RestrictedExpression,
+    AuthorizationError, Authorizer, Context, Effect, Entities, Entity, EntityId, EntityUid, PolicyId, PolicySet,
+    Request, RequestValidationError, RestrictedExpression,
 };
 
 use crate::annotations::ApprovalSpec;
@@ -69,22 +69,13 @@ impl PolicyEngine {
     /// Reads the directory again and swaps in the new set if it is valid. On error
     /// the current set stays in force and the error is kept for `last_reload_error`.
     pub fn reload(&self) -> Result<(), PolicyError> {
-        let _serialised = self
-            .reload_lock
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
+        let _serialised = self.reload_lock.lock().unwrap_or_else(PoisonError::into_inner);
         // Fingerprint before reading: a save during the load shows up at the next poll.
         let fingerprint = Fingerprint::of(&self.dir).ok();
         let next = self.current.load().generation + 1;
         let result = PolicyStore::load(&self.dir, next);
-        *self
-            .fingerprint
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner) = fingerprint;
-        let mut last_error = self
-            .last_error
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
+        *self.fingerprint.lock().unwrap_or_else(PoisonError::into_inner) = fingerprint;
+        let mut last_error = self.last_error.lock().unwrap_or_else(PoisonError::into_inner);
         match result {
             Ok(store) => {
                 tracing::info!(
@@ -106,21 +97,14 @@ impl PolicyEngine {
 
     /// The error of the last reload, if it failed; cleared by a successful reload.
     pub fn last_reload_error(&self) -> Option<String> {
-        self.last_error
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone()
+        self.last_error.lock().unwrap_or_else(PoisonError::into_inner).clone()
     }
 
     /// True when the schema or a policy file was added, removed or changed since the
     /// last load attempt. Reads only directory entries and metadata.
     pub fn changed_on_disk(&self) -> bool {
         let now = Fingerprint::of(&self.dir).ok();
-        *self
-            .fingerprint
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            != now
+        *self.fingerprint.lock().unwrap_or_else(PoisonError::into_inner) != now
     }
 
     /// Starts at 1 and increments on every successful reload; decision caches key on it.
@@ -254,10 +238,7 @@ impl PolicyEngine {
         policies: &PolicySet,
     ) -> Result<Evaluation, String> {
         let names = &store.names;
-        let action = EntityUid::from_type_name_and_id(
-            names.action(req.namespace).clone(),
-            EntityId::new(req.action),
-        );
+        let action = EntityUid::from_type_name_and_id(names.action(req.namespace).clone(), EntityId::new(req.action));
         let Some(action_entity) = store.actions.get(&action) else {
             return Err(format!("unknown action {action}"));
         };
@@ -305,19 +286,13 @@ impl PolicyEngine {
             .map_err(|e| format!("invalid request entities: {e}"))?;
 
         let response = self.authorizer.is_authorized(&request, policies, &entities);
-        let mut reason: Vec<String> = response
-            .diagnostics()
-            .reason()
-            .map(ToString::to_string)
-            .collect();
+        let mut reason: Vec<String> = response.diagnostics().reason().map(ToString::to_string).collect();
         reason.sort();
         let mut errors: Vec<(String, String)> = response
             .diagnostics()
             .errors()
             .map(|e| match e {
-                AuthorizationError::PolicyEvaluationError(e) => {
-                    (e.policy_id().to_string(), e.inner().to_string())
-                }
+                AuthorizationError::PolicyEvaluationError(e) => (e.policy_id().to_string(), e.inner().to_string()),
             })
             .collect();
         errors.sort();
@@ -354,19 +329,13 @@ fn decide(store: &PolicyStore, evaluation: Evaluation) -> Decision {
                 reason: "no policy permits this request".to_owned(),
             };
         }
-        let names = reason
-            .iter()
-            .map(|id| format!("{id:?}"))
-            .collect::<Vec<_>>()
-            .join(", ");
+        let names = reason.iter().map(|id| format!("{id:?}")).collect::<Vec<_>>().join(", ");
         return Decision::Deny {
             reason: format!("forbidden by policy {names}"),
             policies: reason,
         };
     }
-    let approval = |id: &String| -> Option<&ApprovalSpec> {
-        store.meta.get(&PolicyId::new(id))?.approval.as_ref()
-    };
+    let approval = |id: &String| -> Option<&ApprovalSpec> { store.meta.get(&PolicyId::new(id))?.approval.as_ref() };
     if reason.is_empty() || reason.iter().any(|id| approval(id).is_none()) {
         return Decision::Allow { policies: reason };
     }

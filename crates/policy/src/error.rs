@@ -57,12 +57,7 @@ impl Problem {
     }
 
     /// A problem at a byte offset of `src`, the text of `file`.
-    pub(crate) fn at_offset(
-        file: &Path,
-        src: &str,
-        offset: usize,
-        message: impl Into<String>,
-    ) -> Self {
+    pub(crate) fn at_offset(file: &Path, src: &str, offset: usize, message: impl Into<String>) -> Self {
         let (line, column) = line_and_column(src, offset);
         Self {
             file: file.to_path_buf(),

@@ -165,9 +165,7 @@ impl Decision {
     /// The ids of the policies that decided, whatever the verdict.
     pub fn policies(&self) -> &[String] {
         match self {
-            Self::Allow { policies }
-            | Self::Deny { policies, .. }
-            | Self::NeedsApproval { policies, .. } => policies,
+            Self::Allow { policies } | Self::Deny { policies, .. } | Self::NeedsApproval { policies, .. } => policies,
         }
     }
 
@@ -196,10 +194,7 @@ impl fmt::Display for Decision {
                 timeout,
                 ..
             } => {
-                write!(
-                    f,
-                    "needs approval by {approver_group} ({approvals_required} required"
-                )?;
+                write!(f, "needs approval by {approver_group} ({approvals_required} required")?;
                 if let Some(timeout) = timeout {
                     write!(f, ", timeout {}", humantime::format_duration(*timeout))?;
                 }

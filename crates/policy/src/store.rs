@@ -8,10 +8,7 @@ use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::time::SystemTime;
 
-use cedar_policy::{
-    Effect, Entity, EntityTypeName, EntityUid, PolicyId, PolicySet, Schema, ValidationMode,
-    Validator,
-};
+use cedar_policy::{Effect, Entity, EntityTypeName, EntityUid, PolicyId, PolicySet, Schema, ValidationMode, Validator};
 
 use crate::annotations::{self, ApprovalSpec};
 use crate::error::{PolicyError, Problem};
@@ -78,8 +75,7 @@ struct Parsed {
 
 impl TypeNames {
     fn new() -> Result<Self, String> {
-        let name =
-            |s: &str| EntityTypeName::from_str(s).map_err(|e| format!("entity type name {s}: {e}"));
+        let name = |s: &str| EntityTypeName::from_str(s).map_err(|e| format!("entity type name {s}: {e}"));
         Ok(Self {
             user: name("User")?,
             agent: name("Agent")?,
@@ -227,8 +223,7 @@ impl Fingerprint {
         paths.extend(policy_files(dir)?);
         for rel in paths {
             let full = dir.join(&rel);
-            let md =
-                fs::metadata(&full).map_err(|source| PolicyError::Io { path: full, source })?;
+            let md = fs::metadata(&full).map_err(|source| PolicyError::Io { path: full, source })?;
             entries.push((rel, md.len(), md.modified().ok()));
         }
         Ok(Self(entries))
@@ -273,11 +268,9 @@ fn parse_file(rel: &Path, src: &str, out: &mut Vec<Parsed>, problems: &mut Vec<P
     for (index, policy) in indexed {
         // The policy's own text is a slice of the file: finding it from the end of
         // the previous one gives its line without reaching into Cedar's internals.
-        let offset = policy.to_cedar().and_then(|text| {
-            src.get(cursor..)?
-                .find(&text)
-                .map(|at| (cursor + at, text.len()))
-        });
+        let offset = policy
+            .to_cedar()
+            .and_then(|text| src.get(cursor..)?.find(&text).map(|at| (cursor + at, text.len())));
         let offset = match offset {
             Some((start, len)) => {
                 cursor = start + len;
@@ -321,12 +314,7 @@ fn parse_file(rel: &Path, src: &str, out: &mut Vec<Parsed>, problems: &mut Vec<P
     }
 }
 
-fn add(
-    set: &mut PolicySet,
-    policy: cedar_policy::Policy,
-    meta: &PolicyMeta,
-    problems: &mut Vec<Problem>,
-) {
+fn add(set: &mut PolicySet, policy: cedar_policy::Policy, meta: &PolicyMeta, problems: &mut Vec<Problem>) {
     if let Err(e) = set.add(policy) {
         problems.push(Problem {
             file: meta.file.clone(),
@@ -345,10 +333,7 @@ fn located(
     meta: &HashMap<PolicyId, PolicyMeta>,
     sources: &HashMap<PathBuf, String>,
 ) -> Vec<Problem> {
-    match meta
-        .get(id)
-        .and_then(|m| Some((&m.file, sources.get(&m.file)?)))
-    {
+    match meta.get(id).and_then(|m| Some((&m.file, sources.get(&m.file)?))) {
         Some((file, src)) => Problem::from_diagnostic(file, src, diag)
             .into_iter()
             .map(|mut p| {
@@ -399,8 +384,7 @@ pub(crate) fn policy_files(dir: &Path) -> Result<Vec<PathBuf>, PolicyError> {
             })?;
             // Follow symlinks (Kubernetes ConfigMap mounts are symlinks) by asking
             // for the target's metadata.
-            let is_dir =
-                file_type.is_dir() || (file_type.is_symlink() && dir.join(&child).is_dir());
+            let is_dir = file_type.is_dir() || (file_type.is_symlink() && dir.join(&child).is_dir());
             if is_dir {
                 pending.push(child);
             } else if child.extension().is_some_and(|e| e == POLICY_EXTENSION) {

@@ -182,10 +182,7 @@ pub fn run_tests(dir: &Path) -> Result<TestReport, PolicyError> {
                     decision,
                     failure,
                 }),
-                Err(message) => problems.push(Problem::in_file(
-                    &rel,
-                    format!("case {:?}: {message}", case.name),
-                )),
+                Err(message) => problems.push(Problem::in_file(&rel, format!("case {:?}: {message}", case.name))),
             }
         }
     }
@@ -214,10 +211,7 @@ fn run_case(
     };
     let p = &case.principal;
     let identity = Identity {
-        issuer: p
-            .issuer
-            .clone()
-            .unwrap_or_else(|| "https://issuer.test".to_owned()),
+        issuer: p.issuer.clone().unwrap_or_else(|| "https://issuer.test".to_owned()),
         subject: p.subject.clone(),
         kind: match p.kind {
             Kind::User => PrincipalKind::User,
@@ -229,11 +223,7 @@ fn run_case(
         owner: p.owner.clone(),
         expires_at: SystemTime::now() + Duration::from_secs(3600),
     };
-    let mut context = file
-        .context_defaults
-        .get(&case.action)
-        .cloned()
-        .unwrap_or_default();
+    let mut context = file.context_defaults.get(&case.action).cloned().unwrap_or_default();
     context.extend(case.context.clone());
     let context = serde_json::to_value(context).map_err(|e| format!("context: {e}"))?;
 
@@ -270,14 +260,8 @@ fn run_case(
         ..
     } = &decision
     {
-        if let Some(group) = case
-            .approver_group
-            .as_ref()
-            .filter(|g| *g != approver_group)
-        {
-            failures.push(format!(
-                "expected approver group {group}, got {approver_group}"
-            ));
+        if let Some(group) = case.approver_group.as_ref().filter(|g| *g != approver_group) {
+            failures.push(format!("expected approver group {group}, got {approver_group}"));
         }
         if let Some(n) = case.approvals_required.filter(|n| n != approvals_required) {
             failures.push(format!("expected {n} approvals, got {approvals_required}"));
@@ -297,9 +281,7 @@ fn run_case(
     if let (Some(needle), Decision::Deny { reason, .. }) = (&case.reason_contains, &decision)
         && !reason.contains(needle.as_str())
     {
-        failures.push(format!(
-            "expected the reason to contain {needle:?}, got {reason:?}"
-        ));
+        failures.push(format!("expected the reason to contain {needle:?}, got {reason:?}"));
     }
     let failure = (!failures.is_empty()).then(|| failures.join("; "));
     Ok((expected, decision, failure))
@@ -338,11 +320,7 @@ impl fmt::Display for TestReport {
             .max()
             .unwrap_or(0)
             .max(4);
-        writeln!(
-            f,
-            "{:<6}{:<file_width$}  {:<name_width$}  DECISION",
-            "", "FILE", "CASE"
-        )?;
+        writeln!(f, "{:<6}{:<file_width$}  {:<name_width$}  DECISION", "", "FILE", "CASE")?;
         for case in &self.cases {
             let status = if case.failure.is_some() { "FAIL" } else { "ok" };
             writeln!(

@@ -122,11 +122,7 @@ fn engine_is_send_and_sync() {
 fn example_policy_tests_all_pass() {
     let report = run_tests(&examples()).expect("policy tests load");
     println!("{report}");
-    assert!(
-        report.cases.len() >= 60,
-        "only {} cases",
-        report.cases.len()
-    );
+    assert!(report.cases.len() >= 60, "only {} cases", report.cases.len());
     assert!(report.all_passed(), "{report}");
     let text = report.to_string();
     assert!(
@@ -264,21 +260,9 @@ fn attributes_and_tags_reach_the_policies() {
     let mut other_owner = owned.clone();
     other_owner.owner = Some("mallory".into());
     assert!(!read(&other_owner, &team_a).is_allow(), "owner differs");
-    assert!(
-        !read(
-            &owned,
-            &resource(ResourceKind::Database, "orders", &[("team", "b")])
-        )
-        .is_allow()
-    );
+    assert!(!read(&owned, &resource(ResourceKind::Database, "orders", &[("team", "b")])).is_allow());
     assert!(!read(&owned, &resource(ResourceKind::Database, "orders", &[])).is_allow());
-    assert!(
-        !read(
-            &owned,
-            &resource(ResourceKind::Database, "other", &[("team", "a")])
-        )
-        .is_allow()
-    );
+    assert!(!read(&owned, &resource(ResourceKind::Database, "other", &[("team", "a")])).is_allow());
 }
 
 #[test]
@@ -348,50 +332,27 @@ fn forbid_wins_over_an_approval_permit() {
         &prod_db(),
         statement("DELETE", false),
     );
-    assert_eq!(
-        decision.policies(),
-        ["prod-no-unbounded-update-delete".to_owned()]
-    );
+    assert_eq!(decision.policies(), ["prod-no-unbounded-update-delete".to_owned()]);
     assert!(matches!(decision, Decision::Deny { .. }), "{decision:?}");
 }
 
 #[test]
 fn an_erroring_forbid_denies_and_is_named() {
-    let dir = temp_policies(&[
-        ("forward.cedar", PERMIT_FORWARD),
-        ("math.cedar", OVERFLOWING_FORBID),
-    ]);
+    let dir = temp_policies(&[("forward.cedar", PERMIT_FORWARD), ("math.cedar", OVERFLOWING_FORBID)]);
     let engine = PolicyEngine::load(dir.path()).expect("strict validation accepts it");
     let host = resource(ResourceKind::Host, "web-1", &[]);
     // No overflow: the forbid is false and the permit applies.
     assert_eq!(
-        ask(
-            &engine,
-            &agent(),
-            Namespace::Ssh,
-            "forward",
-            &host,
-            forward(1)
-        ),
+        ask(&engine, &agent(), Namespace::Ssh, "forward", &host, forward(1)),
         Decision::Allow {
             policies: vec!["forward-all".into()]
         }
     );
     // Overflow: Cedar skips the forbid and would allow; we deny.
-    match ask(
-        &engine,
-        &agent(),
-        Namespace::Ssh,
-        "forward",
-        &host,
-        forward(5432),
-    ) {
+    match ask(&engine, &agent(), Namespace::Ssh, "forward", &host, forward(5432)) {
         Decision::Deny { policies, reason } => {
             assert_eq!(policies, vec!["port-math".to_owned()]);
-            assert!(
-                reason.contains("port-math") && reason.contains("overflow"),
-                "{reason}"
-            );
+            assert!(reason.contains("port-math") && reason.contains("overflow"), "{reason}");
         }
         other => panic!("expected deny, got {other:?}"),
     }
@@ -412,14 +373,7 @@ fn an_erroring_permit_also_denies() {
     ]);
     let engine = PolicyEngine::load(dir.path()).expect("load");
     let host = resource(ResourceKind::Host, "web-1", &[]);
-    let decision = ask(
-        &engine,
-        &agent(),
-        Namespace::Ssh,
-        "forward",
-        &host,
-        forward(5432),
-    );
+    let decision = ask(&engine, &agent(), Namespace::Ssh, "forward", &host, forward(5432));
     assert_eq!(decision.policies(), ["permit-math".to_owned()]);
     assert!(matches!(decision, Decision::Deny { .. }), "{decision:?}");
 }
@@ -485,20 +439,8 @@ fn malformed_requests_are_denied_with_a_reason() {
             json!(["not", "an", "object"]),
             "does not match the schema",
         ),
-        (
-            Namespace::Postgres,
-            "drop_everything",
-            &db,
-            json!({}),
-            "unknown action",
-        ),
-        (
-            Namespace::Gatehouse,
-            "read",
-            &db,
-            json!({}),
-            "unknown action",
-        ),
+        (Namespace::Postgres, "drop_everything", &db, json!({}), "unknown action"),
+        (Namespace::Gatehouse, "read", &db, json!({}), "unknown action"),
         (
             Namespace::Postgres,
             "read",
@@ -519,17 +461,7 @@ fn malformed_requests_are_denied_with_a_reason() {
     }
     // A null context is an empty record: fine where every field is optional.
     let ssh_host = resource(ResourceKind::Host, "web-1", &[]);
-    assert!(
-        ask(
-            &engine,
-            &dba,
-            Namespace::Ssh,
-            "connect",
-            &ssh_host,
-            Value::Null
-        )
-        .is_allow()
-    );
+    assert!(ask(&engine, &dba, Namespace::Ssh, "connect", &ssh_host, Value::Null).is_allow());
 }
 
 #[test]
@@ -628,17 +560,9 @@ fn load_errors_carry_file_and_line() {
 
     // A broken schema is reported against the schema file.
     let dir = temp_policies(&[("ok.cedar", "permit (principal, action, resource);\n")]);
-    fs::write(
-        dir.path().join("schema.cedarschema"),
-        "entity User;\nentity Oops {\n",
-    )
-    .expect("write");
+    fs::write(dir.path().join("schema.cedarschema"), "entity User;\nentity Oops {\n").expect("write");
     let err = load_err(dir.path());
-    assert_eq!(
-        err.problems()[0].file,
-        PathBuf::from("schema.cedarschema"),
-        "{err}"
-    );
+    assert_eq!(err.problems()[0].file, PathBuf::from("schema.cedarschema"), "{err}");
     assert!(err.problems()[0].line.is_some(), "{err}");
 
     // No schema at all.
@@ -732,7 +656,11 @@ fn reload_swaps_to_a_good_set_and_bumps_the_generation() {
         "@id(\"read\")\npermit (principal, action == Postgres::Action::\"read\", resource);\n",
     )]);
     let engine = PolicyEngine::load(dir.path()).expect("load");
-    fs::write(dir.path().join("write.cedar"), "@id(\"write\")\npermit (principal, action == Postgres::Action::\"write\", resource)\nwhen { context.nope };\n").expect("write");
+    fs::write(
+        dir.path().join("write.cedar"),
+        "@id(\"write\")\npermit (principal, action == Postgres::Action::\"write\", resource)\nwhen { context.nope };\n",
+    )
+    .expect("write");
     assert!(engine.reload().is_err());
 
     fs::write(
@@ -791,10 +719,7 @@ fn explain_names_matches_overrides_and_errors() {
     });
     println!("{text}");
     assert!(text.contains("decision: deny"), "{text}");
-    assert!(
-        text.contains("forbid prod-no-admin (postgres.cedar:"),
-        "{text}"
-    );
+    assert!(text.contains("forbid prod-no-admin (postgres.cedar:"), "{text}");
     assert!(
         text.contains("overridden permits:\n  permit dba-admin (postgres.cedar:"),
         "{text}"
@@ -808,10 +733,7 @@ fn explain_names_matches_overrides_and_errors() {
         context: statement("UPDATE", true),
     });
     assert!(text.contains("needs approval by dba-leads"), "{text}");
-    assert!(
-        text.contains("every matching permit needs approval"),
-        "{text}"
-    );
+    assert!(text.contains("every matching permit needs approval"), "{text}");
 
     let text = engine.explain(&AuthzRequest {
         principal: &agent(),
@@ -822,10 +744,7 @@ fn explain_names_matches_overrides_and_errors() {
     });
     assert!(text.contains("refused before any policy ran"), "{text}");
 
-    let dir = temp_policies(&[
-        ("forward.cedar", PERMIT_FORWARD),
-        ("math.cedar", OVERFLOWING_FORBID),
-    ]);
+    let dir = temp_policies(&[("forward.cedar", PERMIT_FORWARD), ("math.cedar", OVERFLOWING_FORBID)]);
     let engine = PolicyEngine::load(dir.path()).expect("load");
     let text = engine.explain(&AuthzRequest {
         principal: &agent(),
@@ -834,10 +753,7 @@ fn explain_names_matches_overrides_and_errors() {
         resource: &resource(ResourceKind::Host, "web-1", &[]),
         context: forward(5432),
     });
-    assert!(
-        text.contains("errored:\n  forbid port-math (math.cedar:2)"),
-        "{text}"
-    );
+    assert!(text.contains("errored:\n  forbid port-math (math.cedar:2)"), "{text}");
     assert!(text.contains("fail closed"), "{text}");
 }
 
@@ -901,17 +817,10 @@ approver_group = "dba-leads"
     )
     .expect("write");
     let err = run_tests(dir.path()).expect_err("malformed file accepted");
-    assert_eq!(
-        err.problems()[0].file,
-        PathBuf::from("tests/cases.toml"),
-        "{err}"
-    );
+    assert_eq!(err.problems()[0].file, PathBuf::from("tests/cases.toml"), "{err}");
     assert!(err.problems()[0].line.is_some(), "{err}");
 
     // No tests at all is an error too: a green run must have run something.
     fs::remove_file(dir.path().join("tests/cases.toml")).expect("remove");
-    assert!(matches!(
-        run_tests(dir.path()),
-        Err(PolicyError::NoTests { .. })
-    ));
+    assert!(matches!(run_tests(dir.path()), Err(PolicyError::NoTests { .. })));
 }

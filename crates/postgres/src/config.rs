@@ -140,9 +140,7 @@ impl PostgresConfig {
                     (Some(var), _) => std::env::var(var)
                         .map_err(|_| format!("postgres.targets ({}).password_env: {var} is not set", t.name))?,
                     (None, Some(file)) => std::fs::read_to_string(file)
-                        .map_err(|e| {
-                            format!("postgres.targets ({}).password_file: {}: {e}", t.name, file.display())
-                        })?
+                        .map_err(|e| format!("postgres.targets ({}).password_file: {}: {e}", t.name, file.display()))?
                         .lines()
                         .next()
                         .unwrap_or_default()

@@ -14,7 +14,7 @@
 //! statement's text never reaches the target.
 
 use std::borrow::Cow;
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::future::Future;
 
 use bytes::{Buf, BufMut, BytesMut};
@@ -124,6 +124,8 @@ enum Pending {
     Describe {
         portal: bool,
         name: String,
+        /// Sent by the relay itself: the answer is kept, not forwarded.
+        injected: bool,
     },
     Execute {
         portal: String,
@@ -166,6 +168,11 @@ struct Relay<'g, G> {
     answer_sync_locally: bool,
     /// Extended-protocol messages went to the target since the last Sync.
     extended_open: bool,
+    /// Statements the client asked the target to describe (client order: a statement
+    /// named here will be described before any later Bind to it runs).
+    client_described_statements: HashSet<String>,
+    /// Portals whose result columns the relay will know before their Execute runs.
+    client_described_portals: HashSet<String>,
     to_client: BytesMut,
     to_upstream: BytesMut,
     stats: RelayStats,
@@ -195,6 +202,8 @@ where
         discarding: false,
         answer_sync_locally: false,
         extended_open: false,
+        client_described_statements: HashSet::new(),
+        client_described_portals: HashSet::new(),
         to_client: BytesMut::with_capacity(READ_CHUNK),
         to_upstream: BytesMut::with_capacity(READ_CHUNK),
         stats: RelayStats::default(),
@@ -317,6 +326,7 @@ impl<G: StatementGate> Relay<'_, G> {
                     Ok(()) => {
                         self.stats.batches_forwarded += 1;
                         self.to_upstream.put_slice(&frame.bytes);
+                        self.client_described_statements.remove(&name);
                         self.pending.push_back(Pending::Parse { refusal: None, name });
                         self.extended_open = true;
                     }
@@ -346,9 +356,16 @@ impl<G: StatementGate> Relay<'_, G> {
                 let bind: Bind = self.decode_client(&frame)?;
                 // Names are bound when the target confirms, in response order: a later
                 // message in the same batch may reuse the unnamed portal.
+                let portal = bind.portal_name.unwrap_or_default();
+                let statement = bind.statement_name.unwrap_or_default();
+                if self.client_described_statements.contains(&statement) {
+                    self.client_described_portals.insert(portal.clone());
+                } else {
+                    self.client_described_portals.remove(&portal);
+                }
                 let pending = Pending::Bind {
-                    portal: bind.portal_name.unwrap_or_default(),
-                    statement: bind.statement_name.unwrap_or_default(),
+                    portal,
+                    statement,
                     formats: bind.result_column_format_codes,
                 };
                 self.forward_extended(frame, Some(pending));
@@ -358,9 +375,17 @@ impl<G: StatementGate> Relay<'_, G> {
                     return Ok(Flow::Continue);
                 }
                 let describe: Describe = self.decode_client(&frame)?;
+                let portal = describe.target_type == b'P';
+                let name = describe.name.unwrap_or_default();
+                if portal {
+                    self.client_described_portals.insert(name.clone());
+                } else {
+                    self.client_described_statements.insert(name.clone());
+                }
                 let pending = Pending::Describe {
-                    portal: describe.target_type == b'P',
-                    name: describe.name.unwrap_or_default(),
+                    portal,
+                    name,
+                    injected: false,
                 };
                 self.forward_extended(frame, Some(pending));
             }
@@ -369,10 +394,11 @@ impl<G: StatementGate> Relay<'_, G> {
                     return Ok(Flow::Continue);
                 }
                 let execute: Execute = self.decode_client(&frame)?;
-                let pending = Pending::Execute {
-                    portal: execute.name.unwrap_or_default(),
-                    columns: None,
-                };
+                let portal = execute.name.unwrap_or_default();
+                if !self.client_described_portals.contains(&portal) {
+                    self.inject_describe_portal(&portal)?;
+                }
+                let pending = Pending::Execute { portal, columns: None };
                 self.forward_extended(frame, Some(pending));
             }
             b'C' => {
@@ -380,10 +406,14 @@ impl<G: StatementGate> Relay<'_, G> {
                     return Ok(Flow::Continue);
                 }
                 let close: Close = self.decode_client(&frame)?;
-                let pending = Pending::Close {
-                    statement: close.target_type == b'S',
-                    name: close.name.unwrap_or_default(),
-                };
+                let statement = close.target_type == b'S';
+                let name = close.name.unwrap_or_default();
+                if statement {
+                    self.client_described_statements.remove(&name);
+                } else {
+                    self.client_described_portals.remove(&name);
+                }
+                let pending = Pending::Close { statement, name };
                 self.forward_extended(frame, Some(pending));
             }
             b'H' => {
@@ -413,6 +443,23 @@ impl<G: StatementGate> Relay<'_, G> {
             }
         }
         Ok(Flow::Continue)
+    }
+
+    /// Without a description the relay knows neither the names nor the formats of a
+    /// portal's columns, and a client that skips Describe would get values past the
+    /// column-name masking (and binary values past masking altogether). The relay asks
+    /// the target itself and keeps the answer.
+    fn inject_describe_portal(&mut self, portal: &str) -> Result<(), RelayError> {
+        let name = (!portal.is_empty()).then(|| portal.to_owned());
+        wire::encode(&Describe::new(b'P', name), &mut self.to_upstream)
+            .map_err(|e| RelayError::ClientProtocol(e.to_string()))?;
+        self.pending.push_back(Pending::Describe {
+            portal: true,
+            name: portal.to_owned(),
+            injected: true,
+        });
+        self.client_described_portals.insert(portal.to_owned());
+        Ok(())
     }
 
     fn forward_extended(&mut self, frame: Frame, pending: Option<Pending>) {
@@ -587,16 +634,22 @@ impl<G: StatementGate> Relay<'_, G> {
                     .collect();
                 match self.pending.front_mut() {
                     Some(Pending::Describe { .. }) => {
-                        if let Some(Pending::Describe { portal, name }) = self.pending.pop_front() {
+                        if let Some(Pending::Describe { portal, name, injected }) = self.pending.pop_front() {
                             self.described(portal, name, columns);
+                            if injected {
+                                return Ok(());
+                            }
                         }
                     }
                     _ => self.current = Some(columns),
                 }
             }
             b'n' => {
-                if let Some(Pending::Describe { portal, name }) = self.pending.pop_front() {
+                if let Some(Pending::Describe { portal, name, injected }) = self.pending.pop_front() {
                     self.described(portal, name, Vec::new());
+                    if injected {
+                        return Ok(());
+                    }
                 }
             }
             b'C' | b'I' | b's' => {
@@ -769,7 +822,12 @@ fn finish_message(mut out: BytesMut) -> Result<BytesMut, String> {
 }
 
 /// Mask a binary-format value where its type's binary form is known to hold text.
-fn mask_binary<'a, G: StatementGate>(gate: &G, column: &str, oid: u32, value: &'a [u8]) -> Result<Cow<'a, [u8]>, String> {
+fn mask_binary<'a, G: StatementGate>(
+    gate: &G,
+    column: &str,
+    oid: u32,
+    value: &'a [u8],
+) -> Result<Cow<'a, [u8]>, String> {
     if ARRAY_OIDS.contains(&oid) {
         mask_binary_array(gate, column, value)
     } else {
@@ -900,4 +958,144 @@ fn mask_copy_row<G: StatementGate>(gate: &G, message: &[u8]) -> Result<Option<(B
     }
     out.put_slice(end);
     finish_message(out).map(|m| Some((m, masked)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Replaces every value equal to `secret` by `XX`.
+    struct Gate;
+
+    impl StatementGate for Gate {
+        async fn decide(&self, _: &[classify::Statement]) -> Result<(), Refusal> {
+            Ok(())
+        }
+
+        fn mask_value<'a>(&self, _: &str, value: &'a [u8]) -> Cow<'a, [u8]> {
+            if value == b"secret" {
+                Cow::Owned(b"XX".to_vec())
+            } else {
+                Cow::Borrowed(value)
+            }
+        }
+    }
+
+    fn array(ndim: i32, dims: &[(i32, i32)], elem_oid: u32, elements: &[Option<&[u8]>]) -> Vec<u8> {
+        let mut v = BytesMut::new();
+        v.put_i32(ndim);
+        v.put_i32(i32::from(elements.iter().any(Option::is_none)));
+        v.put_u32(elem_oid);
+        for (size, lower) in dims {
+            v.put_i32(*size);
+            v.put_i32(*lower);
+        }
+        for e in elements {
+            match e {
+                None => v.put_i32(-1),
+                Some(e) => {
+                    v.put_i32(e.len() as i32);
+                    v.put_slice(e);
+                }
+            }
+        }
+        v.to_vec()
+    }
+
+    #[test]
+    fn array_elements_are_masked_and_lengths_rewritten() {
+        let input = array(1, &[(3, 1)], 25, &[Some(b"secret"), None, Some(b"plain")]);
+        let out = mask_binary(&Gate, "c", 1009, &input).unwrap();
+        assert_eq!(
+            out.as_ref(),
+            array(1, &[(3, 1)], 25, &[Some(b"XX"), None, Some(b"plain")])
+        );
+        let untouched = array(1, &[(1, 1)], 25, &[Some(b"plain")]);
+        assert!(matches!(
+            mask_binary(&Gate, "c", 1009, &untouched).unwrap(),
+            Cow::Borrowed(_)
+        ));
+        let empty = array(0, &[], 25, &[]);
+        assert!(matches!(
+            mask_binary(&Gate, "c", 1009, &empty).unwrap(),
+            Cow::Borrowed(_)
+        ));
+        // Elements are dispatched on the OID the array carries: int4 elements stay.
+        let ints = array(1, &[(1, 1)], 23, &[Some(b"secret")]);
+        assert!(matches!(
+            mask_binary(&Gate, "c", 1009, &ints).unwrap(),
+            Cow::Borrowed(_)
+        ));
+    }
+
+    #[test]
+    fn malformed_arrays_are_target_errors() {
+        let e: &[u8] = b"secret";
+        let cases = [
+            array(7, &[(1, 1); 7], 25, &[Some(e)]),
+            array(-1, &[], 25, &[]),
+            array(1, &[(-1, 1)], 25, &[]),
+            array(2, &[(i32::MAX, 1), (i32::MAX, 1)], 25, &[Some(e)]),
+            array(1, &[(2, 1)], 25, &[Some(e)]),
+            array(1, &[(1, 1)], 25, &[Some(e), Some(e)]),
+            array(1, &[(1, 1)], 25, &[Some(e)])[..28].to_vec(),
+            vec![0, 0, 0, 1],
+        ];
+        for case in cases {
+            assert!(mask_binary(&Gate, "c", 1009, &case).is_err(), "{case:?}");
+        }
+    }
+
+    #[test]
+    fn binary_scalars_by_type() {
+        assert_eq!(mask_binary(&Gate, "c", 25, b"secret").unwrap().as_ref(), b"XX");
+        assert_eq!(
+            mask_binary(&Gate, "c", 3802, b"\x01secret").unwrap().as_ref(),
+            b"\x01XX"
+        );
+        // Types whose binary form is not known to be text pass as they are.
+        assert_eq!(mask_binary(&Gate, "c", 23, b"secret").unwrap().as_ref(), b"secret");
+    }
+
+    #[test]
+    fn data_row_with_binary_columns_is_rebuilt() {
+        let columns = [
+            Column {
+                name: "a".into(),
+                binary: true,
+                type_oid: 1043,
+            },
+            Column {
+                name: "b".into(),
+                binary: true,
+                type_oid: 17,
+            },
+        ];
+        let mut row = BytesMut::new();
+        row.put_u8(b'D');
+        row.put_i32(4 + 2 + 10 + 10);
+        row.put_i16(2);
+        for v in [b"secret", b"secret"] {
+            row.put_i32(6);
+            row.put_slice(v);
+        }
+        let (out, masked) = mask_row(&Gate, &columns, &row).unwrap().unwrap();
+        assert_eq!(masked, 1);
+        assert_eq!(&out[..], b"D\0\0\0\x16\0\x02\0\0\0\x02XX\0\0\0\x06secret");
+    }
+
+    #[test]
+    fn copy_rows_are_masked_field_by_field() {
+        let mut msg = BytesMut::new();
+        msg.put_u8(b'd');
+        msg.put_i32(4 + 14);
+        msg.put_slice(b"1\tsecret\t\\N\tx\n");
+        let (out, masked) = mask_copy_row(&Gate, &msg).unwrap().unwrap();
+        assert_eq!(masked, 1);
+        assert_eq!(&out[..], b"d\0\0\0\x0e1\tXX\t\\N\tx\n");
+        msg.truncate(1);
+        msg.put_i32(4 + 8);
+        msg.put_slice(b"1\tplain\n");
+        assert!(mask_copy_row(&Gate, &msg).unwrap().is_none());
+    }
 }

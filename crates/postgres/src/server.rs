@@ -179,7 +179,8 @@ impl PostgresFrontend {
                     Some(acceptor) => {
                         stream.write_all(b"S").await?;
                         stream.flush().await?;
-                        let plain = std::mem::replace(stream, Box::new(tokio::io::join(tokio::io::empty(), tokio::io::sink())));
+                        let plain =
+                            std::mem::replace(stream, Box::new(tokio::io::join(tokio::io::empty(), tokio::io::sink())));
                         let tls = acceptor.accept(plain).await?;
                         *stream = Box::new(tls);
                         encrypted = true;
@@ -226,7 +227,13 @@ impl PostgresFrontend {
             .get("replication")
             .is_some_and(|r| !matches!(r.as_str(), "false" | "off" | "no" | "0"))
         {
-            write_error(stream, "FATAL", "0A000", "gatehouse does not relay replication connections").await?;
+            write_error(
+                stream,
+                "FATAL",
+                "0A000",
+                "gatehouse does not relay replication connections",
+            )
+            .await?;
             return Err(StartupError::Refused("replication connection".into()));
         }
         if !encrypted && !self.allow_plaintext {
@@ -262,25 +269,44 @@ impl PostgresFrontend {
         let Some(config) = self.upstreams.get(&database) else {
             // The core knows the target, so config wiring guarantees an upstream for it.
             session.end("no upstream configured").await;
-            write_error(stream, "FATAL", "28000", &format!("password authentication failed for user \"{user}\"")).await?;
+            write_error(
+                stream,
+                "FATAL",
+                "28000",
+                &format!("password authentication failed for user \"{user}\""),
+            )
+            .await?;
             return Ok(None);
         };
-        let upstream_conn = match tokio::time::timeout(Duration::from_secs(10), upstream::Upstream::connect(config)).await {
-            Ok(Ok(u)) => u,
-            Ok(Err(error)) => {
-                tracing::warn!(session = %session.id(), %error, "Target login failed.");
-                session.target_error(error.to_string()).await;
-                session.end("target unreachable").await;
-                write_error(stream, "FATAL", "08001", &format!("gatehouse could not log in to target \"{database}\"")).await?;
-                return Ok(None);
-            }
-            Err(_) => {
-                session.target_error("login to the target timed out").await;
-                session.end("target unreachable").await;
-                write_error(stream, "FATAL", "08001", &format!("gatehouse could not reach target \"{database}\" in time")).await?;
-                return Ok(None);
-            }
-        };
+        let upstream_conn =
+            match tokio::time::timeout(Duration::from_secs(10), upstream::Upstream::connect(config)).await {
+                Ok(Ok(u)) => u,
+                Ok(Err(error)) => {
+                    tracing::warn!(session = %session.id(), %error, "Target login failed.");
+                    session.target_error(error.to_string()).await;
+                    session.end("target unreachable").await;
+                    write_error(
+                        stream,
+                        "FATAL",
+                        "08001",
+                        &format!("gatehouse could not log in to target \"{database}\""),
+                    )
+                    .await?;
+                    return Ok(None);
+                }
+                Err(_) => {
+                    session.target_error("login to the target timed out").await;
+                    session.end("target unreachable").await;
+                    write_error(
+                        stream,
+                        "FATAL",
+                        "08001",
+                        &format!("gatehouse could not reach target \"{database}\" in time"),
+                    )
+                    .await?;
+                    return Ok(None);
+                }
+            };
 
         // The client sees a normal server: AuthenticationOk, the target's parameters, the
         // gateway's own cancel key, ReadyForQuery.
@@ -460,8 +486,7 @@ async fn read_startup_packet(stream: &mut Box<dyn Io>) -> Result<(i32, Vec<u8>),
 fn parse_params(body: &[u8]) -> Result<HashMap<String, String>, StartupError> {
     let mut params = HashMap::new();
     let mut fields = body.split(|b| *b == 0);
-    loop {
-        let Some(name) = fields.next() else { break };
+    while let Some(name) = fields.next() {
         if name.is_empty() {
             break;
         }
@@ -479,7 +504,10 @@ fn parse_params(body: &[u8]) -> Result<HashMap<String, String>, StartupError> {
 async fn read_password(stream: &mut Box<dyn Io>) -> Result<String, StartupError> {
     let tag = stream.read_u8().await?;
     if tag != b'p' {
-        return Err(StartupError::Protocol(format!("expected a password message, got {:?}", tag as char)));
+        return Err(StartupError::Protocol(format!(
+            "expected a password message, got {:?}",
+            tag as char
+        )));
     }
     let len = usize::try_from(stream.read_i32().await?).unwrap_or(0);
     if !(5..=MAX_PASSWORD_MESSAGE).contains(&len) {

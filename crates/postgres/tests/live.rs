@@ -557,8 +557,14 @@ async fn binary_string_arrays_are_masked_element_by_element() {
         }
         v.to_vec()
     };
-    assert_eq!(direct.query_one(sql, &[]).await.unwrap().get::<_, Raw>(0).0, expected("bob@example.com"));
-    assert_eq!(client.query_one(sql, &[]).await.unwrap().get::<_, Raw>(0).0, expected("bob@masked.invalid"));
+    assert_eq!(
+        direct.query_one(sql, &[]).await.unwrap().get::<_, Raw>(0).0,
+        expected("bob@example.com")
+    );
+    assert_eq!(
+        client.query_one(sql, &[]).await.unwrap().get::<_, Raw>(0).0,
+        expected("bob@masked.invalid")
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -577,6 +583,49 @@ async fn copy_to_stdout_rows_are_masked_by_content() {
     let out = psql(port, &["-c", &format!("{} WITH (FORMAT csv)", sql)], None).await;
     assert!(out.ok, "{}", out.stderr);
     assert_eq!(out.stdout, "1,ann@masked.invalid,ann\n2,bob@masked.invalid,bob\n");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn binary_results_without_describe_are_masked() {
+    let pg = target();
+    let port = gateway(config(&pg, "gw", "gw-pass", "app")).await;
+    // A client that never describes: Parse, Bind asking for binary results, Execute.
+    let mut sock = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    let mut startup = BytesMut::new();
+    let params = b"user\0alice\0database\0app\0\0";
+    startup.put_i32(8 + params.len() as i32);
+    startup.put_i32(196608);
+    startup.put_slice(params);
+    sock.write_all(&startup).await.unwrap();
+    read_until(&mut sock, b'Z').await;
+    let mut msg = BytesMut::new();
+    frame(&mut msg, b'P', b"s1\0SELECT email, id FROM customers ORDER BY id\0\0\0");
+    // Named portal p1 on s1, no parameters, one result format for all columns: binary.
+    frame(&mut msg, b'B', b"p1\0s1\0\0\0\0\0\0\x01\0\x01");
+    frame(&mut msg, b'E', b"p1\0\0\0\0\x01");
+    frame(&mut msg, b'E', b"p1\0\0\0\0\0");
+    frame(&mut msg, b'S', b"");
+    sock.write_all(&msg).await.unwrap();
+    let mut tags = Vec::new();
+    let mut rows = Vec::new();
+    loop {
+        let t = sock.read_u8().await.unwrap();
+        let len = sock.read_i32().await.unwrap();
+        let mut body = vec![0u8; len as usize - 4];
+        sock.read_exact(&mut body).await.unwrap();
+        tags.push(t);
+        if t == b'D' {
+            rows.push(body);
+        } else if t == b'Z' {
+            break;
+        }
+    }
+    // The relay's own Describe is not answered to the client: no RowDescription ('T')
+    // reached it, only the two rows, the suspension and the completion.
+    assert_eq!(tags, b"12DsDCZ");
+    // Two columns: email (masked, 3 bytes) and id (binary int4, untouched).
+    assert_eq!(rows[0], b"\0\x02\0\0\0\x03***\0\0\0\x04\0\0\0\x01");
+    assert_eq!(rows[1], b"\0\x02\0\0\0\x03***\0\0\0\x04\0\0\0\x02");
 }
 
 fn frame(out: &mut BytesMut, tag: u8, body: &[u8]) {

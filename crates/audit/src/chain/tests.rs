@@ -133,17 +133,11 @@ fn swaps_are_reordered_at_the_first_out_of_place_record() {
     let mut adjacent = log(6);
     adjacent.swap(3, 4);
     let p = run(&adjacent, None).unwrap_err();
-    assert_eq!(
-        (p.kind, p.seq, p.line),
-        (ProblemKind::Reordered, Some(5), 4)
-    );
+    assert_eq!((p.kind, p.seq, p.line), (ProblemKind::Reordered, Some(5), 4));
     let mut distant = log(8);
     distant.swap(1, 6);
     let p = run(&distant, None).unwrap_err();
-    assert_eq!(
-        (p.kind, p.seq, p.line),
-        (ProblemKind::Reordered, Some(7), 2)
-    );
+    assert_eq!((p.kind, p.seq, p.line), (ProblemKind::Reordered, Some(7), 2));
 }
 
 #[test]
@@ -181,10 +175,7 @@ fn head_ahead_is_truncation_and_head_mismatch_is_alteration() {
 fn garbage_and_non_canonical_lines_are_rejected() {
     let mut lines = log(3);
     lines[1] = "not json".into();
-    assert_eq!(
-        run(&lines, None).unwrap_err().kind,
-        ProblemKind::Unparseable
-    );
+    assert_eq!(run(&lines, None).unwrap_err().kind, ProblemKind::Unparseable);
     // Same content, re-serialised with a different layout: the hash is over bytes.
     let mut lines = log(3);
     let v: serde_json::Value = serde_json::from_str(&lines[1]).unwrap();

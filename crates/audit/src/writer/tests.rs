@@ -23,10 +23,7 @@ async fn write_failure_fails_closed_and_loses_nothing_acknowledged() {
     let why = log.last_error().unwrap();
     assert!(why.contains("cannot write segment-000001.jsonl"), "{why}");
     // Later appends are refused without reaching the disk, async or blocking.
-    assert!(matches!(
-        log.append(event(3)).await,
-        Err(AuditError::Unhealthy(_))
-    ));
+    assert!(matches!(log.append(event(3)).await, Err(AuditError::Unhealthy(_))));
     let log2 = log.clone();
     let blocking = tokio::task::spawn_blocking(move || log2.append_blocking(event(4)))
         .await
