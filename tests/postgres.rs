@@ -353,3 +353,14 @@ fn tls_listener_serves_verify_full_clients_and_refuses_plaintext() {
         err(&plain)
     );
 }
+
+#[test]
+fn a_session_ends_when_its_token_expires() {
+    let s = setup();
+    let token = s.gw.mint_for("alice", &["dba"], false, "3s").unwrap();
+    let o = psql(&s, "orders", &token, "SELECT pg_sleep(8)");
+    assert!(!o.status.success(), "the session outlived its token: {}", out(&o));
+    assert!(err(&o).contains("expired"), "{}", err(&o));
+    let segment = std::fs::read_to_string(s.gw.audit_dir().join("segment-000001.jsonl")).unwrap();
+    assert!(segment.contains("token expired"), "the end is audited with its reason");
+}

@@ -153,9 +153,14 @@ impl TestGateway {
 
     /// A development token for `sub` in `groups`; `agent` mints a workload token.
     pub fn mint(&self, sub: &str, groups: &[&str], agent: bool) -> anyhow::Result<String> {
+        self.mint_for(sub, groups, agent, "10m")
+    }
+
+    /// Like [`TestGateway::mint`] with a lifetime such as "3s".
+    pub fn mint_for(&self, sub: &str, groups: &[&str], agent: bool, ttl: &str) -> anyhow::Result<String> {
         let config = self.config.display().to_string();
         let groups = groups.join(",");
-        let mut args = vec!["token", "mint", "--config", &config, "--sub", sub, "--ttl", "10m"];
+        let mut args = vec!["token", "mint", "--config", &config, "--sub", sub, "--ttl", ttl];
         if !groups.is_empty() {
             args.extend(["--groups", &groups]);
         }
