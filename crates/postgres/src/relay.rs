@@ -39,9 +39,12 @@ const READ_CHUNK: usize = 64 * 1024;
 
 /// The decision point the relay consults; the enforcement core implements it.
 pub trait StatementGate: Send + Sync + 'static {
+    /// Proof that a batch was allowed (the core's permits). The relay consumes it in the
+    /// one place that forwards statement text, so nothing is forwarded undecided.
+    type Grant: Send;
     /// Decide a batch of statements (all statements of one simple Query, or the one of a
-    /// Parse). Return Ok(()) to forward, Err(refusal) to refuse.
-    fn decide(&self, statements: &[classify::Statement]) -> impl Future<Output = Result<(), Refusal>> + Send;
+    /// Parse). Return a grant to forward, a refusal to refuse.
+    fn decide(&self, statements: &[classify::Statement]) -> impl Future<Output = Result<Self::Grant, Refusal>> + Send;
     /// Called for each result value whose wire form is text with its column name: may
     /// return a replacement (masking). Text-format DataRow values, binary-format values of
     /// string types (their binary form is the string), the JSON text inside binary jsonb,
@@ -297,9 +300,8 @@ impl<G: StatementGate> Relay<'_, G> {
             b'Q' => {
                 let query: Query = self.decode_client(&frame)?;
                 match self.decide(&query.query).await {
-                    Ok(()) => {
-                        self.stats.batches_forwarded += 1;
-                        self.to_upstream.put_slice(&frame.bytes);
+                    Ok(grant) => {
+                        self.forward_decided(grant, &frame.bytes);
                         self.pending.push_back(Pending::Query { refusal: None });
                     }
                     Err(refusal) => self.refuse_whole(refusal)?,
@@ -323,9 +325,8 @@ impl<G: StatementGate> Relay<'_, G> {
                 let parse: Parse = self.decode_client(&frame)?;
                 let name = parse.name.clone().unwrap_or_default();
                 match self.decide(&parse.query).await {
-                    Ok(()) => {
-                        self.stats.batches_forwarded += 1;
-                        self.to_upstream.put_slice(&frame.bytes);
+                    Ok(grant) => {
+                        self.forward_decided(grant, &frame.bytes);
                         self.client_described_statements.remove(&name);
                         self.pending.push_back(Pending::Parse { refusal: None, name });
                         self.extended_open = true;
@@ -470,7 +471,14 @@ impl<G: StatementGate> Relay<'_, G> {
         self.extended_open = true;
     }
 
-    async fn decide(&self, sql: &str) -> Result<(), Refusal> {
+    /// The only way statement text reaches the target: with the gate's grant for it.
+    fn forward_decided(&mut self, grant: G::Grant, bytes: &[u8]) {
+        self.stats.batches_forwarded += 1;
+        self.to_upstream.put_slice(bytes);
+        drop(grant);
+    }
+
+    async fn decide(&self, sql: &str) -> Result<G::Grant, Refusal> {
         let statements: Vec<Statement> = classify::classify(sql).map_err(|e| Refusal {
             sqlstate: "42601".to_owned(),
             message: e.to_string(),
@@ -968,6 +976,8 @@ mod tests {
     struct Gate;
 
     impl StatementGate for Gate {
+        type Grant = ();
+
         async fn decide(&self, _: &[classify::Statement]) -> Result<(), Refusal> {
             Ok(())
         }

@@ -426,9 +426,12 @@ fn refusal(r: CoreRefusal) -> Refusal {
 }
 
 impl StatementGate for SessionGate {
-    async fn decide(&self, statements: &[Statement]) -> Result<(), Refusal> {
+    type Grant = Vec<gatehouse_core::Permit>;
+
+    async fn decide(&self, statements: &[Statement]) -> Result<Self::Grant, Refusal> {
         self.flush_masking().await;
         let audit_masker = Masker::all();
+        let mut permits = Vec::with_capacity(statements.len());
         for statement in statements {
             // Literals in the statement text may themselves be sensitive: the text that
             // policy sees and the audit log keeps is masked like a response would be.
@@ -447,8 +450,9 @@ impl StatementGate for SessionGate {
                 .await
                 .map_err(refusal)?;
             self.counts.lock().unwrap_or_else(|p| p.into_inner()).0 = permit.request();
+            permits.push(permit);
         }
-        Ok(())
+        Ok(permits)
     }
 
     fn mask_value<'a>(&self, column: &str, value: &'a [u8]) -> Cow<'a, [u8]> {

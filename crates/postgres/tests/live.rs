@@ -21,6 +21,8 @@ use tokio::net::{TcpListener, TcpStream};
 struct TestGate;
 
 impl StatementGate for TestGate {
+    type Grant = ();
+
     async fn decide(&self, statements: &[Statement]) -> Result<(), Refusal> {
         for s in statements {
             if s.kind != StatementKind::Read && s.tables.contains("customers") {

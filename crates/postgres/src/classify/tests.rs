@@ -149,6 +149,15 @@ fn copy_directions() {
 }
 
 #[test]
+fn binary_copy_out_cannot_be_masked_so_it_is_admin() {
+    assert_eq!(kind("COPY t TO STDOUT (FORMAT binary)"), Admin);
+    assert_eq!(kind("COPY t TO STDOUT (FORMAT 'BINARY')"), Admin);
+    assert_eq!(kind("COPY t TO STDOUT BINARY"), Admin);
+    assert_eq!(kind("COPY t TO STDOUT (FORMAT csv)"), Read);
+    assert_eq!(kind("COPY t FROM STDIN (FORMAT binary)"), Write);
+}
+
+#[test]
 fn do_and_call_are_admin() {
     assert_eq!(kind("DO $$BEGIN DELETE FROM t; END$$"), Admin);
     assert_eq!(kind("CALL my_proc(1)"), Admin);
