@@ -45,7 +45,6 @@ demo: setup
 
 # The whole suite: unit, integration and end-to-end tests with real servers and clients, and the policy tests.
 test: setup
-    cargo build --workspace --all-targets
     cargo test --workspace --no-fail-fast
     cargo run -q -p gatehouse -- policy test policies
 
@@ -54,9 +53,12 @@ lint:
     cargo fmt --all --check
     cargo clippy --workspace --all-targets -- -D warnings
 
-# Criterion benchmarks (policy decision, masking, SQL classification).
-bench:
+# Criterion benchmarks (policy decision, masking, SQL classification), then pgbench through
+# the gateway as ratios to a direct connection and a bare copy relay (DURATION=secs per run).
+bench: setup
     cargo bench --workspace -- --warm-up-time 1 --measurement-time 3
+    cargo build --release -p gatehouse -p gatehouse-testkit
+    bash bench/pgbench.sh
 
 # Fuzz the parsers that read client bytes (needs cargo-fuzz; runs each target for SECONDS).
 fuzz seconds="30":

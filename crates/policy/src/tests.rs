@@ -459,9 +459,14 @@ fn malformed_requests_are_denied_with_a_reason() {
             other => panic!("{action} {context}: expected deny, got {other:?}"),
         }
     }
-    // A null context is an empty record: fine where every field is optional.
+    // A null context is an empty record: decided exactly as `{}` is.
     let ssh_host = resource(ResourceKind::Host, "web-1", &[]);
-    assert!(ask(&engine, &dba, Namespace::Ssh, "connect", &ssh_host, Value::Null).is_allow());
+    let null = ask(&engine, &dba, Namespace::Ssh, "connect", &ssh_host, Value::Null);
+    let empty = ask(&engine, &dba, Namespace::Ssh, "connect", &ssh_host, json!({}));
+    assert_eq!(null, empty);
+    assert!(!null.is_allow(), "client_address is required");
+    let full = json!({ "client_address": "127.0.0.1" });
+    assert!(ask(&engine, &dba, Namespace::Ssh, "connect", &ssh_host, full).is_allow());
 }
 
 #[test]

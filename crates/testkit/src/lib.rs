@@ -3,4 +3,5 @@
 
 pub mod gateway;
 pub mod postgres;
+pub mod sshd;
 pub mod tls;
