@@ -12,8 +12,10 @@ use crate::AuditError;
 pub enum FsyncPolicy {
     /// One fsync per batch, as soon as the queued records are written (the default).
     Always,
-    /// Wait up to `max_delay` after the first record of a batch to collect more, then
-    /// write and fsync them together: fewer fsyncs, higher latency per append.
+    /// Acknowledge once the batch is written to the segment (the OS has it: a gateway crash
+    /// loses nothing), and fsync at most `max_delay` later, sharing one fsync among every
+    /// record written meanwhile. A power loss can lose at most `max_delay` of records;
+    /// `HEAD` only ever names fsynced records.
     Group {
         /// Longest time the first record of a batch waits for company.
         max_delay: Duration,
@@ -36,7 +38,7 @@ pub enum FsyncMode {
     /// Every batch is fsynced before it is acknowledged.
     #[default]
     Always,
-    /// Batches wait up to `group_commit_ms` to share one fsync.
+    /// Acknowledged once written; fsynced at most `group_commit_ms` later.
     Group,
 }
 
@@ -46,7 +48,7 @@ pub enum FsyncMode {
 pub struct AuditConfig {
     /// `"always"` (default) or `"group"`.
     pub fsync: FsyncMode,
-    /// With `fsync = "group"`: how long a batch waits for more records (1..=1000 ms).
+    /// With `fsync = "group"`: the longest a written record waits for its fsync (1..=1000 ms).
     pub group_commit_ms: u64,
     /// Size at which a segment file rotates, in bytes (at least 4096; default 64 MiB).
     pub segment_max_bytes: u64,

@@ -87,6 +87,8 @@ struct Writer {
     seq: u64,
     hash: String,
     failed: Option<String>,
+    /// Group commit: records written to the segment but not yet fsynced.
+    unsynced: bool,
     /// Held for the writer's lifetime; the OS lock goes with the file handle.
     _lock: File,
 }
@@ -146,6 +148,7 @@ impl AuditLog {
             seq,
             hash,
             failed: None,
+            unsynced: false,
             _lock: lock,
         };
         let (tx, rx) = mpsc::channel();
@@ -268,31 +271,74 @@ impl Drop for Inner {
 impl Writer {
     fn run(mut self, rx: mpsc::Receiver<Job>) {
         let mut batch = Vec::new();
-        while let Ok(first) = rx.recv() {
+        // Group commit: when the records written so far must be fsynced at the latest.
+        let mut sync_due: Option<Instant> = None;
+        loop {
+            let first = match sync_due {
+                None => match rx.recv() {
+                    Ok(job) => job,
+                    Err(_) => break,
+                },
+                Some(due) => match rx.recv_timeout(due.saturating_duration_since(Instant::now())) {
+                    Ok(job) => job,
+                    Err(RecvTimeoutError::Timeout) => {
+                        self.sync_pending();
+                        sync_due = None;
+                        continue;
+                    }
+                    Err(RecvTimeoutError::Disconnected) => break,
+                },
+            };
             self.collect(first, &mut batch);
+            // Natural group commit: whatever queued up meanwhile shares this write.
+            while batch.len() < MAX_BATCH
+                && let Ok(job) = rx.try_recv()
+            {
+                self.collect(job, &mut batch);
+            }
+            if batch.is_empty() {
+                continue;
+            }
             match self.opts.fsync {
-                FsyncPolicy::Always => {
-                    while batch.len() < MAX_BATCH
-                        && let Ok(job) = rx.try_recv()
-                    {
-                        self.collect(job, &mut batch);
-                    }
-                }
+                FsyncPolicy::Always => self.commit(std::mem::take(&mut batch), true),
                 FsyncPolicy::Group { max_delay } => {
-                    let deadline = Instant::now() + max_delay;
-                    while batch.len() < MAX_BATCH {
-                        match rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
-                            Ok(job) => self.collect(job, &mut batch),
-                            Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => {
-                                break;
-                            }
-                        }
+                    self.commit(std::mem::take(&mut batch), false);
+                    if self.unsynced && sync_due.is_none() {
+                        sync_due = Some(Instant::now() + max_delay);
                     }
                 }
             }
-            if !batch.is_empty() {
-                self.commit(std::mem::take(&mut batch));
-            }
+        }
+        self.sync_pending();
+    }
+
+    /// Group commit: fsyncs what was written since the last fsync and moves HEAD. A failure
+    /// here makes the log unhealthy, so no later request proceeds on an unsynced log.
+    fn sync_pending(&mut self) {
+        if !self.unsynced || self.failed.is_some() {
+            return;
+        }
+        self.unsynced = false;
+        let name = segment_name(self.segment_no);
+        let result = self
+            .segment
+            .sync_data()
+            .map_err(|e| format!("cannot fsync {name}: {e}"))
+            .and_then(|()| {
+                self.shared.batches.fetch_add(1, Ordering::Relaxed);
+                self.write_head()
+            });
+        if let Err(e) = result {
+            self.fail(&e);
+        }
+    }
+
+    fn fail(&mut self, e: &str) {
+        if self.failed.is_none() {
+            tracing::error!(error = %e, "Audit log write failed; refusing further appends.");
+            *self.shared.last_error.lock().unwrap_or_else(PoisonError::into_inner) = Some(e.to_string());
+            self.shared.healthy.store(false, Ordering::Release);
+            self.failed = Some(e.to_string());
         }
     }
 
@@ -310,22 +356,17 @@ impl Writer {
         }
     }
 
-    /// Writes, fsyncs and acknowledges one batch. On failure every waiting sender gets the
-    /// error and the log stays refused. Records of a failed batch may still be on disk
-    /// (e.g. written but not fsynced, or HEAD failed): they verify, so the log can hold
-    /// more than was acknowledged but never less.
-    fn commit(&mut self, batch: Vec<(AuditEvent, Instant, Reply)>) {
+    /// Writes (and with `durable`, fsyncs) and acknowledges one batch. On failure every
+    /// waiting sender gets the error and the log stays refused. Records of a failed batch may
+    /// still be on disk (e.g. written but not fsynced, or HEAD failed): they verify, so the
+    /// log can hold more than was acknowledged but never less.
+    fn commit(&mut self, batch: Vec<(AuditEvent, Instant, Reply)>, durable: bool) {
         let result = match &self.failed {
             Some(e) => Err(e.clone()),
-            None => self.write_batch(batch.iter().map(|(e, _, _)| e)),
+            None => self.write_batch(batch.iter().map(|(e, _, _)| e), durable),
         };
-        if let Err(e) = &result
-            && self.failed.is_none()
-        {
-            tracing::error!(error = %e, "Audit log write failed; refusing further appends.");
-            *self.shared.last_error.lock().unwrap_or_else(PoisonError::into_inner) = Some(e.clone());
-            self.shared.healthy.store(false, Ordering::Release);
-            self.failed = Some(e.clone());
+        if let Err(e) = &result {
+            self.fail(e);
         }
         for (i, (_, queued, reply)) in batch.into_iter().enumerate() {
             let answer = match &result {
@@ -342,7 +383,7 @@ impl Writer {
     }
 
     /// Returns the seq of the batch's first record.
-    fn write_batch<'a>(&mut self, events: impl Iterator<Item = &'a AuditEvent>) -> Result<u64, String> {
+    fn write_batch<'a>(&mut self, events: impl Iterator<Item = &'a AuditEvent>, durable: bool) -> Result<u64, String> {
         let mut buf = Vec::new();
         let (mut seq, mut hash) = (self.seq, self.hash.clone());
         let first_seq = seq + 1;
@@ -354,7 +395,8 @@ impl Writer {
             if self.segment_len + buf.len() as u64 > 0
                 && self.segment_len + buf.len() as u64 + len > self.opts.segment_max_bytes
             {
-                self.flush(&mut buf)?;
+                // A segment is complete and durable before the next one starts.
+                self.flush(&mut buf, true)?;
                 self.rotate()?;
             }
             buf.extend_from_slice(line.as_bytes());
@@ -362,17 +404,22 @@ impl Writer {
             seq += 1;
             hash = h;
         }
-        self.flush(&mut buf)?;
-        self.shared.batches.fetch_add(1, Ordering::Relaxed);
-        // The records are durable now; HEAD only has to follow.
+        self.flush(&mut buf, durable)?;
         self.seq = seq;
         self.hash = hash;
-        self.write_head()?;
+        if durable {
+            // The records are durable now; HEAD only has to follow.
+            self.shared.batches.fetch_add(1, Ordering::Relaxed);
+            self.write_head()?;
+        } else {
+            // HEAD moves only after the fsync, so it never names a record a crash could lose.
+            self.unsynced = true;
+        }
         *self.shared.head.lock().unwrap_or_else(PoisonError::into_inner) = (self.seq, self.hash.clone());
         Ok(first_seq)
     }
 
-    fn flush(&mut self, buf: &mut Vec<u8>) -> Result<(), String> {
+    fn flush(&mut self, buf: &mut Vec<u8>, durable: bool) -> Result<(), String> {
         if buf.is_empty() {
             return Ok(());
         }
@@ -380,9 +427,11 @@ impl Writer {
         self.segment
             .write_all(buf)
             .map_err(|e| format!("cannot write {name}: {e}"))?;
-        self.segment
-            .sync_data()
-            .map_err(|e| format!("cannot fsync {name}: {e}"))?;
+        if durable {
+            self.segment
+                .sync_data()
+                .map_err(|e| format!("cannot fsync {name}: {e}"))?;
+        }
         self.segment_len += buf.len() as u64;
         buf.clear();
         Ok(())

@@ -242,7 +242,7 @@ async fn concurrent_appends_make_a_gap_free_chain() {
 }
 
 #[tokio::test(flavor = "current_thread")]
-async fn group_commit_acknowledges_a_batch_after_one_fsync() {
+async fn group_commit_acknowledges_after_the_write_and_fsyncs_within_the_delay() {
     let dir = tempfile::tempdir().unwrap();
     let group = AuditOptions {
         fsync: FsyncPolicy::Group {
@@ -259,7 +259,20 @@ async fn group_commit_acknowledges_a_batch_after_one_fsync() {
     let mut seqs = tasks.join_all().await;
     seqs.sort_unstable();
     assert_eq!(seqs, (1..=50).collect::<Vec<_>>());
+    // Acknowledged once written: the fsync (and HEAD) follow within max_delay, not before.
+    assert_eq!(log.write_latency().batches, 0, "acknowledged before the fsync");
+    let head_file = || std::fs::read_to_string(dir.path().join("HEAD")).unwrap_or_default();
+    assert!(
+        !head_file().contains("\"seq\":50"),
+        "HEAD never runs ahead of the fsync"
+    );
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while log.write_latency().batches == 0 && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     assert_eq!(log.write_latency().batches, 1, "all 50 appends share one fsync");
+    assert!(head_file().contains("\"seq\":50"), "{}", head_file());
+    assert_eq!(verify(dir.path()).unwrap().problem, None);
 
     // With `Always`, appends awaited one by one each get their own fsync.
     drop(log);
