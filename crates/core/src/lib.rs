@@ -3,6 +3,7 @@
 //! the gateway's metrics. Frontends turn their protocol's requests into an action with
 //! attributes and ask [`Session::authorize`]; they never decide on their own.
 
+mod approvals;
 mod credentials;
 mod error;
 mod gateway;
@@ -10,6 +11,10 @@ mod metrics;
 mod session;
 mod throttle;
 
+pub use approvals::{
+    ApprovalBroker, ApprovalError, ApprovalRequest, ApprovalState, ApprovalStore, DEFAULT_APPROVAL_TIMEOUT,
+    NewApproval, Outcome, SqliteApprovalStore, Vote, Waiter,
+};
 pub use credentials::{CREDENTIAL_PREFIX, CredentialInfo, CredentialStore, IssuedCredential};
 pub use error::{CoreError, Refusal, RefusalKind};
 pub use gateway::{Gateway, GatewayParts, Protocol, Target};
