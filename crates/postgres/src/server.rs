@@ -312,20 +312,7 @@ impl PostgresFrontend {
         // gateway's own cancel key, ReadyForQuery.
         let key = self.register_cancel(config, upstream_conn.backend_key);
         let mut out = BytesMut::new();
-        out.put_slice(&[b'R', 0, 0, 0, 8, 0, 0, 0, 0]);
-        for (name, value) in &upstream_conn.params {
-            out.put_u8(b'S');
-            out.put_i32(i32::try_from(4 + name.len() + 1 + value.len() + 1).unwrap_or(i32::MAX));
-            out.put_slice(name.as_bytes());
-            out.put_u8(0);
-            out.put_slice(value.as_bytes());
-            out.put_u8(0);
-        }
-        out.put_u8(b'K');
-        out.put_i32(12);
-        out.put_i32(key.0);
-        out.put_i32(key.1);
-        out.put_slice(&[b'Z', 0, 0, 0, 5, b'I']);
+        crate::wire::put_login_ok(&mut out, &upstream_conn.params, key);
         stream.write_all(&out).await?;
         stream.flush().await?;
         Ok(Some((session, (upstream_conn, key))))

@@ -73,3 +73,23 @@ pub fn decode<M: Message>(frame: &Frame) -> Result<M, pgwire::error::PgWireError
 pub fn encode<M: Message>(msg: &M, out: &mut BytesMut) -> Result<(), pgwire::error::PgWireError> {
     msg.encode(out)
 }
+
+/// What a server sends once a login succeeded: AuthenticationOk, each ParameterStatus, the
+/// BackendKeyData the client will cancel with, and ReadyForQuery (idle).
+pub fn put_login_ok(out: &mut bytes::BytesMut, params: &[(String, String)], key: (i32, i32)) {
+    use bytes::BufMut as _;
+    out.put_slice(&[b'R', 0, 0, 0, 8, 0, 0, 0, 0]);
+    for (name, value) in params {
+        out.put_u8(b'S');
+        out.put_i32(i32::try_from(4 + name.len() + 1 + value.len() + 1).unwrap_or(i32::MAX));
+        out.put_slice(name.as_bytes());
+        out.put_u8(0);
+        out.put_slice(value.as_bytes());
+        out.put_u8(0);
+    }
+    out.put_u8(b'K');
+    out.put_i32(12);
+    out.put_i32(key.0);
+    out.put_i32(key.1);
+    out.put_slice(&[b'Z', 0, 0, 0, 5, b'I']);
+}

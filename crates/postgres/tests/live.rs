@@ -121,22 +121,7 @@ async fn serve(mut sock: TcpStream, cfg: UpstreamConfig, gate: &TestGate) -> any
     }
     let upstream = Upstream::connect(&cfg).await?;
     let mut out = BytesMut::new();
-    out.put_u8(b'R');
-    out.put_i32(8);
-    out.put_i32(0);
-    for (name, value) in &upstream.params {
-        out.put_u8(b'S');
-        out.put_i32(i32::try_from(4 + name.len() + value.len() + 2)?);
-        out.put_slice(name.as_bytes());
-        out.put_u8(0);
-        out.put_slice(value.as_bytes());
-        out.put_u8(0);
-    }
-    out.put_u8(b'K');
-    out.put_i32(12);
-    out.put_i32(upstream.backend_key.0);
-    out.put_i32(upstream.backend_key.1);
-    out.put_slice(&[b'Z', 0, 0, 0, 5, b'I']);
+    gatehouse_postgres::wire::put_login_ok(&mut out, &upstream.params, upstream.backend_key);
     sock.write_all(&out).await?;
     relay::run(sock, upstream, gate).await?;
     Ok(())

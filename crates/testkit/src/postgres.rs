@@ -1,8 +1,8 @@
 //! A throwaway PostgreSQL server per test, from the machine's own binaries: real behaviour,
 //! free loopback port, temp dir removed on drop even when the test panicked.
 
+use crate::gateway::free_port;
 use std::ffi::OsStr;
-use std::net::TcpListener;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
@@ -247,11 +247,6 @@ fn chown_recursive(path: &Path, uid: u32, gid: u32) -> anyhow::Result<()> {
         }
     }
     Ok(())
-}
-
-fn free_port() -> anyhow::Result<u16> {
-    let listener = TcpListener::bind("127.0.0.1:0")?;
-    Ok(listener.local_addr()?.port())
 }
 
 fn random_password() -> anyhow::Result<String> {
