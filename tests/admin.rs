@@ -125,3 +125,44 @@ fn a_broken_policy_file_keeps_the_old_set_and_shows_on_readyz() {
     assert!(text.contains("policy_reload_failed"), "{text}");
     assert!(text.contains("policy_reloaded"), "{text}");
 }
+
+#[test]
+fn admin_api_over_tls_serves_the_cli() {
+    let certs_dir = tempfile::tempdir().unwrap();
+    let certs = gatehouse_testkit::tls::TestCerts::generate(certs_dir.path()).unwrap();
+    let gw = GatewayBuilder::new(env!("CARGO_BIN_EXE_gatehouse"))
+        .admin_tls(&certs.server_cert, &certs.server_key)
+        .start()
+        .expect("gateway starts");
+    let token = gw.mint("alice", &["dba"], false).unwrap();
+    let url = format!("https://localhost:{}", gw.admin_addr().port());
+    let list = |ca: &std::path::Path| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_gatehouse"))
+            .args(["credentials", "list", "--admin-url", &url])
+            .env("GATEHOUSE_TOKEN", &token)
+            // rustls-native-certs reads the trusted roots from here.
+            .env("SSL_CERT_FILE", ca)
+            .output()
+            .unwrap()
+    };
+    let out = list(&certs.ca_cert);
+    assert!(
+        out.status.success(),
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        gw.log()
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stdout).starts_with("ID"),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+
+    // A client that does not trust the gateway's CA gets no answer.
+    let other = tempfile::tempdir().unwrap();
+    let stranger = gatehouse_testkit::tls::TestCerts::generate(other.path()).unwrap();
+    let out = list(&stranger.ca_cert);
+    assert!(!out.status.success());
+    // Plain HTTP to the TLS listener does not work either.
+    assert!(gw.get("/healthz").map(|(s, _)| s != 200).unwrap_or(true));
+}

@@ -39,6 +39,7 @@ pub fn copy_dir(from: &Path, to: &Path) -> anyhow::Result<()> {
 pub struct GatewayBuilder {
     bin: PathBuf,
     extra_config: String,
+    admin_tls: Option<(PathBuf, PathBuf)>,
 }
 
 /// A running gateway.
@@ -48,6 +49,7 @@ pub struct TestGateway {
     config: PathBuf,
     admin: SocketAddr,
     child: Child,
+    admin_tls: bool,
 }
 
 impl GatewayBuilder {
@@ -56,7 +58,14 @@ impl GatewayBuilder {
         Self {
             bin: bin.into(),
             extra_config: String::new(),
+            admin_tls: None,
         }
+    }
+
+    /// Serve the admin listener over TLS with this certificate chain and key (PEM files).
+    pub fn admin_tls(mut self, cert: &Path, key: &Path) -> Self {
+        self.admin_tls = Some((cert.to_path_buf(), key.to_path_buf()));
+        self
     }
 
     /// TOML appended to the generated config (frontend sections, targets, ...).
@@ -73,8 +82,12 @@ impl GatewayBuilder {
         let port = free_port()?;
         let admin: SocketAddr = ([127, 0, 0, 1], port).into();
         let config = dir.path().join("gatehouse.toml");
+        let tls = match &self.admin_tls {
+            Some((cert, key)) => format!("tls_cert = \"{}\"\ntls_key = \"{}\"\n", cert.display(), key.display()),
+            None => String::new(),
+        };
         let text = format!(
-            "state_dir = \"state\"\n\n[admin]\nlisten = \"{admin}\"\n\n[identity.dev_issuer]\nenabled = true\n\n[policy]\ndir = \"policies\"\nreload_interval = \"200ms\"\n\n{}",
+            "state_dir = \"state\"\n\n[admin]\nlisten = \"{admin}\"\n{tls}\n[identity.dev_issuer]\nenabled = true\n\n[policy]\ndir = \"policies\"\nreload_interval = \"200ms\"\n\n{}",
             self.extra_config.replace("{dir}", &dir.path().display().to_string())
         );
         std::fs::write(&config, text)?;
@@ -94,6 +107,7 @@ impl GatewayBuilder {
             config,
             admin,
             child,
+            admin_tls: self.admin_tls.is_some(),
         };
         gateway.wait_healthy()?;
         Ok(gateway)
@@ -107,7 +121,13 @@ impl TestGateway {
             if let Some(status) = self.child.try_wait()? {
                 bail!("gateway exited ({status}) before it was healthy:\n{}", self.log());
             }
-            if let Ok((200, _)) = self.get("/healthz") {
+            // Over TLS the plain-HTTP probe cannot speak; a bound listener is the signal.
+            let up = if self.admin_tls {
+                TcpStream::connect_timeout(&self.admin, Duration::from_secs(1)).is_ok()
+            } else {
+                matches!(self.get("/healthz"), Ok((200, _)))
+            };
+            if up {
                 return Ok(());
             }
             if Instant::now() > deadline {
