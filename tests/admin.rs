@@ -166,3 +166,70 @@ fn admin_api_over_tls_serves_the_cli() {
     // Plain HTTP to the TLS listener does not work either.
     assert!(gw.get("/healthz").map(|(s, _)| s != 200).unwrap_or(true));
 }
+
+#[test]
+fn the_openapi_document_describes_every_api_route() {
+    let gw = gateway();
+    let (status, body) = gw.get("/api/openapi.json").unwrap();
+    assert_eq!(status, 200);
+    let doc: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(doc["openapi"], "3.1.0");
+    let paths = doc["paths"].as_object().unwrap();
+    // Every route the admin router serves (admin.rs) is documented, with its methods.
+    for (path, method) in [
+        ("/healthz", "get"),
+        ("/readyz", "get"),
+        ("/metrics", "get"),
+        ("/api/openapi.json", "get"),
+        ("/api/credentials", "get"),
+        ("/api/credentials", "post"),
+        ("/api/credentials/{id}", "delete"),
+        ("/api/approvals", "get"),
+        ("/api/approvals/{id}", "get"),
+        ("/api/approvals/{id}/approve", "post"),
+        ("/api/approvals/{id}/deny", "post"),
+    ] {
+        assert!(
+            paths.get(path).and_then(|p| p.get(method)).is_some(),
+            "{method} {path} documented"
+        );
+        let concrete = path.replace("{id}", "X");
+        let (status, _) = gw.request(&method.to_uppercase(), &concrete, None, None).unwrap();
+        assert_ne!(status, 404, "{method} {path} is served");
+        assert_ne!(status, 405, "{method} {path} is served");
+    }
+}
+
+#[test]
+fn approval_calls_need_a_token_and_explain_their_errors() {
+    let gw = gateway();
+    let (status, body) = gw.request("GET", "/api/approvals", None, None).unwrap();
+    assert_eq!(status, 401, "{body}");
+    assert!(body.contains("missing bearer token"), "{body}");
+    let lead = gw.mint("dora", &["dba-leads"], false).unwrap();
+    let (status, body) = gw
+        .request("GET", "/api/approvals?state=maybe", Some(&lead), None)
+        .unwrap();
+    assert_eq!(status, 400, "{body}");
+    assert!(body.contains("unknown state"), "{body}");
+    let (status, body) = gw.request("GET", "/api/approvals", Some(&lead), None).unwrap();
+    assert_eq!((status, body.trim()), (200, "[]"));
+    let (status, body) = gw
+        .request("POST", "/api/approvals/NOPE-NOPE-NOPE/deny", Some(&lead), Some("{}"))
+        .unwrap();
+    assert_eq!(status, 400, "a denial needs a reason: {body}");
+    let (status, body) = gw
+        .request("POST", "/api/approvals/NOPE-NOPE-NOPE/approve", Some(&lead), Some("{}"))
+        .unwrap();
+    assert_eq!(status, 404, "{body}");
+    assert!(body.contains("no approval request with this id"), "{body}");
+    let (status, body) = gw
+        .request(
+            "POST",
+            "/api/approvals/NOPE-NOPE-NOPE/approve",
+            Some(&lead),
+            Some("{\"reason\": 1}"),
+        )
+        .unwrap();
+    assert_eq!(status, 400, "{body}");
+}

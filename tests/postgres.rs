@@ -146,11 +146,12 @@ fn psql_reads_through_the_gateway_with_sensitive_values_masked() {
 #[test]
 fn writes_are_decided_per_statement_and_refusals_never_reach_the_target() {
     let s = setup();
+    // (Writes that wait for approval are tests/approvals.rs.)
     let agent = s.gw.mint("ci-bot", &[], true).unwrap();
-    let o = psql(&s, "orders", &agent, "UPDATE customers SET name = 'Eve' WHERE id = 1");
+    let o = psql(&s, "orders", &agent, "DROP TABLE customers");
     assert!(!o.status.success());
     assert!(err(&o).contains("ERROR:"), "{}", err(&o));
-    assert!(err(&o).contains("dba-leads"), "names the approver group: {}", err(&o));
+    assert!(err(&o).contains("agent-no-ddl-admin"), "names the policy: {}", err(&o));
 
     // One refused statement refuses the whole string; nothing of it runs.
     let dba = s.gw.mint("alice", &["dba"], false).unwrap();
@@ -169,14 +170,15 @@ fn writes_are_decided_per_statement_and_refusals_never_reach_the_target() {
     assert!(o.status.success(), "{}", err(&o));
     assert_eq!(direct(&s, "SELECT name FROM customers WHERE id = 2"), "Bobby\n");
 
-    // Hidden writes are still writes.
+    // Hidden writes are still writes: an agent may read, but this unbounded DELETE is refused.
     let o = psql(
         &s,
         "orders",
         &agent,
-        "WITH gone AS (DELETE FROM customers WHERE id = 1 RETURNING *) SELECT count(*) FROM gone",
+        "WITH gone AS (DELETE FROM customers RETURNING *) SELECT count(*) FROM gone",
     );
     assert!(!o.status.success(), "{}", out(&o));
+    assert!(err(&o).contains("prod-no-unbounded-update-delete"), "{}", err(&o));
     assert_eq!(direct(&s, "SELECT count(*) FROM customers"), "2\n");
 }
 

@@ -436,6 +436,19 @@ impl ApprovalBroker {
         self.get(id)
     }
 
+    /// Withdraws a pending request (its requester no longer needs it, or may no longer
+    /// have it); false when it was no longer pending.
+    pub async fn withdraw(&self, id: &str, reason: &str) -> Result<bool, ApprovalError> {
+        let event = AuditEvent::ApprovalWithdrawn {
+            approval: id.into(),
+            reason: reason.into(),
+        };
+        let outcome = Outcome::Withdrawn { reason: reason.into() };
+        self.shared
+            .finish(id, ApprovalState::Withdrawn, Some(event), outcome)
+            .await
+    }
+
     pub fn get(&self, id: &str) -> Result<ApprovalRequest, ApprovalError> {
         self.shared.store.get(id)?.ok_or(ApprovalError::NotFound)
     }

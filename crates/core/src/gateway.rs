@@ -12,6 +12,7 @@ use gatehouse_identity::{Identity, Verifier};
 use gatehouse_policy::{AuthzRequest, Decision, Namespace, PolicyEngine, Resource, ResourceKind};
 use serde::{Deserialize, Serialize};
 
+use crate::approvals::{ApprovalBroker, SqliteApprovalStore};
 use crate::credentials::{CREDENTIAL_PREFIX, CredentialStore, IssuedCredential};
 use crate::error::{CoreError, Refusal, RefusalKind};
 use crate::metrics::Metrics;
@@ -109,6 +110,8 @@ pub struct GatewayParts {
     pub targets: Vec<Target>,
     /// Sessions end at the identity's expiry or after this long, whichever comes first.
     pub max_session_lifetime: Option<Duration>,
+    /// How long a held request waits when its policy names no timeout.
+    pub approval_timeout: Duration,
 }
 
 /// The shared state every frontend holds an `Arc` of.
@@ -117,6 +120,7 @@ pub struct Gateway {
     policy: Arc<PolicyEngine>,
     audit: AuditLog,
     credentials: CredentialStore,
+    approvals: ApprovalBroker,
     targets: HashMap<String, Target>,
     metrics: Metrics,
     throttle: Throttle,
@@ -136,12 +140,17 @@ impl Gateway {
         }
         std::fs::create_dir_all(&parts.state_dir)
             .map_err(|e| CoreError::Invalid(format!("cannot create {}: {e}", parts.state_dir.display())))?;
-        let credentials = CredentialStore::open(&parts.state_dir.join("gatehouse.db"))?;
+        let db = parts.state_dir.join("gatehouse.db");
+        let credentials = CredentialStore::open(&db)?;
+        let store = SqliteApprovalStore::open(&db).map_err(|e| CoreError::Invalid(e.to_string()))?;
+        let approvals = ApprovalBroker::new(Arc::new(store), Arc::clone(&parts.policy), parts.audit.clone())
+            .with_default_timeout(parts.approval_timeout);
         Ok(Arc::new(Self {
             verifier: parts.verifier,
             policy: parts.policy,
             audit: parts.audit,
             credentials,
+            approvals,
             targets,
             metrics: Metrics::default(),
             throttle: Throttle::default(),
@@ -159,6 +168,11 @@ impl Gateway {
 
     pub fn metrics(&self) -> &Metrics {
         &self.metrics
+    }
+
+    /// The approval broker: held requests, approvers' decisions.
+    pub fn approvals(&self) -> &ApprovalBroker {
+        &self.approvals
     }
 
     pub fn credentials(&self) -> &CredentialStore {

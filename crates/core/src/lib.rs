@@ -19,7 +19,7 @@ pub use credentials::{CREDENTIAL_PREFIX, CredentialInfo, CredentialStore, Issued
 pub use error::{CoreError, Refusal, RefusalKind};
 pub use gateway::{Gateway, GatewayParts, Protocol, Target};
 pub use metrics::Metrics;
-pub use session::{Permit, Session};
+pub use session::{ApprovalNeeded, HeldRequest, Permit, Session, Verdict};
 
 /// A short random identifier, hex encoded: `bytes` of randomness from the system generator.
 pub fn random_id(prefix: &str, bytes: usize) -> String {

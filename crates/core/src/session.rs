@@ -13,8 +13,12 @@ use gatehouse_mask::{DataClass, MaskCounts, Masker};
 use gatehouse_policy::{AuthzRequest, Decision, Namespace};
 use tokio::sync::OnceCell;
 
+use crate::approvals::{ApprovalRequest, NewApproval, Outcome, Waiter};
 use crate::error::{Refusal, RefusalKind};
 use crate::gateway::{Gateway, Protocol, Target, describe};
+
+/// How often a held request looks at the policy generation and the session's expiry.
+const HOLD_CHECK_INTERVAL: Duration = Duration::from_millis(500);
 
 /// Proof that one request was decided, allowed and audited. It has no public constructor,
 /// is not `Clone`, and forwarding functions take it by value: a frontend cannot forward a
@@ -35,6 +39,192 @@ impl Permit {
     /// Ids of the policies that allowed the request.
     pub fn policies(&self) -> &[String] {
         &self.policies
+    }
+}
+
+/// What [`Session::decide`] answers when the request may go ahead or wait for approval.
+#[derive(Debug)]
+pub enum Verdict {
+    Permit(Permit),
+    NeedsApproval(ApprovalNeeded),
+}
+
+/// A decided (and audited) request that policy wants approved first; it becomes a
+/// [`Permit`] only through [`Session::hold`] and an approval.
+#[derive(Debug)]
+pub struct ApprovalNeeded {
+    request: u64,
+    action: String,
+    context: serde_json::Value,
+    policies: Vec<String>,
+    approver_group: String,
+    approvals_required: u32,
+    timeout: Option<Duration>,
+    /// The policy generation read before deciding: a reload after it decides again.
+    generation: u64,
+}
+
+impl ApprovalNeeded {
+    pub fn request(&self) -> u64 {
+        self.request
+    }
+
+    pub fn approver_group(&self) -> &str {
+        &self.approver_group
+    }
+
+    pub fn policies(&self) -> &[String] {
+        &self.policies
+    }
+}
+
+/// A request waiting for its approvers. Dropping it withdraws the approval request.
+#[derive(Debug)]
+pub struct HeldRequest {
+    session: Session,
+    approval: ApprovalRequest,
+    waiter: Waiter,
+    needed: Vec<ApprovalNeeded>,
+}
+
+impl HeldRequest {
+    /// The approval id, e.g. `7KQM-X2PD-9HWT`.
+    pub fn id(&self) -> &str {
+        &self.approval.id
+    }
+
+    pub fn approver_group(&self) -> &str {
+        &self.approval.approver_group
+    }
+
+    pub fn approvals_required(&self) -> u32 {
+        self.approval.approvals_required
+    }
+
+    pub fn expires_at(&self) -> SystemTime {
+        self.approval.expires_at
+    }
+
+    /// What to tell the client while it waits.
+    pub fn notice(&self) -> String {
+        let count = match self.approval.approvals_required {
+            1 => String::new(),
+            n => format!(" ({n} approvals)"),
+        };
+        format!(
+            "gatehouse: waiting for approval {id} by group {group}{count} until {deadline}; an approver runs: gatehouse approvals approve {id}",
+            id = self.approval.id,
+            group = self.approval.approver_group,
+            deadline = crate::format_time(self.approval.expires_at),
+        )
+    }
+
+    /// Waits for the approvers. Approved: permits for exactly the held requests, spent at
+    /// once. Denied, expired or withdrawn: a refusal with the reason. A policy reload while
+    /// waiting decides again: a request policy now allows goes ahead without approval, one
+    /// it now denies is refused. The session's expiry ends the wait too.
+    pub async fn wait(self) -> Result<Vec<Permit>, Refusal> {
+        self.wait_or_cancel(std::future::pending()).await
+    }
+
+    /// Like [`HeldRequest::wait`], but when `cancel` resolves first (the client cancelled
+    /// the request) the approval request is withdrawn and the request refused.
+    pub async fn wait_or_cancel(self, cancel: impl Future<Output = ()>) -> Result<Vec<Permit>, Refusal> {
+        let HeldRequest {
+            session,
+            approval,
+            waiter,
+            needed,
+        } = self;
+        let gateway = Arc::clone(&session.inner.gateway);
+        let broker = gateway.approvals();
+        let mut generation = needed.iter().map(|n| n.generation).min().unwrap_or(0);
+        let outcome = waiter.wait();
+        tokio::pin!(outcome);
+        tokio::pin!(cancel);
+        let mut tick = tokio::time::interval(HOLD_CHECK_INTERVAL);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let outcome = loop {
+            tokio::select! {
+                outcome = &mut outcome => break outcome,
+                () = &mut cancel => {
+                    let reason = "the client cancelled the request";
+                    if let Err(error) = broker.withdraw(&approval.id, reason).await {
+                        tracing::error!(approval = %approval.id, %error, "Could not withdraw an approval request.");
+                    }
+                    return Err(held_refusal(
+                        RefusalKind::Denied,
+                        format!("gatehouse: approval {} withdrawn: {reason}", approval.id),
+                        &needed,
+                    ));
+                }
+                _ = tick.tick() => {}
+            }
+            if session.time_left().is_zero() {
+                let reason = "the requester's session expired while waiting";
+                let _ = broker.withdraw(&approval.id, reason).await;
+                return Err(held_refusal(
+                    RefusalKind::Expired,
+                    format!(
+                        "gatehouse: approval {} withdrawn: {reason}; connect again with a fresh token",
+                        approval.id
+                    ),
+                    &needed,
+                ));
+            }
+            let current = gateway.policy().generation();
+            if current == generation {
+                continue;
+            }
+            generation = current;
+            if let Some(result) = session.redecide(&approval, &needed).await {
+                return result;
+            }
+        };
+        match outcome {
+            Outcome::Approved { approvers } => {
+                let session_id = session.id();
+                if let Err(error) = broker.consume(&approval.id, session_id, &approval.request_sha256).await {
+                    tracing::error!(session = %session_id, approval = %approval.id, %error, "An approved request could not be released.");
+                    return Err(held_refusal(
+                        RefusalKind::Unavailable,
+                        format!("gatehouse: approval {} could not be used: {error}", approval.id),
+                        &needed,
+                    ));
+                }
+                let names: Vec<String> = approvers.iter().map(actor_name).collect();
+                tracing::info!(session = %session_id, approval = %approval.id, approvers = ?names, "Approved request released.");
+                Ok(needed
+                    .into_iter()
+                    .map(|n| Permit {
+                        request: n.request,
+                        policies: n.policies,
+                    })
+                    .collect())
+            }
+            Outcome::Denied { approver, reason } => Err(held_refusal(
+                RefusalKind::Denied,
+                format!(
+                    "gatehouse: approval {} denied by {}: {reason}",
+                    approval.id,
+                    actor_name(&approver)
+                ),
+                &needed,
+            )),
+            Outcome::Expired => Err(held_refusal(
+                RefusalKind::Denied,
+                format!(
+                    "gatehouse: approval {} expired: nobody in group {} approved it in time",
+                    approval.id, approval.approver_group
+                ),
+                &needed,
+            )),
+            Outcome::Withdrawn { reason } => Err(held_refusal(
+                RefusalKind::Denied,
+                format!("gatehouse: approval {} withdrawn: {reason}", approval.id),
+                &needed,
+            )),
+        }
     }
 }
 
@@ -123,11 +313,34 @@ impl Session {
             .unwrap_or(Duration::ZERO)
     }
 
+    /// The enforcement path for a frontend that cannot hold a request: like
+    /// [`Session::decide`], with a request that needs approval refused (and saying so).
+    pub async fn authorize(&self, action: &str, attributes: serde_json::Value) -> Result<Permit, Refusal> {
+        match self.decide(action, attributes).await? {
+            Verdict::Permit(permit) => Ok(permit),
+            Verdict::NeedsApproval(needed) => Err(Refusal {
+                kind: RefusalKind::ApprovalRequired {
+                    approver_group: needed.approver_group.clone(),
+                },
+                message: format!(
+                    "gatehouse: {} needs approval by group {} (policy {}), and this kind of request cannot be held for approval; it is refused",
+                    needed.action,
+                    needed.approver_group,
+                    needed.policies.join(", ")
+                ),
+                policies: needed.policies,
+                request: Some(needed.request),
+            }),
+        }
+    }
+
     /// The enforcement path. `action` is the action's name in the protocol's namespace
     /// (`read`, `exec`, `get`, ...), `attributes` its Cedar context (a JSON object). The
-    /// decision is written to the audit log before a permit is returned; if it cannot be
-    /// written, the request is refused.
-    pub async fn authorize(&self, action: &str, attributes: serde_json::Value) -> Result<Permit, Refusal> {
+    /// decision is written to the audit log before anything is returned; if it cannot be
+    /// written, the request is refused. A request that needs approval comes back as
+    /// [`Verdict::NeedsApproval`]: hand it (with others of the same batch) to
+    /// [`Session::hold`] to ask the approvers.
+    pub async fn decide(&self, action: &str, attributes: serde_json::Value) -> Result<Verdict, Refusal> {
         let inner = &self.inner;
         let request = inner.requests.fetch_add(1, Ordering::Relaxed) + 1;
         let metrics = inner.gateway.metrics();
@@ -144,13 +357,8 @@ impl Session {
         if let (Some(owner), Some(map)) = (&inner.identity.owner, context.as_object_mut()) {
             map.insert("owner".into(), owner.clone().into());
         }
-        let decision = inner.gateway.policy().authorize(&AuthzRequest {
-            principal: &inner.identity,
-            namespace: self.protocol().namespace(),
-            action,
-            resource: inner.target.resource(),
-            context: context.clone(),
-        });
+        let generation = inner.gateway.policy().generation();
+        let decision = self.evaluate(action, &context);
         let (outcome, policies, reason) = match &decision {
             Decision::Allow { policies } => ("allow", policies.clone(), None),
             Decision::Deny { policies, reason } => ("deny", policies.clone(), Some(reason.clone())),
@@ -161,7 +369,7 @@ impl Session {
             session: inner.id.clone(),
             request,
             action: format!("{}::{action}", self.protocol().namespace_name()),
-            attributes: context,
+            attributes: context.clone(),
             decision: outcome.into(),
             policies: policies.clone(),
             reason,
@@ -176,38 +384,171 @@ impl Session {
             });
         }
         match decision {
-            Decision::Allow { policies } => Ok(Permit { request, policies }),
-            Decision::Deny { policies, reason } => {
-                let named = if policies.is_empty() {
-                    String::new()
-                } else {
-                    format!(" (policy {})", policies.join(", "))
-                };
-                Err(Refusal {
-                    kind: RefusalKind::Denied,
-                    message: format!("gatehouse: {action} refused: {reason}{named}"),
-                    policies,
-                    request: Some(request),
-                })
-            }
+            Decision::Allow { policies } => Ok(Verdict::Permit(Permit { request, policies })),
+            Decision::Deny { policies, reason } => Err(denied(action, &reason, policies, request)),
             Decision::NeedsApproval {
                 policies,
                 approver_group,
-                ..
-            } => Err(Refusal {
-                kind: RefusalKind::ApprovalRequired {
-                    approver_group: approver_group.clone(),
-                },
-                // Approvals arrive with their own issue; until then the request is refused
-                // with the reason, never silently allowed.
-                message: format!(
-                    "gatehouse: {action} needs approval by group {approver_group} (policy {}); this gateway does not take approvals yet, so the request is refused",
-                    policies.join(", ")
-                ),
+                approvals_required,
+                timeout,
+            } => Ok(Verdict::NeedsApproval(ApprovalNeeded {
+                request,
+                action: action.to_owned(),
+                context,
                 policies,
-                request: Some(request),
-            }),
+                approver_group,
+                approvals_required,
+                timeout,
+                generation,
+            })),
         }
+    }
+
+    /// Asks the approvers about requests that [`Session::decide`] said need approval: all
+    /// of them together, as one request shown to the approvers as `shown` (already masked)
+    /// and bound to the SHA-256 of `exact`. The frontend tells its client what
+    /// [`HeldRequest::notice`] says, then waits with [`HeldRequest::wait`]; dropping the
+    /// held request (the client went away) withdraws it.
+    pub async fn hold(&self, needed: Vec<ApprovalNeeded>, shown: &str, exact: &[u8]) -> Result<HeldRequest, Refusal> {
+        let Some(first) = needed.first() else {
+            return Err(Refusal::new(RefusalKind::Unavailable, "nothing to hold for approval"));
+        };
+        let request_number = first.request;
+        if let Some(other) = needed.iter().find(|n| n.approver_group != first.approver_group) {
+            return Err(Refusal {
+                kind: RefusalKind::Denied,
+                message: format!(
+                    "gatehouse: the statements of this request need approval by different groups ({} and {}); send them separately",
+                    first.approver_group, other.approver_group
+                ),
+                policies: needed.iter().flat_map(|n| n.policies.clone()).collect(),
+                request: Some(request_number),
+            });
+        }
+        // Several held parts: the strictest terms of any of them.
+        let approvals_required = needed.iter().map(|n| n.approvals_required).max().unwrap_or(1);
+        let timeout = needed.iter().filter_map(|n| n.timeout).min();
+        let sha256 = hex::encode(aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, exact));
+        let action = needed.iter().map(|n| n.action.as_str()).collect::<Vec<_>>();
+        let action = if action.iter().all(|a| *a == action[0]) {
+            action[0].to_owned()
+        } else {
+            action.join("+")
+        };
+        let inner = &self.inner;
+        let approver_group = first.approver_group.clone();
+        let broker = inner.gateway.approvals();
+        let held = broker
+            .request(NewApproval {
+                requester: &inner.identity,
+                session: &inner.id,
+                request_number,
+                resource: inner.target.resource(),
+                protocol: self.protocol(),
+                action: &action,
+                request: shown,
+                request_sha256: &sha256,
+                approver_group: &approver_group,
+                approvals_required,
+                timeout,
+            })
+            .await;
+        match held {
+            Ok((approval, waiter)) => {
+                tracing::info!(
+                    session = %inner.id,
+                    approval = %approval.id,
+                    approver_group = %approval.approver_group,
+                    user = inner.identity.display_name(),
+                    "Request held for approval."
+                );
+                Ok(HeldRequest {
+                    session: self.clone(),
+                    approval,
+                    waiter,
+                    needed,
+                })
+            }
+            Err(error) => {
+                tracing::error!(session = %inner.id, %error, "Could not hold a request for approval.");
+                Err(Refusal {
+                    kind: RefusalKind::Unavailable,
+                    message: "the gateway cannot record approval requests right now; the request is refused".into(),
+                    policies: needed.iter().flat_map(|n| n.policies.clone()).collect(),
+                    request: Some(request_number),
+                })
+            }
+        }
+    }
+
+    /// After a policy reload, decides the held requests again. `None`: they still need
+    /// approval, keep waiting. Otherwise the approval request is withdrawn and this is the
+    /// answer.
+    async fn redecide(
+        &self,
+        approval: &ApprovalRequest,
+        needed: &[ApprovalNeeded],
+    ) -> Option<Result<Vec<Permit>, Refusal>> {
+        let decisions: Vec<Decision> = needed.iter().map(|n| self.evaluate(&n.action, &n.context)).collect();
+        let denied_by = needed.iter().zip(&decisions).find_map(|(n, d)| match d {
+            Decision::Deny { policies, reason } => Some((n, policies.clone(), reason.clone())),
+            _ => None,
+        });
+        let all_allowed = decisions.iter().all(Decision::is_allow);
+        if denied_by.is_none() && !all_allowed {
+            return None;
+        }
+        let reason = if all_allowed {
+            "policy changed while waiting and no longer requires approval"
+        } else {
+            "policy changed while waiting and now denies the request"
+        };
+        if let Err(error) = self.inner.gateway.approvals().withdraw(&approval.id, reason).await {
+            tracing::error!(approval = %approval.id, %error, "Could not withdraw an approval request.");
+        }
+        for (n, decision) in needed.iter().zip(&decisions) {
+            let outcome = if decision.is_allow() { "allow" } else { "deny" };
+            let record = AuditEvent::RequestDecided {
+                session: self.inner.id.clone(),
+                request: n.request,
+                action: format!("{}::{}", self.protocol().namespace_name(), n.action),
+                attributes: n.context.clone(),
+                decision: outcome.into(),
+                policies: decision.policies().to_vec(),
+                reason: Some(format!("decided again after a policy reload: {}", describe(decision))),
+            };
+            if let Err(error) = self.inner.gateway.audit().append(record).await {
+                tracing::error!(session = %self.inner.id, %error, "Audit write failed; refusing the request.");
+                return Some(Err(held_refusal(
+                    RefusalKind::Unavailable,
+                    "the gateway cannot write its audit log and refuses requests until it can".into(),
+                    needed,
+                )));
+            }
+        }
+        if let Some((n, policies, reason)) = denied_by {
+            return Some(Err(denied(&n.action, &reason, policies, n.request)));
+        }
+        tracing::info!(session = %self.inner.id, approval = %approval.id, "Policy reload released a held request.");
+        Some(Ok(needed
+            .iter()
+            .zip(decisions)
+            .map(|(n, d)| Permit {
+                request: n.request,
+                policies: d.policies().to_vec(),
+            })
+            .collect()))
+    }
+
+    /// Policy's answer for `action` in this session, without recording it.
+    fn evaluate(&self, action: &str, context: &serde_json::Value) -> Decision {
+        self.inner.gateway.policy().authorize(&AuthzRequest {
+            principal: &self.inner.identity,
+            namespace: self.protocol().namespace(),
+            action,
+            resource: self.inner.target.resource(),
+            context: context.clone(),
+        })
     }
 
     /// The masker for this session: policy decides once per data class whether this identity
@@ -275,6 +616,34 @@ impl Session {
             tracing::error!(session = %inner.id, %error, "Audit write of the session end failed.");
         }
     }
+}
+
+/// The refusal of a request that policy denied.
+fn denied(action: &str, reason: &str, policies: Vec<String>, request: u64) -> Refusal {
+    let named = if policies.is_empty() {
+        String::new()
+    } else {
+        format!(" (policy {})", policies.join(", "))
+    };
+    Refusal {
+        kind: RefusalKind::Denied,
+        message: format!("gatehouse: {action} refused: {reason}{named}"),
+        policies,
+        request: Some(request),
+    }
+}
+
+fn held_refusal(kind: RefusalKind, message: String, needed: &[ApprovalNeeded]) -> Refusal {
+    Refusal {
+        kind,
+        message,
+        policies: needed.iter().flat_map(|n| n.policies.iter().cloned()).collect(),
+        request: needed.first().map(|n| n.request),
+    }
+}
+
+fn actor_name(actor: &gatehouse_audit::Actor) -> String {
+    actor.email.clone().unwrap_or_else(|| actor.subject.clone())
 }
 
 impl Protocol {

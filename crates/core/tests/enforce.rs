@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use gatehouse_audit::{AuditEvent, AuditLog, AuditOptions};
-use gatehouse_core::{Gateway, GatewayParts, Protocol, RefusalKind, Target};
+use gatehouse_core::{ApprovalState, Gateway, GatewayParts, Protocol, RefusalKind, Target, Verdict};
 use gatehouse_identity::{DevIssuer, MintRequest, Verifier};
 use gatehouse_mask::DataClass;
 use gatehouse_policy::PolicyEngine;
@@ -29,9 +29,16 @@ fn client() -> SocketAddr {
     CLIENT.parse().unwrap()
 }
 
+fn repo_policies() -> std::path::PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../policies")
+}
+
 fn fixture() -> Fixture {
+    fixture_with(&repo_policies())
+}
+
+fn fixture_with(policies: &Path) -> Fixture {
     let dir = tempfile::tempdir().unwrap();
-    let policies = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../policies");
     let dev = DevIssuer::load_or_create(dir.path(), "http://127.0.0.1:1", "gatehouse").unwrap();
     let mut verifier = Verifier::new(Vec::new()).unwrap();
     for issuer in dev.issuer_configs() {
@@ -43,7 +50,7 @@ fn fixture() -> Fixture {
     let gateway = Gateway::new(GatewayParts {
         state_dir: dir.path().to_path_buf(),
         verifier,
-        policy: Arc::new(PolicyEngine::load(&policies).unwrap()),
+        policy: Arc::new(PolicyEngine::load(policies).unwrap()),
         audit,
         targets: vec![
             Target::new("orders", Protocol::Postgres, prod.clone()),
@@ -55,6 +62,7 @@ fn fixture() -> Fixture {
             Target::new("web-1", Protocol::Ssh, prod),
         ],
         max_session_lifetime: None,
+        approval_timeout: gatehouse_core::DEFAULT_APPROVAL_TIMEOUT,
     })
     .unwrap();
     Fixture {
@@ -283,4 +291,129 @@ async fn a_context_that_does_not_match_the_schema_is_refused() {
         .await
         .unwrap_err();
     assert_eq!(refusal.kind, RefusalKind::Denied);
+}
+
+#[tokio::test]
+async fn a_held_request_runs_once_approved_and_is_bound_to_its_session() {
+    let f = fixture();
+    let agent = mint(&f.dev, "ci-bot", &[], true);
+    let bot = f
+        .gateway
+        .connect(&agent, Protocol::Postgres, "orders", client())
+        .await
+        .unwrap();
+    let sql = "UPDATE orders SET paid = true WHERE id = 1";
+    let Verdict::NeedsApproval(needed) = bot.decide("write", statement("UPDATE", true, sql)).await.unwrap() else {
+        panic!("an agent's write on prod needs approval");
+    };
+    assert_eq!(needed.approver_group(), "dba-leads");
+    let held = bot.hold(vec![needed], sql, sql.as_bytes()).await.unwrap();
+    let id = held.id().to_string();
+    assert!(
+        held.notice().contains(&id) && held.notice().contains("dba-leads"),
+        "{}",
+        held.notice()
+    );
+    let waiting = tokio::spawn(held.wait());
+
+    let lead = f
+        .gateway
+        .verify_token(&mint(&f.dev, "dora", &["dba-leads"], false))
+        .await
+        .unwrap();
+    f.gateway.approvals().approve(&id, &lead, Some("ok")).await.unwrap();
+    let permits = tokio::time::timeout(Duration::from_secs(5), waiting)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(permits.len(), 1);
+    assert_eq!(permits[0].policies(), ["agent-prod-write-needs-approval"]);
+    let spent = f.gateway.approvals().get(&id).unwrap();
+    assert_eq!(spent.state, ApprovalState::Executed);
+    // The approval is spent: not for this session again, nor for another.
+    assert!(
+        f.gateway
+            .approvals()
+            .consume(&id, bot.id(), &spent.request_sha256)
+            .await
+            .is_err()
+    );
+}
+
+#[tokio::test]
+async fn a_policy_reload_decides_a_held_request_again() {
+    let policies = tempfile::tempdir().unwrap();
+    for entry in std::fs::read_dir(repo_policies()).unwrap() {
+        let entry = entry.unwrap();
+        if entry.file_type().unwrap().is_file() {
+            std::fs::copy(entry.path(), policies.path().join(entry.file_name())).unwrap();
+        }
+    }
+    let f = fixture_with(policies.path());
+    let agent = mint(&f.dev, "ci-bot", &[], true);
+    let bot = f
+        .gateway
+        .connect(&agent, Protocol::Postgres, "orders", client())
+        .await
+        .unwrap();
+    let hold = |sql: &'static str| {
+        let bot = bot.clone();
+        async move {
+            let Verdict::NeedsApproval(needed) = bot.decide("write", statement("UPDATE", true, sql)).await.unwrap()
+            else {
+                panic!("needs approval");
+            };
+            bot.hold(vec![needed], sql, sql.as_bytes()).await.unwrap()
+        }
+    };
+    let first = hold("UPDATE orders SET paid = true WHERE id = 1").await;
+    let first_id = first.id().to_string();
+    let waiting = tokio::spawn(first.wait());
+
+    // Policy now forbids agents' writes outright: the held request is refused and withdrawn.
+    let path = policies.path().join("postgres.cedar");
+    let original = std::fs::read_to_string(&path).unwrap();
+    std::fs::write(
+        &path,
+        format!(
+            "{original}\n@id(\"freeze\")\nforbid (principal is Agent, action == Postgres::Action::\"write\", resource);\n"
+        ),
+    )
+    .unwrap();
+    f.gateway.policy().reload().unwrap();
+    let refusal = tokio::time::timeout(Duration::from_secs(5), waiting)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap_err();
+    assert_eq!(refusal.kind, RefusalKind::Denied);
+    assert!(refusal.message.contains("freeze"), "{}", refusal.message);
+    assert_eq!(
+        f.gateway.approvals().get(&first_id).unwrap().state,
+        ApprovalState::Withdrawn
+    );
+
+    // Back to the original, then agents' writes allowed without approval: released at once.
+    std::fs::write(&path, &original).unwrap();
+    f.gateway.policy().reload().unwrap();
+    let second = hold("UPDATE orders SET paid = true WHERE id = 2").await;
+    let second_id = second.id().to_string();
+    let waiting = tokio::spawn(second.wait());
+    std::fs::write(
+        &path,
+        original.replace("@approval(\"dba-leads\")\n@approval_timeout(\"10m\")\n", ""),
+    )
+    .unwrap();
+    f.gateway.policy().reload().unwrap();
+    let permits = tokio::time::timeout(Duration::from_secs(5), waiting)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(permits.len(), 1);
+    assert_eq!(
+        f.gateway.approvals().get(&second_id).unwrap().state,
+        ApprovalState::Withdrawn
+    );
 }

@@ -1,5 +1,6 @@
 //! The admin listener: `/healthz`, `/readyz`, `/metrics`, the development issuer's discovery
-//! and JWKS, and the admin API (`/api/credentials`).
+//! and JWKS, and the admin API (`/api/credentials`, `/api/approvals`, described by
+//! `/api/openapi.json`).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -8,7 +9,7 @@ use std::time::Duration;
 use axum::extract::{ConnectInfo, Path, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{delete, get};
+use axum::routing::{delete, get, post};
 use axum::{Json, Router};
 use gatehouse_core::{Gateway, RefusalKind};
 use gatehouse_identity::{DevIssuer, Identity};
@@ -17,10 +18,15 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch};
 use tokio_rustls::TlsAcceptor;
 
+use crate::admin_approvals;
+
+/// The admin API's OpenAPI 3.1 description.
+pub const OPENAPI: &str = include_str!("openapi.json");
+
 /// What the admin handlers share.
 #[derive(Clone)]
 pub struct AdminState {
-    gateway: Arc<Gateway>,
+    pub(crate) gateway: Arc<Gateway>,
     dev: Option<Arc<DevIssuer>>,
 }
 
@@ -36,7 +42,12 @@ pub fn router(state: AdminState) -> Router {
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .route("/api/credentials", get(list_credentials).post(create_credential))
-        .route("/api/credentials/{id}", delete(revoke_credential));
+        .route("/api/credentials/{id}", delete(revoke_credential))
+        .route("/api/approvals", get(admin_approvals::list))
+        .route("/api/approvals/{id}", get(admin_approvals::show))
+        .route("/api/approvals/{id}/approve", post(admin_approvals::approve))
+        .route("/api/approvals/{id}/deny", post(admin_approvals::deny))
+        .route("/api/openapi.json", get(openapi));
     if state.dev.is_some() {
         router = router
             .route("/dev/users/.well-known/openid-configuration", get(dev_discovery_users))
@@ -181,6 +192,10 @@ impl axum::serve::Listener for TlsListener {
     }
 }
 
+async fn openapi() -> Response {
+    ([(header::CONTENT_TYPE, "application/json")], OPENAPI).into_response()
+}
+
 async fn readyz(State(state): State<AdminState>) -> Response {
     let problems = state.gateway.readiness_problems();
     if problems.is_empty() {
@@ -257,7 +272,7 @@ pub fn api_error(status: StatusCode, message: impl Into<String>) -> Response {
 }
 
 /// The caller's identity from `Authorization: Bearer <OIDC token>`.
-async fn caller(state: &AdminState, headers: &HeaderMap) -> Result<Identity, Response> {
+pub(crate) async fn caller(state: &AdminState, headers: &HeaderMap) -> Result<Identity, Response> {
     let token = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())

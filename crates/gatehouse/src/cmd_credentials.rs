@@ -28,10 +28,10 @@ pub struct Connection {
     admin_url: Option<String>,
     /// Your OIDC token.
     #[arg(long, env = "GATEHOUSE_TOKEN", hide_env_values = true)]
-    token: Option<String>,
+    pub token: Option<String>,
     /// Print JSON instead of text.
     #[arg(long)]
-    json: bool,
+    pub json: bool,
 }
 
 #[derive(Args)]
@@ -63,7 +63,7 @@ pub enum CredentialsAction {
 }
 
 impl Connection {
-    fn admin_url(&self) -> anyhow::Result<String> {
+    pub fn admin_url(&self) -> anyhow::Result<String> {
         if let Some(url) = &self.admin_url {
             return Ok(url.trim_end_matches('/').to_string());
         }

@@ -24,6 +24,8 @@ pub struct Config {
     pub audit: gatehouse_audit::AuditConfig,
     #[serde(default)]
     pub session: SessionConfig,
+    #[serde(default)]
+    pub approvals: ApprovalsConfig,
     /// The PostgreSQL frontend; off when absent.
     pub postgres: Option<gatehouse_postgres::PostgresConfig>,
 }
@@ -114,6 +116,27 @@ pub struct SessionConfig {
     /// Sessions end after this long even if the token lives longer (e.g. "8h").
     #[serde(default, with = "human_duration_opt")]
     pub max_lifetime: Option<Duration>,
+}
+
+/// Approval of held requests.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApprovalsConfig {
+    /// How long a held request waits when its policy's `@approval` names no timeout.
+    #[serde(default = "default_approval_timeout", with = "human_duration")]
+    pub default_timeout: Duration,
+}
+
+impl Default for ApprovalsConfig {
+    fn default() -> Self {
+        Self {
+            default_timeout: default_approval_timeout(),
+        }
+    }
+}
+
+fn default_approval_timeout() -> Duration {
+    gatehouse_core::DEFAULT_APPROVAL_TIMEOUT
 }
 
 /// A config that could not be loaded; the binary exits 64 with this message.

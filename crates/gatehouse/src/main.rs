@@ -2,7 +2,9 @@
 //! no enforcement logic of its own.
 
 mod admin;
+mod admin_approvals;
 mod client;
+mod cmd_approvals;
 mod cmd_audit;
 mod cmd_credentials;
 mod cmd_policy;
@@ -67,6 +69,10 @@ enum Command {
     /// Exchange your OIDC token for a short credential bound to one target
     /// (for clients that cannot carry a long token), list or revoke them.
     Credentials(cmd_credentials::CredentialsArgs),
+    /// Review requests held for approval: list, show, approve, deny, watch
+    /// (your OIDC token from --token or GATEHOUSE_TOKEN).
+    #[command(subcommand)]
+    Approvals(cmd_approvals::ApprovalsCommand),
 }
 
 fn main() -> ExitCode {
@@ -83,6 +89,7 @@ fn main() -> ExitCode {
         Command::Policy(cmd) => cmd_policy::run(cmd),
         Command::Audit(cmd) => cmd_audit::run(cmd),
         Command::Credentials(args) => cmd_credentials::run(args),
+        Command::Approvals(cmd) => cmd_approvals::run(cmd),
     };
     match result {
         Ok(code) => code,

@@ -91,7 +91,16 @@ async fn serve(config: Config, policy: PolicyEngine) -> anyhow::Result<()> {
         audit,
         targets: config.targets(),
         max_session_lifetime: config.session.max_lifetime,
+        approval_timeout: config.approvals.default_timeout,
     })?;
+    match gateway.approvals().mark_orphans_withdrawn().await {
+        Ok(0) => {}
+        Ok(n) => tracing::warn!(
+            withdrawn = n,
+            "Approval requests left pending by the last run were withdrawn: their clients are gone."
+        ),
+        Err(error) => anyhow::bail!("cannot read the approval store: {error}"),
+    }
 
     let tls = match (&config.admin.tls_cert, &config.admin.tls_key) {
         (Some(cert), Some(key)) => Some(crate::tls::server_config(cert, key, &[b"http/1.1"])?),

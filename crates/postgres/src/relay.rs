@@ -20,7 +20,7 @@ use std::future::Future;
 use bytes::{Buf, BufMut, BytesMut};
 use pgwire::messages::data::RowDescription;
 use pgwire::messages::extendedquery::{Bind, Close, Describe, Execute, Parse};
-use pgwire::messages::response::{ErrorResponse, ReadyForQuery, TransactionStatus};
+use pgwire::messages::response::{ErrorResponse, NoticeResponse, ReadyForQuery, TransactionStatus};
 use pgwire::messages::simplequery::Query;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
@@ -42,9 +42,19 @@ pub trait StatementGate: Send + Sync + 'static {
     /// Proof that a batch was allowed (the core's permits). The relay consumes it in the
     /// one place that forwards statement text, so nothing is forwarded undecided.
     type Grant: Send;
+    /// A batch held for someone's approval; waiting on it yields the grant or a refusal.
+    type Hold: Send;
     /// Decide a batch of statements (all statements of one simple Query, or the one of a
-    /// Parse). Return a grant to forward, a refusal to refuse.
-    fn decide(&self, statements: &[classify::Statement]) -> impl Future<Output = Result<Self::Grant, Refusal>> + Send;
+    /// Parse). Return a grant to forward, a hold to wait on, a refusal to refuse.
+    fn decide(
+        &self,
+        sql: &str,
+        statements: &[classify::Statement],
+    ) -> impl Future<Output = Result<Gated<Self::Grant, Self::Hold>, Refusal>> + Send;
+    /// Waits for a held batch to be approved or refused. The relay has sent the hold's
+    /// notice to the client and keeps relaying the target's output meanwhile; dropping the
+    /// future (the client went away) must withdraw the hold.
+    fn wait(&self, hold: Self::Hold) -> impl Future<Output = Result<Self::Grant, Refusal>> + Send;
     /// Called for each result value whose wire form is text with its column name: may
     /// return a replacement (masking). Text-format DataRow values, binary-format values of
     /// string types (their binary form is the string), the JSON text inside binary jsonb,
@@ -52,6 +62,14 @@ pub trait StatementGate: Send + Sync + 'static {
     /// STDOUT rows all come here. The column name is empty when the relay could not learn
     /// it (always for COPY, which does not describe its columns).
     fn mask_value<'a>(&self, column: &str, value: &'a [u8]) -> Cow<'a, [u8]>;
+}
+
+/// The gate's answer to a batch it does not refuse.
+pub enum Gated<G, H> {
+    /// Forward now.
+    Granted(G),
+    /// Tell the client `notice` (a NoticeResponse), then wait on `hold`.
+    Held { notice: String, hold: H },
 }
 
 /// A refusal, sent to the client as an ErrorResponse.
@@ -149,10 +167,23 @@ struct Portal {
 }
 
 /// What to do after a batch of messages.
-enum Flow {
+enum Flow<H> {
     Continue,
     Terminate,
+    /// A Query or Parse is held for approval; the messages after it wait in the buffer.
+    Hold(Held<H>),
 }
+
+/// A held Query or Parse, with what the relay needs to finish it once decided.
+struct Held<H> {
+    hold: H,
+    frame: Frame,
+    /// The prepared statement's name for a Parse; `None` for a Query.
+    parse_name: Option<String>,
+}
+
+/// Client bytes buffered while a statement is held; beyond this the relay stops reading.
+const MAX_HELD_INPUT: usize = 1024 * 1024;
 
 struct Relay<'g, G> {
     gate: &'g G,
@@ -229,19 +260,64 @@ where
                     return Ok(relay.stats);
                 }
                 relay.stats.bytes_from_client += n as u64;
-                let flow = match relay.client_batch(&mut cbuf).await {
-                    Ok(flow) => flow,
-                    Err(e) => {
-                        let _ = relay.flush(&mut client, &mut target).await;
-                        return Err(e);
+                loop {
+                    let flow = match relay.client_batch(&mut cbuf).await {
+                        Ok(flow) => flow,
+                        Err(e) => {
+                            let _ = relay.flush(&mut client, &mut target).await;
+                            return Err(e);
+                        }
+                    };
+                    relay.flush(&mut client, &mut target).await?;
+                    match flow {
+                        Flow::Continue => break,
+                        Flow::Terminate => {
+                            let _ = target.shutdown().await;
+                            let _ = client.shutdown().await;
+                            relay.stats.terminated = true;
+                            return Ok(relay.stats);
+                        }
+                        Flow::Hold(held) => {
+                            let Held { hold, frame, parse_name } = held;
+                            let decided = {
+                                let waiting = gate.wait(hold);
+                                tokio::pin!(waiting);
+                                loop {
+                                    let room = cbuf.len() < MAX_HELD_INPUT;
+                                    tokio::select! {
+                                        decided = &mut waiting => break decided,
+                                        // Later client messages wait their turn in the buffer;
+                                        // a client that leaves withdraws the held statement.
+                                        read = client.read_buf(&mut cbuf), if room => {
+                                            let n = read.map_err(RelayError::Client)?;
+                                            if n == 0 {
+                                                let _ = target.shutdown().await;
+                                                return Ok(relay.stats);
+                                            }
+                                            relay.stats.bytes_from_client += n as u64;
+                                        }
+                                        // Results of earlier statements keep flowing.
+                                        read = target.read_buf(&mut tbuf) => {
+                                            let n = read.map_err(RelayError::Target)?;
+                                            relay.target_batch(&mut tbuf)?;
+                                            relay.flush(&mut client, &mut target).await?;
+                                            if n == 0 {
+                                                let _ = client.shutdown().await;
+                                                return Err(RelayError::TargetProtocol(
+                                                    "the target closed the connection".to_owned(),
+                                                ));
+                                            }
+                                        }
+                                    }
+                                }
+                            };
+                            match parse_name {
+                                None => relay.query_decided(&frame, decided)?,
+                                Some(name) => relay.parse_decided(&frame, name, decided)?,
+                            }
+                            relay.flush(&mut client, &mut target).await?;
+                        }
                     }
-                };
-                relay.flush(&mut client, &mut target).await?;
-                if let Flow::Terminate = flow {
-                    let _ = target.shutdown().await;
-                    let _ = client.shutdown().await;
-                    relay.stats.terminated = true;
-                    return Ok(relay.stats);
                 }
             }
             read = target.read_buf(&mut tbuf) => {
@@ -282,29 +358,35 @@ impl<G: StatementGate> Relay<'_, G> {
     }
 
     /// Handle every complete client message in `buf`.
-    async fn client_batch(&mut self, buf: &mut BytesMut) -> Result<Flow, RelayError> {
+    async fn client_batch(&mut self, buf: &mut BytesMut) -> Result<Flow<G::Hold>, RelayError> {
         loop {
             let frame = match wire::try_frame(buf, MAX_CLIENT_MESSAGE) {
                 Ok(Some(frame)) => frame,
                 Ok(None) => return Ok(Flow::Continue),
                 Err(e) => return Err(self.client_violation(e.to_string())),
             };
-            if let Flow::Terminate = self.client_message(frame).await? {
-                return Ok(Flow::Terminate);
+            match self.client_message(frame).await? {
+                Flow::Continue => {}
+                flow => return Ok(flow),
             }
         }
     }
 
-    async fn client_message(&mut self, frame: Frame) -> Result<Flow, RelayError> {
+    async fn client_message(&mut self, frame: Frame) -> Result<Flow<G::Hold>, RelayError> {
         match frame.tag {
             b'Q' => {
                 let query: Query = self.decode_client(&frame)?;
                 match self.decide(&query.query).await {
-                    Ok(grant) => {
-                        self.forward_decided(grant, &frame.bytes);
-                        self.pending.push_back(Pending::Query { refusal: None });
+                    Ok(Gated::Held { notice, hold }) => {
+                        self.push_notice(&notice)?;
+                        return Ok(Flow::Hold(Held {
+                            hold,
+                            frame,
+                            parse_name: None,
+                        }));
                     }
-                    Err(refusal) => self.refuse_whole(refusal)?,
+                    Ok(Gated::Granted(grant)) => self.query_decided(&frame, Ok(grant))?,
+                    Err(refusal) => self.query_decided(&frame, Err(refusal))?,
                 }
             }
             b'F' => {
@@ -325,29 +407,16 @@ impl<G: StatementGate> Relay<'_, G> {
                 let parse: Parse = self.decode_client(&frame)?;
                 let name = parse.name.clone().unwrap_or_default();
                 match self.decide(&parse.query).await {
-                    Ok(grant) => {
-                        self.forward_decided(grant, &frame.bytes);
-                        self.client_described_statements.remove(&name);
-                        self.pending.push_back(Pending::Parse { refusal: None, name });
-                        self.extended_open = true;
+                    Ok(Gated::Held { notice, hold }) => {
+                        self.push_notice(&notice)?;
+                        return Ok(Flow::Hold(Held {
+                            hold,
+                            frame,
+                            parse_name: Some(name),
+                        }));
                     }
-                    Err(refusal) => {
-                        self.stats.batches_refused += 1;
-                        self.discarding = true;
-                        if self.can_answer_locally() {
-                            self.answer_sync_locally = true;
-                            self.push_refusal(&refusal)?;
-                        } else {
-                            let placeholder = Parse::new(None, REFUSED_PLACEHOLDER.to_owned(), Vec::new());
-                            wire::encode(&placeholder, &mut self.to_upstream)
-                                .map_err(|e| RelayError::ClientProtocol(e.to_string()))?;
-                            self.pending.push_back(Pending::Parse {
-                                refusal: Some(refusal),
-                                name: String::new(),
-                            });
-                            self.extended_open = true;
-                        }
-                    }
+                    Ok(Gated::Granted(grant)) => self.parse_decided(&frame, name, Ok(grant))?,
+                    Err(refusal) => self.parse_decided(&frame, name, Err(refusal))?,
                 }
             }
             b'B' => {
@@ -446,6 +515,54 @@ impl<G: StatementGate> Relay<'_, G> {
         Ok(Flow::Continue)
     }
 
+    /// A simple Query, decided: forwarded with its grant, or refused whole.
+    fn query_decided(&mut self, frame: &Frame, decided: Result<G::Grant, Refusal>) -> Result<(), RelayError> {
+        match decided {
+            Ok(grant) => {
+                self.forward_decided(grant, &frame.bytes);
+                self.pending.push_back(Pending::Query { refusal: None });
+                Ok(())
+            }
+            Err(refusal) => self.refuse_whole(refusal),
+        }
+    }
+
+    /// A Parse, decided: forwarded with its grant, or refused with the rest of its
+    /// extended-protocol batch discarded up to Sync, as PostgreSQL does after an error.
+    fn parse_decided(
+        &mut self,
+        frame: &Frame,
+        name: String,
+        decided: Result<G::Grant, Refusal>,
+    ) -> Result<(), RelayError> {
+        match decided {
+            Ok(grant) => {
+                self.forward_decided(grant, &frame.bytes);
+                self.client_described_statements.remove(&name);
+                self.pending.push_back(Pending::Parse { refusal: None, name });
+                self.extended_open = true;
+            }
+            Err(refusal) => {
+                self.stats.batches_refused += 1;
+                self.discarding = true;
+                if self.can_answer_locally() {
+                    self.answer_sync_locally = true;
+                    self.push_refusal(&refusal)?;
+                } else {
+                    let placeholder = Parse::new(None, REFUSED_PLACEHOLDER.to_owned(), Vec::new());
+                    wire::encode(&placeholder, &mut self.to_upstream)
+                        .map_err(|e| RelayError::ClientProtocol(e.to_string()))?;
+                    self.pending.push_back(Pending::Parse {
+                        refusal: Some(refusal),
+                        name: String::new(),
+                    });
+                    self.extended_open = true;
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// Without a description the relay knows neither the names nor the formats of a
     /// portal's columns, and a client that skips Describe would get values past the
     /// column-name masking (and binary values past masking altogether). The relay asks
@@ -478,13 +595,25 @@ impl<G: StatementGate> Relay<'_, G> {
         drop(grant);
     }
 
-    async fn decide(&self, sql: &str) -> Result<G::Grant, Refusal> {
+    async fn decide(&self, sql: &str) -> Result<Gated<G::Grant, G::Hold>, Refusal> {
         let statements: Vec<Statement> = classify::classify(sql).map_err(|e| Refusal {
             sqlstate: "42601".to_owned(),
             message: e.to_string(),
             detail: Some("the gateway refuses statements it cannot parse".to_owned()),
         })?;
-        self.gate.decide(&statements).await
+        self.gate.decide(sql, &statements).await
+    }
+
+    /// A NoticeResponse to the client (psql prints it at once, as `NOTICE:  ...`).
+    fn push_notice(&mut self, message: &str) -> Result<(), RelayError> {
+        let fields = vec![
+            (b'S', "NOTICE".to_owned()),
+            (b'V', "NOTICE".to_owned()),
+            (b'C', "00000".to_owned()),
+            (b'M', message.to_owned()),
+        ];
+        wire::encode(&NoticeResponse::new(fields), &mut self.to_client)
+            .map_err(|e| RelayError::ClientProtocol(e.to_string()))
     }
 
     fn can_answer_locally(&self) -> bool {
@@ -977,8 +1106,13 @@ mod tests {
 
     impl StatementGate for Gate {
         type Grant = ();
+        type Hold = ();
 
-        async fn decide(&self, _: &[classify::Statement]) -> Result<(), Refusal> {
+        async fn decide(&self, _: &str, _: &[classify::Statement]) -> Result<Gated<(), ()>, Refusal> {
+            Ok(Gated::Granted(()))
+        }
+
+        async fn wait(&self, (): ()) -> Result<(), Refusal> {
             Ok(())
         }
 

@@ -6,20 +6,21 @@
 use std::borrow::Cow;
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::{BufMut, BytesMut};
-use gatehouse_core::{Gateway, Protocol, Refusal as CoreRefusal, RefusalKind, Session};
+use gatehouse_core::{Gateway, HeldRequest, Protocol, Refusal as CoreRefusal, RefusalKind, Session, Verdict};
 use gatehouse_mask::{MaskCounts, Masker};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{Semaphore, watch};
+use tokio::sync::{Notify, Semaphore, watch};
 use tokio_rustls::TlsAcceptor;
 
 use crate::classify::{Statement, StatementKind};
 use crate::config::PostgresConfig;
-use crate::relay::{self, Refusal, StatementGate};
+use crate::relay::{self, Gated, Refusal, StatementGate};
 use crate::upstream::{self, UpstreamConfig};
 
 const PROTOCOL_3_0: i32 = 196_608;
@@ -40,6 +41,8 @@ struct CancelTarget {
     upstream: UpstreamConfig,
     pid: i32,
     secret: i32,
+    /// The connection's gate listens here for a cancel of a held statement.
+    held: Arc<Notify>,
 }
 
 /// The PostgreSQL frontend, shared by every connection.
@@ -135,7 +138,12 @@ impl PostgresFrontend {
         let span = tracing::info_span!("session", session = %session.id(), user = %session.identity().display_name(), target = %session.target().name, protocol = "postgres");
         let _entered = span.enter();
         let key = upstream_conn.1;
-        let gate = SessionGate::new(session.clone(), session.masker().await.clone());
+        let held = self
+            .lock_cancels()
+            .get(&key)
+            .map(|t| Arc::clone(&t.held))
+            .unwrap_or_default();
+        let gate = SessionGate::new(session.clone(), session.masker().await.clone(), held);
         let mut shutdown = shutdown;
         let outcome = tokio::select! {
             r = relay::run(&mut stream, upstream_conn.0, &gate) => match r {
@@ -331,6 +339,7 @@ impl PostgresFrontend {
                     upstream: upstream.clone(),
                     pid: backend.0,
                     secret: backend.1,
+                    held: Arc::new(Notify::new()),
                 });
                 return (pid, secret);
             }
@@ -346,11 +355,13 @@ impl PostgresFrontend {
         let target = self
             .lock_cancels()
             .get(&(pid, secret))
-            .map(|t| (t.upstream.clone(), t.pid, t.secret));
-        let Some((config, pid, secret)) = target else {
+            .map(|t| (t.upstream.clone(), t.pid, t.secret, Arc::clone(&t.held)));
+        let Some((config, pid, secret, held)) = target else {
             tracing::debug!("CancelRequest with an unknown key ignored.");
             return;
         };
+        // A statement held for approval has not reached the target: withdraw it here.
+        held.notify_waiters();
         if let Err(error) = upstream::cancel(&config, pid, secret).await {
             tracing::warn!(%error, "Forwarding a cancel request failed.");
         }
@@ -365,14 +376,17 @@ struct SessionGate {
     /// Masking counts of the request whose rows are streaming now, audited when the next
     /// request is decided or the session ends.
     counts: Mutex<(u64, MaskCounts)>,
+    /// Woken by a CancelRequest for this connection: withdraws a statement held for approval.
+    cancel: Arc<Notify>,
 }
 
 impl SessionGate {
-    fn new(session: Session, masker: Masker) -> Self {
+    fn new(session: Session, masker: Masker, cancel: Arc<Notify>) -> Self {
         Self {
             session,
             masker,
             counts: Mutex::new((0, MaskCounts::default())),
+            cancel,
         }
     }
 
@@ -414,11 +428,14 @@ fn refusal(r: CoreRefusal) -> Refusal {
 
 impl StatementGate for SessionGate {
     type Grant = Vec<gatehouse_core::Permit>;
+    /// Permits of the batch's allowed statements, and the approval the rest waits for.
+    type Hold = (Vec<gatehouse_core::Permit>, HeldRequest);
 
-    async fn decide(&self, statements: &[Statement]) -> Result<Self::Grant, Refusal> {
+    async fn decide(&self, sql: &str, statements: &[Statement]) -> Result<Gated<Self::Grant, Self::Hold>, Refusal> {
         self.flush_masking().await;
         let audit_masker = Masker::all();
         let mut permits = Vec::with_capacity(statements.len());
+        let mut needed = Vec::new();
         for statement in statements {
             // Literals in the statement text may themselves be sensitive: the text that
             // policy sees and the audit log keeps is masked like a response would be.
@@ -431,15 +448,58 @@ impl StatementGate for SessionGate {
                 "has_where": statement.has_where,
                 "statement": text,
             });
-            let permit = self
+            match self
                 .session
-                .authorize(action(statement.kind), context)
+                .decide(action(statement.kind), context)
                 .await
-                .map_err(refusal)?;
-            self.counts.lock().unwrap_or_else(|p| p.into_inner()).0 = permit.request();
-            permits.push(permit);
+                .map_err(refusal)?
+            {
+                Verdict::Permit(permit) => {
+                    self.counts.lock().unwrap_or_else(|p| p.into_inner()).0 = permit.request();
+                    permits.push(permit);
+                }
+                Verdict::NeedsApproval(n) => needed.push(n),
+            }
         }
-        Ok(permits)
+        if needed.is_empty() {
+            return Ok(Gated::Granted(permits));
+        }
+        // One approval covers the whole query string, shown to the approvers in full
+        // (literals masked) and bound to its exact text.
+        let mut ignored = MaskCounts::default();
+        let shown = audit_masker.mask_text(sql, &mut ignored);
+        let held = self
+            .session
+            .hold(needed, &shown, sql.as_bytes())
+            .await
+            .map_err(refusal)?;
+        Ok(Gated::Held {
+            notice: held.notice(),
+            hold: (permits, held),
+        })
+    }
+
+    async fn wait(&self, (mut permits, held): Self::Hold) -> Result<Self::Grant, Refusal> {
+        let cancelled = AtomicBool::new(false);
+        let cancel = async {
+            self.cancel.notified().await;
+            cancelled.store(true, Ordering::Relaxed);
+        };
+        match held.wait_or_cancel(cancel).await {
+            Ok(more) => {
+                if let Some(last) = more.last() {
+                    self.counts.lock().unwrap_or_else(|p| p.into_inner()).0 = last.request();
+                }
+                permits.extend(more);
+                Ok(permits)
+            }
+            Err(r) if cancelled.load(Ordering::Relaxed) => Err(Refusal {
+                sqlstate: "57014".into(),
+                message: "canceling statement due to user request".into(),
+                detail: Some(r.message),
+            }),
+            Err(r) => Err(refusal(r)),
+        }
     }
 
     fn mask_value<'a>(&self, column: &str, value: &'a [u8]) -> Cow<'a, [u8]> {

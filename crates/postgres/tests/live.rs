@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use bytes::{BufMut, BytesMut};
 use gatehouse_postgres::classify::{Statement, StatementKind};
-use gatehouse_postgres::relay::{self, Refusal, StatementGate};
+use gatehouse_postgres::relay::{self, Gated, Refusal, StatementGate};
 use gatehouse_postgres::upstream::{self, TlsMode, Upstream, UpstreamConfig, UpstreamError};
 use gatehouse_testkit::postgres::PgServer;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -22,8 +22,18 @@ struct TestGate;
 
 impl StatementGate for TestGate {
     type Grant = ();
+    /// Whether the held batch will be approved.
+    type Hold = bool;
 
-    async fn decide(&self, statements: &[Statement]) -> Result<(), Refusal> {
+    /// Statements mentioning `held_approve` or `held_refuse` are held for 300 ms, then
+    /// granted or refused.
+    async fn decide(&self, sql: &str, statements: &[Statement]) -> Result<Gated<(), bool>, Refusal> {
+        if sql.contains("held_approve") || sql.contains("held_refuse") {
+            return Ok(Gated::Held {
+                notice: "held for approval".to_owned(),
+                hold: sql.contains("held_approve"),
+            });
+        }
         for s in statements {
             if s.kind != StatementKind::Read && s.tables.contains("customers") {
                 return Err(Refusal {
@@ -33,7 +43,20 @@ impl StatementGate for TestGate {
                 });
             }
         }
-        Ok(())
+        Ok(Gated::Granted(()))
+    }
+
+    async fn wait(&self, approve: bool) -> Result<(), Refusal> {
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        if approve {
+            Ok(())
+        } else {
+            Err(Refusal {
+                sqlstate: "42501".to_owned(),
+                message: "approval denied".to_owned(),
+                detail: None,
+            })
+        }
     }
 
     fn mask_value<'a>(&self, column: &str, value: &'a [u8]) -> Cow<'a, [u8]> {
@@ -258,6 +281,37 @@ async fn psql_read_passes_with_masking() {
     let out = psql(port, &["-c", "SELECT id, name, email FROM customers ORDER BY id"], None).await;
     assert!(out.ok, "{}", out.stderr);
     assert_eq!(out.stdout, "1|ann|***\n2|bob|***\n");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn held_statements_notify_then_run_or_fail_in_order() {
+    let pg = target();
+    let port = gateway(config(&pg, "gw", "gw-pass", "app")).await;
+    let script = "SELECT 'a';\nSELECT 'held_approve';\nSELECT 'held_refuse';\nSELECT 'b';\n";
+    let out = psql(port, &[], Some(script)).await;
+    assert_eq!(out.stdout, "a\nheld_approve\nb\n", "{}", out.stderr);
+    assert_eq!(
+        out.stderr.matches("NOTICE:  held for approval").count(),
+        2,
+        "{}",
+        out.stderr
+    );
+    assert!(out.stderr.contains("ERROR:  approval denied"), "{}", out.stderr);
+
+    // Extended protocol: the Parse is held, Bind/Execute/Sync wait in line behind it.
+    let client = tokio_client(port).await;
+    let rows = client
+        .query("SELECT $1::text || '-held_approve'", &[&"x"])
+        .await
+        .unwrap();
+    assert_eq!(rows[0].get::<_, String>(0), "x-held_approve");
+    let err = client
+        .query("SELECT $1::text || 'held_refuse'", &[&"x"])
+        .await
+        .unwrap_err();
+    assert_eq!(err.as_db_error().unwrap().message(), "approval denied");
+    let rows = client.query("SELECT 'after'", &[]).await.unwrap();
+    assert_eq!(rows[0].get::<_, &str>(0), "after");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -236,6 +236,26 @@ impl TestGateway {
         self.request("GET", path, None, None)
     }
 
+    /// Kills the gateway outright (SIGKILL: no draining, like a crash or a lost machine)
+    /// and starts it again on the same config and state directory.
+    pub fn kill_and_restart(&mut self) -> anyhow::Result<()> {
+        self.child.kill()?;
+        self.child.wait()?;
+        let log = std::fs::OpenOptions::new()
+            .append(true)
+            .open(self.dir.path().join("gateway.log"))?;
+        self.child = Command::new(&self.bin)
+            .args(["serve", "--config"])
+            .arg(&self.config)
+            .env("RUST_LOG", "info,gatehouse=debug")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .with_context(|| format!("cannot restart {}", self.bin.display()))?;
+        self.wait_healthy()
+    }
+
     /// Sends SIGHUP (policy reload).
     pub fn hangup(&self) -> anyhow::Result<()> {
         let status = Command::new("kill")
