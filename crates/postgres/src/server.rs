@@ -15,7 +15,7 @@ use gatehouse_core::{Gateway, HeldRequest, Protocol, Refusal as CoreRefusal, Ref
 use gatehouse_mask::{MaskCounts, Masker};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{Notify, Semaphore, watch};
+use tokio::sync::{Semaphore, watch};
 use tokio_rustls::TlsAcceptor;
 
 use crate::classify::{Statement, StatementKind};
@@ -41,8 +41,8 @@ struct CancelTarget {
     upstream: UpstreamConfig,
     pid: i32,
     secret: i32,
-    /// The connection's gate listens here for a cancel of a held statement.
-    held: Arc<Notify>,
+    /// Counts CancelRequests; the connection's gate watches it to withdraw a held statement.
+    cancels: Arc<watch::Sender<u64>>,
 }
 
 /// The PostgreSQL frontend, shared by every connection.
@@ -138,12 +138,12 @@ impl PostgresFrontend {
         let span = tracing::info_span!("session", session = %session.id(), user = %session.identity().display_name(), target = %session.target().name, protocol = "postgres");
         let _entered = span.enter();
         let key = upstream_conn.1;
-        let held = self
+        let cancels = self
             .lock_cancels()
             .get(&key)
-            .map(|t| Arc::clone(&t.held))
-            .unwrap_or_default();
-        let gate = SessionGate::new(session.clone(), session.masker().await.clone(), held);
+            .map(|t| t.cancels.subscribe())
+            .unwrap_or_else(|| watch::Sender::new(0).subscribe());
+        let gate = SessionGate::new(session.clone(), session.masker().await.clone(), cancels);
         let mut shutdown = shutdown;
         let outcome = tokio::select! {
             r = relay::run(&mut stream, upstream_conn.0, &gate) => match r {
@@ -339,7 +339,7 @@ impl PostgresFrontend {
                     upstream: upstream.clone(),
                     pid: backend.0,
                     secret: backend.1,
-                    held: Arc::new(Notify::new()),
+                    cancels: Arc::new(watch::Sender::new(0)),
                 });
                 return (pid, secret);
             }
@@ -355,13 +355,13 @@ impl PostgresFrontend {
         let target = self
             .lock_cancels()
             .get(&(pid, secret))
-            .map(|t| (t.upstream.clone(), t.pid, t.secret, Arc::clone(&t.held)));
-        let Some((config, pid, secret, held)) = target else {
+            .map(|t| (t.upstream.clone(), t.pid, t.secret, Arc::clone(&t.cancels)));
+        let Some((config, pid, secret, cancels)) = target else {
             tracing::debug!("CancelRequest with an unknown key ignored.");
             return;
         };
         // A statement held for approval has not reached the target: withdraw it here.
-        held.notify_waiters();
+        cancels.send_modify(|n| *n += 1);
         if let Err(error) = upstream::cancel(&config, pid, secret).await {
             tracing::warn!(%error, "Forwarding a cancel request failed.");
         }
@@ -376,17 +376,17 @@ struct SessionGate {
     /// Masking counts of the request whose rows are streaming now, audited when the next
     /// request is decided or the session ends.
     counts: Mutex<(u64, MaskCounts)>,
-    /// Woken by a CancelRequest for this connection: withdraws a statement held for approval.
-    cancel: Arc<Notify>,
+    /// Changes with each CancelRequest for this connection: withdraws a held statement.
+    cancels: watch::Receiver<u64>,
 }
 
 impl SessionGate {
-    fn new(session: Session, masker: Masker, cancel: Arc<Notify>) -> Self {
+    fn new(session: Session, masker: Masker, cancels: watch::Receiver<u64>) -> Self {
         Self {
             session,
             masker,
             counts: Mutex::new((0, MaskCounts::default())),
-            cancel,
+            cancels,
         }
     }
 
@@ -428,8 +428,9 @@ fn refusal(r: CoreRefusal) -> Refusal {
 
 impl StatementGate for SessionGate {
     type Grant = Vec<gatehouse_core::Permit>;
-    /// Permits of the batch's allowed statements, and the approval the rest waits for.
-    type Hold = (Vec<gatehouse_core::Permit>, HeldRequest);
+    /// Permits of the batch's allowed statements, the approval the rest waits for, and the
+    /// cancel counter as it was when the hold began (a cancel from then on withdraws it).
+    type Hold = (Vec<gatehouse_core::Permit>, HeldRequest, watch::Receiver<u64>);
 
     async fn decide(&self, sql: &str, statements: &[Statement]) -> Result<Gated<Self::Grant, Self::Hold>, Refusal> {
         self.flush_masking().await;
@@ -468,6 +469,8 @@ impl StatementGate for SessionGate {
         // (literals masked) and bound to its exact text.
         let mut ignored = MaskCounts::default();
         let shown = audit_masker.mask_text(sql, &mut ignored);
+        let mut cancels = self.cancels.clone();
+        cancels.mark_unchanged();
         let held = self
             .session
             .hold(needed, &shown, sql.as_bytes())
@@ -475,15 +478,19 @@ impl StatementGate for SessionGate {
             .map_err(refusal)?;
         Ok(Gated::Held {
             notice: held.notice(),
-            hold: (permits, held),
+            hold: (permits, held, cancels),
         })
     }
 
-    async fn wait(&self, (mut permits, held): Self::Hold) -> Result<Self::Grant, Refusal> {
+    async fn wait(&self, (mut permits, held, mut cancels): Self::Hold) -> Result<Self::Grant, Refusal> {
         let cancelled = AtomicBool::new(false);
         let cancel = async {
-            self.cancel.notified().await;
-            cancelled.store(true, Ordering::Relaxed);
+            if cancels.changed().await.is_ok() {
+                cancelled.store(true, Ordering::Relaxed);
+            } else {
+                // The frontend dropped the connection's entry: nobody can cancel any more.
+                std::future::pending::<()>().await;
+            }
         };
         match held.wait_or_cancel(cancel).await {
             Ok(more) => {
