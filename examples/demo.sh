@@ -60,9 +60,16 @@ State (audit log, keys, store) is in .demo/state. In another terminal:
   export PGPASSWORD=\$($bin token mint --config $config --sub alice --groups dba)
   psql "host=127.0.0.1 port=15432 dbname=orders user=alice sslmode=disable" -c 'SELECT * FROM customers'
 
-  # an agent: reads pass, a write on prod needs approval by dba-leads and is refused
-  export PGPASSWORD=\$($bin token mint --config $config --sub ci-bot --agent)
+  # an agent (owned by carol): reads pass, DROP TABLE is refused, and a write on prod
+  # waits for a dba-lead: psql prints NOTICE: waiting for approval XXXX-XXXX-XXXX ...
+  export PGPASSWORD=\$($bin token mint --config $config --sub ci-bot --agent --owner carol)
+  psql "host=127.0.0.1 port=15432 dbname=orders user=ci-bot sslmode=disable" -c "DROP TABLE customers"
   psql "host=127.0.0.1 port=15432 dbname=orders user=ci-bot sslmode=disable" -c "UPDATE customers SET name = 'x' WHERE id = 1"
+
+  # meanwhile, in a third terminal, a DBA lead approves it (carol, its owner, could not)
+  export GATEHOUSE_TOKEN=\$($bin token mint --config $config --sub dora --groups dba-leads)
+  $bin approvals list --config $config
+  $bin approvals approve XXXX-XXXX-XXXX --reason "ticket OPS-1" --config $config
 
   $bin audit sessions --config $config
   $bin audit verify --config $config
