@@ -394,3 +394,40 @@ async fn cancelling_a_held_statement_withdraws_it() {
         .unwrap();
     assert_eq!(rows[0].get::<_, &str>(0), "Ada");
 }
+
+#[test]
+fn watch_prints_pending_requests_as_they_arrive() {
+    use std::io::BufRead as _;
+    let s = setup();
+    let agent = agent_token(&s, "ci-bot", "carol");
+    let lead = s.gw.mint("dora", &["dba-leads"], false).unwrap();
+    let mut watch = Command::new(env!("CARGO_BIN_EXE_gatehouse"))
+        .args(["approvals", "watch", "--interval", "200ms", "--json", "--config"])
+        .arg(s.gw.config_path())
+        .env("GATEHOUSE_TOKEN", &lead)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    // If nothing is ever printed, end the watch so that the read below fails instead of hanging.
+    let pid = watch.id().to_string();
+    std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_secs(30));
+        let _ = Command::new("kill").arg(&pid).status();
+    });
+    let psql = spawn_psql(&s, &agent, "UPDATE customers SET name = 'Eve' WHERE id = 1");
+    let mut line = String::new();
+    let mut stdout = std::io::BufReader::new(watch.stdout.take().unwrap());
+    stdout.read_line(&mut line).unwrap();
+    watch.kill().unwrap();
+    watch.wait().unwrap();
+    let printed: Value = serde_json::from_str(&line).unwrap();
+    assert_eq!(printed["state"], "pending");
+    assert_eq!(printed["request"], "UPDATE customers SET name = 'Eve' WHERE id = 1");
+    let id = printed["id"].as_str().unwrap();
+    let o = approvals(&s, &lead, &["deny", id, "--reason", "not today"]);
+    assert!(o.status.success(), "{}", err(&o));
+    let o = finish(psql, Duration::from_secs(20));
+    assert!(err(&o).contains("not today"), "{}", err(&o));
+}
