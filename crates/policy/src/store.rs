@@ -2,13 +2,16 @@
 //! every `*.cedar` file, policy ids and approval annotations. The engine swaps whole
 //! sets, so everything a decision needs is computed here, once.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::time::SystemTime;
 
-use cedar_policy::{Effect, Entity, EntityTypeName, EntityUid, PolicyId, PolicySet, Schema, ValidationMode, Validator};
+use cedar_policy::{
+    ActionConstraint, Effect, Entities, Entity, EntityTypeName, EntityUid, PolicyId, PolicySet, Schema, ValidationMode,
+    Validator,
+};
 
 use crate::annotations::{self, ApprovalSpec};
 use crate::error::{PolicyError, Problem};
@@ -54,6 +57,10 @@ pub(crate) struct PolicyStore {
     pub(crate) meta: HashMap<PolicyId, PolicyMeta>,
     /// Action entities from the schema, so a request carries its action's parents.
     pub(crate) actions: HashMap<EntityUid, Entity>,
+    /// Per action, the policies whose action scope can match it. Cedar evaluates every
+    /// policy it is given, and a policy whose scope excludes the action can neither be
+    /// satisfied nor fail, so deciding with this subset gives the same answer, faster.
+    pub(crate) by_action: HashMap<EntityUid, PolicySet>,
     pub(crate) names: TypeNames,
     /// Policy files relative to the directory, sorted.
     pub(crate) files: Vec<PathBuf>,
@@ -192,14 +199,13 @@ impl PolicyStore {
         let names = TypeNames::new().map_err(|message| PolicyError::Invalid {
             problems: vec![Problem::in_file(&schema_rel, message)],
         })?;
-        let actions = schema
-            .action_entities()
-            .map_err(|e| PolicyError::Invalid {
-                problems: Problem::from_diagnostic(&schema_rel, &schema_src, &e),
-            })?
-            .iter()
-            .map(|e| (e.uid(), e.clone()))
-            .collect();
+        let action_entities = schema.action_entities().map_err(|e| PolicyError::Invalid {
+            problems: Problem::from_diagnostic(&schema_rel, &schema_src, &e),
+        })?;
+        let by_action = policies_by_action(&policies, &action_entities).map_err(|message| PolicyError::Invalid {
+            problems: vec![Problem::in_file(&schema_rel, message)],
+        })?;
+        let actions = action_entities.iter().map(|e| (e.uid(), e.clone())).collect();
 
         Ok(Self {
             schema,
@@ -207,12 +213,39 @@ impl PolicyStore {
             permits_only,
             meta,
             actions,
+            by_action,
             names,
             files,
             warnings,
             generation,
         })
     }
+}
+
+/// For each action, the policies whose action scope admits it (itself or an action group
+/// it belongs to, or any action).
+fn policies_by_action(policies: &PolicySet, actions: &Entities) -> Result<HashMap<EntityUid, PolicySet>, String> {
+    let mut by_action = HashMap::new();
+    for action in actions.iter() {
+        let uid = action.uid();
+        let mut lineage: HashSet<EntityUid> = actions.ancestors(&uid).into_iter().flatten().cloned().collect();
+        lineage.insert(uid.clone());
+        let mut subset = PolicySet::new();
+        for policy in policies.policies() {
+            let applies = match policy.action_constraint() {
+                ActionConstraint::Any => true,
+                ActionConstraint::Eq(a) => lineage.contains(&a),
+                ActionConstraint::In(list) => list.iter().any(|a| lineage.contains(a)),
+            };
+            if applies {
+                subset
+                    .add(policy.clone())
+                    .map_err(|e| format!("indexing policy {} by action: {e}", policy.id()))?;
+            }
+        }
+        by_action.insert(uid, subset);
+    }
+    Ok(by_action)
 }
 
 impl Fingerprint {

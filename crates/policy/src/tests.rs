@@ -829,3 +829,73 @@ approver_group = "dba-leads"
     fs::remove_file(dir.path().join("tests/cases.toml")).expect("remove");
     assert!(matches!(run_tests(dir.path()), Err(PolicyError::NoTests { .. })));
 }
+
+#[test]
+fn policies_scoped_to_an_action_group_apply_to_its_members() {
+    // Decisions use only the policies whose action scope admits the action; a scope that
+    // names a group the action belongs to must still admit it.
+    let dir = temp_policies(&[(
+        "group.cedar",
+        r#"@id("changes-by-dba")
+permit (principal in Group::"dba", action in Postgres::Action::"changes", resource);
+@id("any-action-forbid")
+forbid (principal, action, resource) when { principal.subject == "mallory" };"#,
+    )]);
+    let schema = fs::read_to_string(dir.path().join("schema.cedarschema")).unwrap();
+    let grouped = schema
+        .replace(
+            r#"  action "write" appliesTo"#,
+            "  action \"changes\";\n  action \"write\" in [\"changes\"] appliesTo",
+        )
+        .replace(
+            r#"  action "ddl" appliesTo"#,
+            r#"  action "ddl" in ["changes"] appliesTo"#,
+        );
+    assert_ne!(schema, grouped);
+    fs::write(dir.path().join("schema.cedarschema"), grouped).unwrap();
+    let engine = PolicyEngine::load(dir.path()).unwrap();
+    let dba = identity(PrincipalKind::User, "ann", &["dba"]);
+    let write = ask(
+        &engine,
+        &dba,
+        Namespace::Postgres,
+        "write",
+        &prod_db(),
+        statement("UPDATE", true),
+    );
+    assert_eq!(write.policies(), ["changes-by-dba"]);
+    assert!(write.is_allow());
+    assert!(
+        ask(
+            &engine,
+            &dba,
+            Namespace::Postgres,
+            "ddl",
+            &prod_db(),
+            statement("DROP", true)
+        )
+        .is_allow()
+    );
+    assert!(
+        !ask(
+            &engine,
+            &dba,
+            Namespace::Postgres,
+            "read",
+            &prod_db(),
+            statement("SELECT", true)
+        )
+        .is_allow()
+    );
+    // An unscoped action applies everywhere.
+    let mallory = identity(PrincipalKind::User, "mallory", &["dba"]);
+    let refused = ask(
+        &engine,
+        &mallory,
+        Namespace::Postgres,
+        "write",
+        &prod_db(),
+        statement("UPDATE", true),
+    );
+    assert_eq!(refused.policies(), ["any-action-forbid"]);
+}
