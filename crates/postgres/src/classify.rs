@@ -9,11 +9,15 @@
 //! judged by name from a fixed list (catalog volatility is looked up elsewhere); an
 //! unqualified table named like a CTE of the same statement is taken to be the CTE.
 
+mod cache;
+
 use std::collections::BTreeSet;
 
 use pg_query::NodeEnum;
 use pg_query::protobuf::{self, TransactionStmtKind, VariableSetKind};
 use serde_json::Value;
+
+pub use cache::{ClassifyCache, shape};
 
 /// What a statement does, for policy. Ordered for escalation among Read..Admin.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]

@@ -187,6 +187,8 @@ const MAX_HELD_INPUT: usize = 1024 * 1024;
 
 struct Relay<'g, G> {
     gate: &'g G,
+    /// Classifications of this connection's recent statement shapes.
+    classified: classify::ClassifyCache,
     pending: VecDeque<Pending>,
     statements: HashMap<String, Vec<Column>>,
     portals: HashMap<String, Portal>,
@@ -227,6 +229,7 @@ where
     let mut cbuf = BytesMut::with_capacity(READ_CHUNK);
     let mut relay = Relay {
         gate,
+        classified: classify::ClassifyCache::default(),
         pending: VecDeque::new(),
         statements: HashMap::new(),
         portals: HashMap::new(),
@@ -595,8 +598,8 @@ impl<G: StatementGate> Relay<'_, G> {
         drop(grant);
     }
 
-    async fn decide(&self, sql: &str) -> Result<Gated<G::Grant, G::Hold>, Refusal> {
-        let statements: Vec<Statement> = classify::classify(sql).map_err(|e| Refusal {
+    async fn decide(&mut self, sql: &str) -> Result<Gated<G::Grant, G::Hold>, Refusal> {
+        let statements: Vec<Statement> = self.classified.classify(sql).map_err(|e| Refusal {
             sqlstate: "42601".to_owned(),
             message: e.to_string(),
             detail: Some("the gateway refuses statements it cannot parse".to_owned()),

@@ -3,9 +3,15 @@
 use super::*;
 use StatementKind::*;
 
+/// Every rule holds through the per-connection cache too: a statement classifies the same
+/// whether or not one of its shape (same text, other values) was seen before.
 fn one(sql: &str) -> Statement {
     let mut all = classify(sql).unwrap();
     assert_eq!(all.len(), 1, "{sql}: {all:?}");
+    let mut cache = ClassifyCache::default();
+    for _ in 0..2 {
+        assert_eq!(cache.classify(sql).unwrap(), all, "{sql} through the cache");
+    }
     all.remove(0)
 }
 
