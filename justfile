@@ -19,6 +19,11 @@ setup:
     if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 && ! command -v initdb >/dev/null; then
         missing+=(postgresql)
     fi
+    # Python clients the tests drive (psycopg 3 for PostgreSQL), from PyPI.
+    if ! python3 -c 'import psycopg' 2>/dev/null; then
+        python3 -m pip install --quiet --disable-pip-version-check 'psycopg[binary]>=3.1' \
+            || python3 -m pip install --quiet --disable-pip-version-check --break-system-packages 'psycopg[binary]>=3.1'
+    fi
     if [ ${#missing[@]} -eq 0 ]; then
         echo "setup: everything needed is installed"
         exit 0

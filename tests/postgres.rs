@@ -366,3 +366,60 @@ fn a_session_ends_when_its_token_expires() {
     let segment = std::fs::read_to_string(s.gw.audit_dir().join("segment-000001.jsonl")).unwrap();
     assert!(segment.contains("token expired"), "the end is audited with its reason");
 }
+
+/// Python's psycopg 3 (installed by `just setup`): server-side prepared statements with
+/// parameters, binary results masked type-correctly, a refusal as a typed exception.
+#[test]
+fn psycopg_prepared_statements_binary_results_and_refusals() {
+    let s = setup();
+    let token = s.gw.mint("alice", &["dba"], false).unwrap();
+    let script = r#"
+import json, os, sys
+import psycopg
+conn = psycopg.connect(host="127.0.0.1", port=int(os.environ["PORT"]), dbname="orders",
+                       user="someone", password=os.environ["TOKEN"], sslmode="disable", autocommit=True)
+out = {}
+with conn.cursor() as cur:
+    # prepare=True: Parse once as a named statement, then Bind/Execute with each value.
+    out["prepared"] = [cur.execute("SELECT name, email FROM customers WHERE id = %s", (i,), prepare=True).fetchone()
+                       for i in (1, 2, 1)]
+with conn.cursor(binary=True) as cur:
+    out["binary"] = cur.execute("SELECT id, email, card FROM customers ORDER BY id").fetchall()
+try:
+    conn.execute("DELETE FROM customers")
+    out["refused"] = None
+except psycopg.errors.InsufficientPrivilege as e:
+    out["refused"] = [e.sqlstate, str(e)]
+out["after"] = conn.execute("SELECT count(*) FROM customers").fetchone()[0]
+print(json.dumps(out))
+"#;
+    let o = Command::new("python3")
+        .args(["-c", script])
+        .env("PORT", s.port.to_string())
+        .env("TOKEN", &token)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}\n{}", err(&o), s.gw.log());
+    let v: serde_json::Value = serde_json::from_str(out(&o).trim()).unwrap();
+    assert_eq!(
+        v["prepared"],
+        serde_json::json!([
+            ["Ada", "a***@example.com"],
+            ["Bob", "b***@example.org"],
+            ["Ada", "a***@example.com"]
+        ])
+    );
+    let binary = v["binary"].as_array().unwrap();
+    assert_eq!(binary[0][0], 1, "integers decode from binary");
+    assert_eq!(binary[0][1], "a***@example.com");
+    assert!(!binary[0][2].as_str().unwrap().contains("4111 1111"), "{binary:?}");
+    assert_eq!(v["refused"][0], "42501");
+    assert!(
+        v["refused"][1]
+            .as_str()
+            .unwrap()
+            .contains("prod-no-unbounded-update-delete"),
+        "{v}"
+    );
+    assert_eq!(v["after"], 2);
+}
