@@ -22,6 +22,11 @@ struct Setup {
 }
 
 fn setup() -> Setup {
+    setup_with("")
+}
+
+/// `extra`: more config (e.g. `[approvals]`).
+fn setup_with(extra: &str) -> Setup {
     let pg = PgServer::start().unwrap();
     pg.create_role("gatehouse_orders", PASSWORD).unwrap();
     pg.create_database("orders", "gatehouse_orders").unwrap();
@@ -55,6 +60,8 @@ user = "gatehouse_orders"
 password_file = "{pw}"
 tls = "disable"
 labels = {{ env = "prod" }}
+
+{extra}
 "#,
             pg_port = pg.port(),
             pw = pw.display(),
@@ -71,12 +78,19 @@ labels = {{ env = "prod" }}
 
 /// An agent token whose owner (the person responsible for it) is `owner`.
 fn agent_token(s: &Setup, sub: &str, owner: &str) -> String {
+    agent_token_in(s, sub, owner, "")
+}
+
+/// An agent token in `groups` (comma-separated).
+fn agent_token_in(s: &Setup, sub: &str, owner: &str, groups: &str) -> String {
     let cfg = s.gw.config_path().display().to_string();
-    let o =
-        s.gw.cli(&[
-            "token", "mint", "--config", &cfg, "--sub", sub, "--agent", "--owner", owner,
-        ])
-        .unwrap();
+    let mut args = vec![
+        "token", "mint", "--config", &cfg, "--sub", sub, "--agent", "--owner", owner,
+    ];
+    if !groups.is_empty() {
+        args.extend(["--groups", groups]);
+    }
+    let o = s.gw.cli(&args).unwrap();
     assert!(o.status.success(), "{}", err(&o));
     out(&o).trim().to_string()
 }
@@ -430,4 +444,151 @@ fn watch_prints_pending_requests_as_they_arrive() {
     assert!(o.status.success(), "{}", err(&o));
     let o = finish(psql, Duration::from_secs(20));
     assert!(err(&o).contains("not today"), "{}", err(&o));
+}
+
+/// A webhook receiver on loopback: records each POST body; answers the first with 500 (so
+/// the gateway must retry) and the rest with 200.
+struct Receiver {
+    url: String,
+    bodies: std::sync::Arc<std::sync::Mutex<Vec<Value>>>,
+}
+
+fn receiver() -> Receiver {
+    use std::io::{BufRead as _, Read as _, Write as _};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}/hooks/dba-leads", listener.local_addr().unwrap());
+    let bodies = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let seen = bodies.clone();
+    std::thread::spawn(move || {
+        for (n, stream) in listener.incoming().enumerate() {
+            let Ok(mut stream) = stream else { return };
+            let mut reader = std::io::BufReader::new(stream.try_clone().unwrap());
+            let mut length = 0;
+            loop {
+                let mut line = String::new();
+                if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
+                    break;
+                }
+                if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                    length = v.trim().parse().unwrap_or(0);
+                }
+            }
+            let mut body = vec![0; length];
+            if reader.read_exact(&mut body).is_ok()
+                && let Ok(v) = serde_json::from_slice(&body)
+            {
+                seen.lock().unwrap().push(v);
+            }
+            let status = if n == 0 { "500 Internal Server Error" } else { "200 OK" };
+            let _ = write!(
+                stream,
+                "HTTP/1.1 {status}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+            );
+        }
+    });
+    Receiver { url, bodies }
+}
+
+#[test]
+fn two_approvers_release_it_each_counts_once_and_the_group_webhook_hears_of_it() {
+    let hook = receiver();
+    let s = setup_with(&format!(
+        "[approvals]\nlink_base = \"https://gatehouse.example\"\n\n[[approvals.webhooks]]\ngroup = \"dba-leads\"\nurl = \"{}\"\n",
+        hook.url
+    ));
+    let path = s.gw.policy_dir().join("postgres.cedar");
+    let text = std::fs::read_to_string(&path).unwrap();
+    std::fs::write(
+        &path,
+        text.replace(
+            "@approval(\"dba-leads\")\n",
+            "@approval(\"dba-leads\")\n@approvals_required(\"2\")\n",
+        ),
+    )
+    .unwrap();
+    s.gw.hangup().unwrap();
+    assert!(s.gw.wait_for(Duration::from_secs(10), || s.gw.log().contains("Policies reloaded")));
+
+    // The agent is itself in the approver group: still never its own approver.
+    let agent = agent_token_in(&s, "ci-bot", "carol", "dba-leads");
+    let dora = s.gw.mint("dora", &["dba-leads"], false).unwrap();
+    let fred = s.gw.mint("fred", &["dba-leads"], false).unwrap();
+    let sql = "DELETE FROM customers WHERE id = 2";
+    let mut psql = spawn_psql(&s, &agent, sql);
+    let id = wait_pending(&s, &dora)["id"].as_str().unwrap().to_string();
+    let o = approvals(&s, &agent, &["approve", &id]);
+    assert!(!o.status.success());
+    assert!(err(&o).contains("your own request"), "{}", err(&o));
+
+    let o = approvals(&s, &dora, &["approve", &id, "--reason", "ok"]);
+    assert!(o.status.success(), "{}", err(&o));
+    assert!(err(&o).contains("1 of 2 approvals"), "{}", err(&o));
+    let o = approvals(&s, &dora, &["approve", &id]);
+    assert!(!o.status.success(), "the same approver counts once");
+    assert!(err(&o).contains("already voted"), "{}", err(&o));
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(
+        psql.try_wait().unwrap().is_none(),
+        "one approval of two does not release it"
+    );
+    assert_eq!(direct(&s, "SELECT count(*) FROM customers"), "2\n");
+
+    let o = approvals(&s, &fred, &["approve", &id]);
+    assert!(o.status.success(), "{}", err(&o));
+    let o = finish(psql, Duration::from_secs(20));
+    assert!(o.status.success(), "{}", err(&o));
+    assert_eq!(direct(&s, "SELECT count(*) FROM customers"), "1\n");
+
+    // Single use: the same statement again waits again, under a new id.
+    let again = spawn_psql(&s, &agent, sql);
+    let second = wait_pending(&s, &dora)["id"].as_str().unwrap().to_string();
+    assert_ne!(second, id);
+    let o = approvals(&s, &fred, &["deny", &second, "--reason", "once is enough"]);
+    assert!(o.status.success(), "{}", err(&o));
+    let o = finish(again, Duration::from_secs(20));
+    assert!(err(&o).contains("once is enough"), "{}", err(&o));
+
+    let kinds = audit_kinds(&s);
+    assert!(
+        kinds.iter().any(|k| k == "approval_refused"),
+        "refused attempts are audited: {kinds:?}"
+    );
+
+    // Webhooks: created (retried after the receiver's 500) and decided, for both requests.
+    let events = |b: &Vec<Value>| -> Vec<(String, String)> {
+        b.iter()
+            .map(|v| {
+                (
+                    v["event"].as_str().unwrap_or("").to_string(),
+                    v["approval"]["id"].as_str().unwrap_or("").to_string(),
+                )
+            })
+            .collect()
+    };
+    let expected = [
+        ("approval_requested".to_string(), id.clone()),
+        ("approval_approved".to_string(), id.clone()),
+        ("approval_requested".to_string(), second.clone()),
+        ("approval_denied".to_string(), second.clone()),
+    ];
+    let delivered = s.gw.wait_for(Duration::from_secs(15), || {
+        let got = events(&hook.bodies.lock().unwrap());
+        expected.iter().all(|e| got.contains(e))
+    });
+    let bodies = hook.bodies.lock().unwrap().clone();
+    assert!(delivered, "{:?}\n{}", events(&bodies), s.gw.log());
+    assert!(s.gw.log().contains("Webhook delivery failed"), "the 500 was logged");
+    let first = bodies.iter().find(|b| b["event"] == "approval_requested").unwrap();
+    let text = first["text"].as_str().unwrap();
+    assert!(text.contains("Approval needed from dba-leads"), "{text}");
+    assert!(text.contains("ci-bot (agent of carol)"), "{text}");
+    assert!(
+        text.contains(&format!("<https://gatehouse.example/approvals/{id}|{id}>")),
+        "{text}"
+    );
+    let denied = bodies.iter().find(|b| b["event"] == "approval_denied").unwrap();
+    assert!(
+        denied["text"].as_str().unwrap().contains("Denied: once is enough"),
+        "{denied}"
+    );
 }

@@ -126,6 +126,18 @@ pub enum AuditEvent {
         /// Why.
         reason: String,
     },
+    /// Someone tried to approve or deny and was refused (their own request, not in the
+    /// approver group, not permitted by policy, ...).
+    ApprovalRefused {
+        /// Approval id.
+        approval: String,
+        /// Who tried.
+        approver: Actor,
+        /// `approve` or `deny`.
+        attempted: String,
+        /// Why it was refused.
+        reason: String,
+    },
     /// Nobody decided in time.
     ApprovalExpired {
         /// Approval id.
@@ -246,6 +258,7 @@ impl AuditEvent {
             Self::AuthenticationFailed { .. }
             | Self::ApprovalGranted { .. }
             | Self::ApprovalDenied { .. }
+            | Self::ApprovalRefused { .. }
             | Self::ApprovalExpired { .. }
             | Self::ApprovalWithdrawn { .. }
             | Self::CredentialIssued { .. }
@@ -261,6 +274,7 @@ impl AuditEvent {
             Self::ApprovalRequested { approval, .. }
             | Self::ApprovalGranted { approval, .. }
             | Self::ApprovalDenied { approval, .. }
+            | Self::ApprovalRefused { approval, .. }
             | Self::ApprovalExpired { approval }
             | Self::ApprovalWithdrawn { approval, .. }
             | Self::ApprovalExecuted { approval, .. } => Some(approval),
@@ -278,6 +292,7 @@ impl AuditEvent {
             Self::ApprovalRequested { .. } => "approval_requested",
             Self::ApprovalGranted { .. } => "approval_granted",
             Self::ApprovalDenied { .. } => "approval_denied",
+            Self::ApprovalRefused { .. } => "approval_refused",
             Self::ApprovalExpired { .. } => "approval_expired",
             Self::ApprovalWithdrawn { .. } => "approval_withdrawn",
             Self::ApprovalExecuted { .. } => "approval_executed",

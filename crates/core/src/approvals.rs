@@ -163,6 +163,13 @@ pub trait ApprovalStore: Send + Sync {
     fn set_state(&self, id: &str, from: ApprovalState, to: ApprovalState) -> Result<bool, ApprovalError>;
 }
 
+/// Told about each request when it is created and when it is decided (approved, denied,
+/// expired, withdrawn), e.g. to post webhooks. Called on the broker's path: an
+/// implementation must hand slow work (network) to a task of its own and return at once.
+pub trait ApprovalListener: Send + Sync {
+    fn notify(&self, request: &ApprovalRequest);
+}
+
 /// What a waiting enforcement path holds. Dropping it withdraws a pending request:
 /// the client is gone.
 pub struct Waiter {
@@ -188,6 +195,7 @@ struct Shared {
     store: Arc<dyn ApprovalStore>,
     audit: AuditLog,
     live: Mutex<HashMap<String, Arc<Live>>>,
+    listener: Option<Arc<dyn ApprovalListener>>,
 }
 
 impl ApprovalState {
@@ -252,10 +260,19 @@ impl ApprovalBroker {
                 store,
                 audit,
                 live: Mutex::new(HashMap::new()),
+                listener: None,
             }),
             policy,
             default_timeout: DEFAULT_APPROVAL_TIMEOUT,
         }
+    }
+
+    /// Tells `listener` about every request created and decided.
+    pub fn with_listener(mut self, listener: Arc<dyn ApprovalListener>) -> Self {
+        if let Some(shared) = Arc::get_mut(&mut self.shared) {
+            shared.listener = Some(listener);
+        }
+        self
     }
 
     /// The timeout for requests whose policy names none.
@@ -350,6 +367,7 @@ impl ApprovalBroker {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
             .insert(request.id.clone(), live.clone());
         tokio::spawn(watch_request(self.shared.clone(), request.id.clone(), live, timeout));
+        self.shared.tell_listener(&request.id);
         let waiter = Waiter {
             id: request.id.clone(),
             rx,
@@ -370,7 +388,7 @@ impl ApprovalBroker {
         approver: &Identity,
         reason: Option<&str>,
     ) -> Result<ApprovalRequest, ApprovalError> {
-        let request = self.decidable(id, approver).await?;
+        let request = self.decidable(id, approver, "approve").await?;
         let vote = Vote {
             approver: Actor::from(approver),
             approved: true,
@@ -378,7 +396,7 @@ impl ApprovalBroker {
             at: SystemTime::now(),
         };
         if !self.shared.store.record_vote(id, &vote)? {
-            return Err(ApprovalError::AlreadyVoted);
+            return Err(self.refused(id, approver, "approve", ApprovalError::AlreadyVoted).await);
         }
         self.shared
             .audit
@@ -405,7 +423,7 @@ impl ApprovalBroker {
 
     /// Refuses the request with `reason`; one denial decides.
     pub async fn deny(&self, id: &str, approver: &Identity, reason: &str) -> Result<ApprovalRequest, ApprovalError> {
-        self.decidable(id, approver).await?;
+        self.decidable(id, approver, "deny").await?;
         let vote = Vote {
             approver: Actor::from(approver),
             approved: false,
@@ -413,7 +431,7 @@ impl ApprovalBroker {
             at: SystemTime::now(),
         };
         if !self.shared.store.record_vote(id, &vote)? {
-            return Err(ApprovalError::AlreadyVoted);
+            return Err(self.refused(id, approver, "deny", ApprovalError::AlreadyVoted).await);
         }
         let outcome = Outcome::Denied {
             approver: vote.approver.clone(),
@@ -491,8 +509,43 @@ impl ApprovalBroker {
         self.get(id)
     }
 
-    /// The request, if `approver` may decide it now; segregation of duties, then policy.
-    async fn decidable(&self, id: &str, approver: &Identity) -> Result<ApprovalRequest, ApprovalError> {
+    /// Audits a refused attempt to decide a request (best effort: the refusal stands either
+    /// way) and hands the error back.
+    async fn refused(&self, id: &str, approver: &Identity, attempted: &str, error: ApprovalError) -> ApprovalError {
+        let event = AuditEvent::ApprovalRefused {
+            approval: id.into(),
+            approver: Actor::from(approver),
+            attempted: attempted.into(),
+            reason: error.to_string(),
+        };
+        if let Err(audit) = self.shared.audit.append(event).await {
+            tracing::error!(approval = %id, error = %audit, "Audit write of a refused approval failed.");
+        }
+        error
+    }
+
+    /// The request, if `approver` may decide it now; refusals are audited.
+    async fn decidable(
+        &self,
+        id: &str,
+        approver: &Identity,
+        attempted: &str,
+    ) -> Result<ApprovalRequest, ApprovalError> {
+        match self.check_decidable(id, approver).await {
+            Ok(request) => Ok(request),
+            // Unknown ids and store failures are not attempts on a request.
+            Err(
+                error @ (ApprovalError::NotFound
+                | ApprovalError::Store(_)
+                | ApprovalError::Corrupt(_)
+                | ApprovalError::Audit(_)),
+            ) => Err(error),
+            Err(error) => Err(self.refused(id, approver, attempted, error).await),
+        }
+    }
+
+    /// Segregation of duties, then policy.
+    async fn check_decidable(&self, id: &str, approver: &Identity) -> Result<ApprovalRequest, ApprovalError> {
         let request = self.get(id)?;
         if request.state != ApprovalState::Pending {
             return Err(match request.state {
@@ -569,8 +622,22 @@ impl Shared {
             live.tx.send_replace(Some(outcome));
             live.done.notify_one();
         }
+        self.tell_listener(id);
         appended?;
         Ok(true)
+    }
+
+    fn tell_listener(&self, id: &str) {
+        let Some(listener) = &self.listener else {
+            return;
+        };
+        match self.store.get(id) {
+            Ok(Some(request)) => listener.notify(&request),
+            Ok(None) => {}
+            Err(error) => {
+                tracing::warn!(approval = %id, %error, "Could not read an approval request to notify about it.")
+            }
+        }
     }
 }
 

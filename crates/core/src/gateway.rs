@@ -112,6 +112,8 @@ pub struct GatewayParts {
     pub max_session_lifetime: Option<Duration>,
     /// How long a held request waits when its policy names no timeout.
     pub approval_timeout: Duration,
+    /// Told about approval requests as they are created and decided (webhooks).
+    pub approval_listener: Option<Arc<dyn crate::approvals::ApprovalListener>>,
 }
 
 /// The shared state every frontend holds an `Arc` of.
@@ -143,8 +145,11 @@ impl Gateway {
         let db = parts.state_dir.join("gatehouse.db");
         let credentials = CredentialStore::open(&db)?;
         let store = SqliteApprovalStore::open(&db).map_err(|e| CoreError::Invalid(e.to_string()))?;
-        let approvals = ApprovalBroker::new(Arc::new(store), Arc::clone(&parts.policy), parts.audit.clone())
+        let mut approvals = ApprovalBroker::new(Arc::new(store), Arc::clone(&parts.policy), parts.audit.clone())
             .with_default_timeout(parts.approval_timeout);
+        if let Some(listener) = parts.approval_listener {
+            approvals = approvals.with_listener(listener);
+        }
         Ok(Arc::new(Self {
             verifier: parts.verifier,
             policy: parts.policy,

@@ -12,8 +12,8 @@ mod session;
 mod throttle;
 
 pub use approvals::{
-    ApprovalBroker, ApprovalError, ApprovalRequest, ApprovalState, ApprovalStore, DEFAULT_APPROVAL_TIMEOUT,
-    NewApproval, Outcome, SqliteApprovalStore, Vote, Waiter,
+    ApprovalBroker, ApprovalError, ApprovalListener, ApprovalRequest, ApprovalState, ApprovalStore,
+    DEFAULT_APPROVAL_TIMEOUT, NewApproval, Outcome, SqliteApprovalStore, Vote, Waiter,
 };
 pub use credentials::{CREDENTIAL_PREFIX, CredentialInfo, CredentialStore, IssuedCredential};
 pub use error::{CoreError, Refusal, RefusalKind};

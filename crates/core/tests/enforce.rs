@@ -63,6 +63,7 @@ fn fixture_with(policies: &Path) -> Fixture {
         ],
         max_session_lifetime: None,
         approval_timeout: gatehouse_core::DEFAULT_APPROVAL_TIMEOUT,
+        approval_listener: None,
     })
     .unwrap();
     Fixture {

@@ -125,12 +125,29 @@ pub struct ApprovalsConfig {
     /// How long a held request waits when its policy's `@approval` names no timeout.
     #[serde(default = "default_approval_timeout", with = "human_duration")]
     pub default_timeout: Duration,
+    /// Base URL of the pages linked from notifications (`{link_base}/approvals/{id}`);
+    /// the admin listener's URL when absent.
+    pub link_base: Option<String>,
+    /// Where to post each approver group's notifications.
+    #[serde(default)]
+    pub webhooks: Vec<WebhookConfig>,
+}
+
+/// `[[approvals.webhooks]]`: one approver group's incoming webhook.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WebhookConfig {
+    pub group: String,
+    /// http:// or https:// URL (Slack, Mattermost, or any receiver of JSON).
+    pub url: String,
 }
 
 impl Default for ApprovalsConfig {
     fn default() -> Self {
         Self {
             default_timeout: default_approval_timeout(),
+            link_base: None,
+            webhooks: Vec::new(),
         }
     }
 }
@@ -234,6 +251,25 @@ impl Config {
             );
         }
         self.audit.validate().map_err(|e| format!("audit: {e}"))?;
+        let mut groups = std::collections::HashSet::new();
+        for (i, hook) in self.approvals.webhooks.iter().enumerate() {
+            let uri: http::Uri = hook
+                .url
+                .parse()
+                .map_err(|e| format!("approvals.webhooks[{i}].url: {e}"))?;
+            if !matches!(uri.scheme_str(), Some("http" | "https")) || uri.host().is_none() {
+                return Err(format!(
+                    "approvals.webhooks[{i}].url: {:?} is not an http:// or https:// URL",
+                    hook.url
+                ));
+            }
+            if !groups.insert(hook.group.as_str()) {
+                return Err(format!(
+                    "approvals.webhooks[{i}].group: {:?} has two webhooks",
+                    hook.group
+                ));
+            }
+        }
         if let Some(pg) = &self.postgres {
             pg.validate()?;
         }

@@ -12,6 +12,7 @@ mod cmd_token;
 mod config;
 mod serve;
 mod tls;
+mod webhooks;
 
 use std::path::PathBuf;
 use std::process::ExitCode;

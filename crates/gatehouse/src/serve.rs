@@ -92,6 +92,7 @@ async fn serve(config: Config, policy: PolicyEngine) -> anyhow::Result<()> {
         targets: config.targets(),
         max_session_lifetime: config.session.max_lifetime,
         approval_timeout: config.approvals.default_timeout,
+        approval_listener: approval_listener(&config)?,
     })?;
     match gateway.approvals().mark_orphans_withdrawn().await {
         Ok(0) => {}
@@ -224,4 +225,24 @@ fn create_private_dir(dir: &Path) -> anyhow::Result<()> {
         .mode(0o700)
         .create(dir)
         .with_context(|| format!("cannot create state_dir {}", dir.display()))
+}
+
+/// Webhooks for approval notifications, when any are configured.
+fn approval_listener(config: &Config) -> anyhow::Result<Option<Arc<dyn gatehouse_core::ApprovalListener>>> {
+    let approvals = &config.approvals;
+    if approvals.webhooks.is_empty() {
+        return Ok(None);
+    }
+    let by_group = approvals
+        .webhooks
+        .iter()
+        .map(|w| (w.group.clone(), w.url.clone()))
+        .collect();
+    let link_base = approvals.link_base.clone().unwrap_or_else(|| config.admin_url());
+    let hooks = crate::webhooks::Webhooks::new(by_group, link_base).context("approval webhooks")?;
+    tracing::info!(
+        groups = approvals.webhooks.len(),
+        "Approval notifications go to webhooks."
+    );
+    Ok(Some(Arc::new(hooks)))
 }
