@@ -152,7 +152,10 @@ async fn segregation_of_duties_refuses_each_rule() {
     let after = f.broker.get(id).unwrap();
     assert_eq!(after.state, ApprovalState::Pending);
     assert!(after.votes.is_empty());
-    assert_eq!(f.audited(id), ["approval_requested"]);
+    // Each refused attempt on it is on record.
+    let mut expected = vec!["approval_requested"];
+    expected.extend(["approval_refused"; 6]);
+    assert_eq!(f.audited(id), expected);
 }
 
 #[tokio::test]
@@ -210,7 +213,10 @@ async fn dba_lead_approves_an_agents_request() {
         matches!(err, ApprovalError::AlreadyDecided(ApprovalState::Approved)),
         "{err}"
     );
-    assert_eq!(f.audited(&request.id), ["approval_requested", "approval_granted"]);
+    assert_eq!(
+        f.audited(&request.id),
+        ["approval_requested", "approval_granted", "approval_refused"]
+    );
 }
 
 #[tokio::test]
@@ -236,7 +242,12 @@ async fn two_distinct_approvers_are_needed_for_a_quorum_of_two() {
     }
     assert_eq!(
         f.audited(&request.id),
-        ["approval_requested", "approval_granted", "approval_granted"]
+        [
+            "approval_requested",
+            "approval_granted",
+            "approval_refused",
+            "approval_granted"
+        ]
     );
 }
 
@@ -263,7 +274,10 @@ async fn a_denial_resolves_the_wait_with_its_reason() {
         matches!(err, ApprovalError::AlreadyDecided(ApprovalState::Denied)),
         "{err}"
     );
-    assert_eq!(f.audited(&request.id), ["approval_requested", "approval_denied"]);
+    assert_eq!(
+        f.audited(&request.id),
+        ["approval_requested", "approval_denied", "approval_refused"]
+    );
 }
 
 #[tokio::test(start_paused = true)]
@@ -280,7 +294,10 @@ async fn an_undecided_request_expires() {
         .await
         .unwrap_err();
     assert!(matches!(err, ApprovalError::Expired), "{err}");
-    assert_eq!(f.audited(&request.id), ["approval_requested", "approval_expired"]);
+    assert_eq!(
+        f.audited(&request.id),
+        ["approval_requested", "approval_expired", "approval_refused"]
+    );
 }
 
 #[tokio::test]
