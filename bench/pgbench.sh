@@ -6,8 +6,9 @@
 #
 # Needs target/release/gatehouse and target/release/copy-relay
 # (`cargo build --release -p gatehouse -p gatehouse-testkit`), the PostgreSQL server
-# binaries, psql, pgbench and curl. DURATION (seconds per run, default 15), SCALE (pgbench
-# scale factor, default 10), CLIENTS (default 4) and THREADS (default 2) tune it.
+# binaries, psql, pgbench and curl; pgbouncer (session mode) is compared when installed.
+# DURATION (seconds per run, default 15), SCALE (pgbench scale factor, default 10), CLIENTS
+# (default 8), THREADS (default 2) and MODES (default "simple extended prepared") tune it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$(pwd)
@@ -15,7 +16,7 @@ gatehouse="$root/target/release/gatehouse"
 relay_bin="$root/target/release/copy-relay"
 duration=${DURATION:-15}
 scale=${SCALE:-10}
-clients=${CLIENTS:-4}
+clients=${CLIENTS:-8}
 threads=${THREADS:-2}
 
 for bin in "$gatehouse" "$relay_bin"; do
@@ -126,6 +127,36 @@ free_port relay_port
 pids+=($!)
 wait_for "copy-relay" bash -c "exec 3<>/dev/tcp/127.0.0.1/$relay_port"
 
+# --- pgbouncer (session mode), when installed -------------------------------------------
+pgbouncer_row=""
+if command -v pgbouncer >/dev/null; then
+    free_port bouncer_port
+    mkdir -p "$work/pgbouncer"
+    printf '"bench" "%s"\n' "$password" >"$work/pgbouncer/userlist.txt"
+    cat >"$work/pgbouncer/pgbouncer.ini" <<INI
+[databases]
+bench = host=127.0.0.1 port=$pg_port dbname=bench
+[pgbouncer]
+listen_addr = 127.0.0.1
+listen_port = $bouncer_port
+unix_socket_dir =
+auth_type = scram-sha-256
+auth_file = $work/pgbouncer/userlist.txt
+pool_mode = session
+max_client_conn = 200
+default_pool_size = 50
+logfile = $work/pgbouncer/pgbouncer.log
+pidfile = $work/pgbouncer/pgbouncer.pid
+INI
+    [ "$(id -u)" -eq 0 ] && chown -R nobody "$work/pgbouncer"
+    as_pg pgbouncer "$work/pgbouncer/pgbouncer.ini" >"$work/pgbouncer/stdout.log" 2>&1 &
+    pids+=($!)
+    wait_for "pgbouncer" bash -c "exec 3<>/dev/tcp/127.0.0.1/$bouncer_port"
+    pgbouncer_row="pgbouncer session|$bouncer_port|bench|$password|bench"
+else
+    echo "pgbench.sh: pgbouncer is not installed (apt-get install pgbouncer): its row is skipped" >&2
+fi
+
 # --- gateways: one per audit fsync mode ---------------------------------------------------
 # start_gateway NAME FSYNC: writes $work/NAME/gatehouse.toml, starts it, sets NAME_port.
 start_gateway() {
@@ -188,9 +219,10 @@ rows=(
     "gatehouse fsync=group|$gw_group_port|alice|$(cat "$work/gw-group/token")|bench"
     "gatehouse fsync=always|$gw_always_port|alice|$(cat "$work/gw-always/token")|bench"
 )
+[ -n "$pgbouncer_row" ] && rows=("${rows[@]:0:2}" "$pgbouncer_row" "${rows[@]:2}")
 results="$work/results"
 : >"$results"
-for mode in simple extended; do
+for mode in ${MODES:-simple extended prepared}; do
     for row in "${rows[@]}"; do
         IFS='|' read -r label port user pass db <<<"$row"
         echo "pgbench.sh: $label, -M $mode, ${duration}s ..."

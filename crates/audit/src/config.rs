@@ -36,9 +36,9 @@ pub struct AuditOptions {
 #[serde(rename_all = "snake_case")]
 pub enum FsyncMode {
     /// Every batch is fsynced before it is acknowledged.
-    #[default]
     Always,
-    /// Acknowledged once written; fsynced at most `group_commit_ms` later.
+    /// Acknowledged once written; fsynced at most `group_commit_ms` later (the default).
+    #[default]
     Group,
 }
 
@@ -46,7 +46,7 @@ pub enum FsyncMode {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct AuditConfig {
-    /// `"always"` (default) or `"group"`.
+    /// `"group"` (default) or `"always"`.
     pub fsync: FsyncMode,
     /// With `fsync = "group"`: the longest a written record waits for its fsync (1..=1000 ms).
     pub group_commit_ms: u64,
@@ -68,7 +68,7 @@ impl Default for AuditOptions {
 impl Default for AuditConfig {
     fn default() -> Self {
         Self {
-            fsync: FsyncMode::Always,
+            fsync: FsyncMode::Group,
             group_commit_ms: 5,
             segment_max_bytes: DEFAULT_SEGMENT_MAX_BYTES,
         }

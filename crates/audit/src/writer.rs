@@ -1,15 +1,17 @@
 //! The single writer of the log: one thread owns the files, assigns seq/prev/hash in order,
-//! and acknowledges appends only once they are durable, so the chain never forks and a
-//! failed write is never mistaken for a recorded one.
+//! and acknowledges appends only once they are written (and, with `fsync = "always"`,
+//! durable), so the chain never forks and a failed write is never mistaken for a recorded
+//! one. With group commit a second thread fsyncs what was written and moves `HEAD`, so the
+//! writer never waits for the disk.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::mpsc::{self, RecvTimeoutError};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::mpsc;
+use std::sync::{Arc, Condvar, Mutex, PoisonError};
 use std::thread::JoinHandle;
-use std::time::{Instant, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use serde::{Deserialize, Serialize};
 use tokio::sync::oneshot;
@@ -82,15 +84,37 @@ struct Writer {
     opts: AuditOptions,
     shared: Arc<Shared>,
     segment_no: u64,
-    segment: File,
+    /// Shared with the group-commit thread, which fsyncs it.
+    segment: Arc<File>,
     segment_len: u64,
     seq: u64,
     hash: String,
     failed: Option<String>,
-    /// Group commit: records written to the segment but not yet fsynced.
-    unsynced: bool,
+    /// Group commit: hands written records to the thread that makes them durable.
+    group: Option<GroupCommit>,
     /// Held for the writer's lifetime; the OS lock goes with the file handle.
     _lock: File,
+}
+
+/// The writer's side of group commit.
+struct GroupCommit {
+    state: Arc<GroupState>,
+    thread: JoinHandle<()>,
+}
+
+/// What the writer has written and the syncer has not yet made durable.
+struct GroupState {
+    pending: Mutex<Pending>,
+    wake: Condvar,
+}
+
+#[derive(Default)]
+struct Pending {
+    /// The segment the last records went to, and the last record: `(seq, hash)`.
+    written: Option<(Arc<File>, u64, String)>,
+    /// When the oldest record not yet fsynced was written.
+    since: Option<Instant>,
+    stop: bool,
 }
 
 /// Records per batch at most, so one batch's latency stays bounded under a flood.
@@ -138,17 +162,37 @@ impl AuditLog {
             max_us: AtomicU64::new(0),
             batches: AtomicU64::new(0),
         });
+        let group = match opts.fsync {
+            FsyncPolicy::Always => None,
+            FsyncPolicy::Group { max_delay } => {
+                let state = Arc::new(GroupState {
+                    pending: Mutex::new(Pending::default()),
+                    wake: Condvar::new(),
+                });
+                let syncer = Syncer {
+                    dir: dir.to_owned(),
+                    shared: shared.clone(),
+                    state: state.clone(),
+                    max_delay,
+                };
+                let thread = std::thread::Builder::new()
+                    .name("audit-sync".into())
+                    .spawn(move || syncer.run())
+                    .map_err(|e| AuditError::io("start group-commit thread", dir, e))?;
+                Some(GroupCommit { state, thread })
+            }
+        };
         let writer = Writer {
             dir: dir.to_owned(),
             opts,
             shared: shared.clone(),
             segment_no,
-            segment,
+            segment: Arc::new(segment),
             segment_len,
             seq,
             hash,
             failed: None,
-            unsynced: false,
+            group,
             _lock: lock,
         };
         let (tx, rx) = mpsc::channel();
@@ -271,24 +315,7 @@ impl Drop for Inner {
 impl Writer {
     fn run(mut self, rx: mpsc::Receiver<Job>) {
         let mut batch = Vec::new();
-        // Group commit: when the records written so far must be fsynced at the latest.
-        let mut sync_due: Option<Instant> = None;
-        loop {
-            let first = match sync_due {
-                None => match rx.recv() {
-                    Ok(job) => job,
-                    Err(_) => break,
-                },
-                Some(due) => match rx.recv_timeout(due.saturating_duration_since(Instant::now())) {
-                    Ok(job) => job,
-                    Err(RecvTimeoutError::Timeout) => {
-                        self.sync_pending();
-                        sync_due = None;
-                        continue;
-                    }
-                    Err(RecvTimeoutError::Disconnected) => break,
-                },
-            };
+        while let Ok(first) = rx.recv() {
             self.collect(first, &mut batch);
             // Natural group commit: whatever queued up meanwhile shares this write.
             while batch.len() < MAX_BATCH
@@ -299,45 +326,22 @@ impl Writer {
             if batch.is_empty() {
                 continue;
             }
-            match self.opts.fsync {
-                FsyncPolicy::Always => self.commit(std::mem::take(&mut batch), true),
-                FsyncPolicy::Group { max_delay } => {
-                    self.commit(std::mem::take(&mut batch), false);
-                    if self.unsynced && sync_due.is_none() {
-                        sync_due = Some(Instant::now() + max_delay);
-                    }
-                }
+            let durable = matches!(self.opts.fsync, FsyncPolicy::Always);
+            self.commit(std::mem::take(&mut batch), durable);
+        }
+        // Closed: the syncer makes the rest durable and stops.
+        if let Some(group) = self.group.take() {
+            lock(&group.state.pending).stop = true;
+            group.state.wake.notify_one();
+            if group.thread.join().is_err() {
+                tracing::error!("The audit group-commit thread panicked.");
             }
-        }
-        self.sync_pending();
-    }
-
-    /// Group commit: fsyncs what was written since the last fsync and moves HEAD. A failure
-    /// here makes the log unhealthy, so no later request proceeds on an unsynced log.
-    fn sync_pending(&mut self) {
-        if !self.unsynced || self.failed.is_some() {
-            return;
-        }
-        self.unsynced = false;
-        let name = segment_name(self.segment_no);
-        let result = self
-            .segment
-            .sync_data()
-            .map_err(|e| format!("cannot fsync {name}: {e}"))
-            .and_then(|()| {
-                self.shared.batches.fetch_add(1, Ordering::Relaxed);
-                self.write_head()
-            });
-        if let Err(e) = result {
-            self.fail(&e);
         }
     }
 
     fn fail(&mut self, e: &str) {
         if self.failed.is_none() {
-            tracing::error!(error = %e, "Audit log write failed; refusing further appends.");
-            *self.shared.last_error.lock().unwrap_or_else(PoisonError::into_inner) = Some(e.to_string());
-            self.shared.healthy.store(false, Ordering::Release);
+            self.shared.fail(e);
             self.failed = Some(e.to_string());
         }
     }
@@ -347,10 +351,12 @@ impl Writer {
             Job::Append { event, queued, reply } => batch.push((event, queued, reply)),
             #[cfg(test)]
             Job::Redirect { path, done } => {
-                self.segment = OpenOptions::new()
-                    .write(true)
-                    .open(&path)
-                    .expect("open redirect target");
+                self.segment = Arc::new(
+                    OpenOptions::new()
+                        .write(true)
+                        .open(&path)
+                        .expect("open redirect target"),
+                );
                 let _ = done.send(());
             }
         }
@@ -363,6 +369,10 @@ impl Writer {
     fn commit(&mut self, batch: Vec<(AuditEvent, Instant, Reply)>, durable: bool) {
         let result = match &self.failed {
             Some(e) => Err(e.clone()),
+            // The group-commit thread failed to fsync: nothing more is acknowledged.
+            None if !self.shared.healthy.load(Ordering::Acquire) => {
+                Err(lock(&self.shared.last_error).clone().unwrap_or_default())
+            }
             None => self.write_batch(batch.iter().map(|(e, _, _)| e), durable),
         };
         if let Err(e) = &result {
@@ -410,12 +420,18 @@ impl Writer {
         if durable {
             // The records are durable now; HEAD only has to follow.
             self.shared.batches.fetch_add(1, Ordering::Relaxed);
-            self.write_head()?;
-        } else {
-            // HEAD moves only after the fsync, so it never names a record a crash could lose.
-            self.unsynced = true;
+            write_head(&self.dir, self.seq, &self.hash)?;
+            *lock(&self.shared.head) = (self.seq, self.hash.clone());
+        } else if let Some(group) = &self.group {
+            // HEAD moves only after the fsync, so it never names a record a crash could lose:
+            // the syncer fsyncs this segment, then writes HEAD.
+            let mut pending = lock(&group.state.pending);
+            pending.written = Some((Arc::clone(&self.segment), self.seq, self.hash.clone()));
+            if pending.since.is_none() {
+                pending.since = Some(Instant::now());
+                group.state.wake.notify_one();
+            }
         }
-        *self.shared.head.lock().unwrap_or_else(PoisonError::into_inner) = (self.seq, self.hash.clone());
         Ok(first_seq)
     }
 
@@ -424,7 +440,7 @@ impl Writer {
             return Ok(());
         }
         let name = segment_name(self.segment_no);
-        self.segment
+        (&*self.segment)
             .write_all(buf)
             .map_err(|e| format!("cannot write {name}: {e}"))?;
         if durable {
@@ -440,34 +456,108 @@ impl Writer {
     fn rotate(&mut self) -> Result<(), String> {
         let next = self.segment_no + 1;
         let path = self.dir.join(segment_name(next));
-        self.segment = OpenOptions::new()
-            .create_new(true)
-            .append(true)
-            .open(&path)
-            .map_err(|e| format!("cannot create {}: {e}", path.display()))?;
+        self.segment = Arc::new(
+            OpenOptions::new()
+                .create_new(true)
+                .append(true)
+                .open(&path)
+                .map_err(|e| format!("cannot create {}: {e}", path.display()))?,
+        );
         sync_dir(&self.dir).map_err(|e| e.to_string())?;
         self.segment_no = next;
         self.segment_len = 0;
         Ok(())
     }
+}
 
-    fn write_head(&self) -> Result<(), String> {
-        let tmp = self.dir.join("HEAD.tmp");
-        let head = Head {
-            seq: self.seq,
-            hash: self.hash.clone(),
-        };
-        let mut body = serde_json::to_vec(&head).map_err(|e| e.to_string())?;
-        body.push(b'\n');
-        let write = || -> std::io::Result<()> {
-            let mut f = File::create(&tmp)?;
-            f.write_all(&body)?;
-            f.sync_data()?;
-            fs::rename(&tmp, self.dir.join(HEAD_FILE))
-        };
-        write().map_err(|e| format!("cannot update HEAD: {e}"))
+/// Group commit's second thread: fsyncs what the writer wrote, at most `max_delay` after
+/// it was written, then moves HEAD.
+struct Syncer {
+    dir: PathBuf,
+    shared: Arc<Shared>,
+    state: Arc<GroupState>,
+    max_delay: Duration,
+}
+
+impl Syncer {
+    fn run(self) {
+        loop {
+            let mut pending = lock(&self.state.pending);
+            while pending.since.is_none() && !pending.stop {
+                pending = self.state.wake.wait(pending).unwrap_or_else(PoisonError::into_inner);
+            }
+            let Some(since) = pending.since else {
+                return; // stopped with nothing left to sync
+            };
+            let stopping = pending.stop;
+            drop(pending);
+            if !stopping {
+                // Let more records join this fsync, up to the promised delay.
+                std::thread::sleep(self.max_delay.saturating_sub(since.elapsed()));
+            }
+            let mut pending = lock(&self.state.pending);
+            let written = pending.written.take();
+            pending.since = None;
+            drop(pending);
+            if let Some((segment, seq, hash)) = written {
+                self.sync(&segment, seq, &hash);
+            }
+        }
     }
 
+    fn sync(&self, segment: &File, seq: u64, hash: &str) {
+        if !self.shared.healthy.load(Ordering::Acquire) {
+            return;
+        }
+        let result = segment
+            .sync_data()
+            .map_err(|e| format!("cannot fsync the audit segment: {e}"))
+            .and_then(|()| write_head(&self.dir, seq, hash));
+        match result {
+            Ok(()) => {
+                self.shared.batches.fetch_add(1, Ordering::Relaxed);
+                *lock(&self.shared.head) = (seq, hash.to_owned());
+            }
+            Err(e) => self.shared.fail(&e),
+        }
+    }
+}
+
+impl Shared {
+    /// Marks the log unhealthy with `e`; from then on every append is refused.
+    fn fail(&self, e: &str) {
+        let mut last = lock(&self.last_error);
+        if last.is_none() {
+            tracing::error!(error = %e, "Audit log write failed; refusing further appends.");
+            *last = Some(e.to_string());
+        }
+        self.healthy.store(false, Ordering::Release);
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// Replaces HEAD with `(seq, hash)` atomically and durably.
+fn write_head(dir: &Path, seq: u64, hash: &str) -> Result<(), String> {
+    let tmp = dir.join("HEAD.tmp");
+    let head = Head {
+        seq,
+        hash: hash.to_owned(),
+    };
+    let mut body = serde_json::to_vec(&head).map_err(|e| e.to_string())?;
+    body.push(b'\n');
+    let write = || -> std::io::Result<()> {
+        let mut f = File::create(&tmp)?;
+        f.write_all(&body)?;
+        f.sync_data()?;
+        fs::rename(&tmp, dir.join(HEAD_FILE))
+    };
+    write().map_err(|e| format!("cannot update HEAD: {e}"))
+}
+
+impl Writer {
     fn record_latency(&self, queued: Instant) {
         let us = u64::try_from(queued.elapsed().as_micros()).unwrap_or(u64::MAX);
         self.shared.count.fetch_add(1, Ordering::Relaxed);

@@ -359,7 +359,7 @@ mod tests {
         let config = load_str(MINIMAL).unwrap();
         assert_eq!(config.admin.listen, default_admin_listen());
         assert!(config.state_dir.is_absolute());
-        assert_eq!(config.audit.fsync, gatehouse_audit::FsyncMode::Always);
+        assert_eq!(config.audit.fsync, gatehouse_audit::FsyncMode::Group);
         assert_eq!(config.admin_url(), "http://127.0.0.1:8080");
     }
 

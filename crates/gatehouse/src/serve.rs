@@ -111,9 +111,17 @@ async fn serve(config: Config, policy: PolicyEngine) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("cannot listen on admin.listen = {}", config.admin.listen))?;
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let hup = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+        Ok(s) => Some(s),
+        Err(error) => {
+            tracing::warn!(%error, "Cannot listen for SIGHUP; policy reload on file change only.");
+            None
+        }
+    };
     tokio::spawn(reload_policies(
         Arc::clone(&gateway),
         config.policy.reload_interval,
+        hup,
         shutdown_rx.clone(),
     ));
 
@@ -158,14 +166,13 @@ async fn serve(config: Config, policy: PolicyEngine) -> anyhow::Result<()> {
 
 /// Reloads the policy set on SIGHUP and whenever the directory changes on disk. A bad new set
 /// keeps the old one in force; `/readyz` and the audit log say why.
-async fn reload_policies(gateway: Arc<Gateway>, interval: Duration, mut shutdown: watch::Receiver<bool>) {
-    let mut hup = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
-        Ok(s) => Some(s),
-        Err(error) => {
-            tracing::warn!(%error, "Cannot listen for SIGHUP; policy reload on file change only.");
-            None
-        }
-    };
+/// `hup` is installed before anything listens: SIGHUP's default action ends the process.
+async fn reload_policies(
+    gateway: Arc<Gateway>,
+    interval: Duration,
+    mut hup: Option<tokio::signal::unix::Signal>,
+    mut shutdown: watch::Receiver<bool>,
+) {
     let mut tick = tokio::time::interval(interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
