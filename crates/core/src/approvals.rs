@@ -167,6 +167,7 @@ pub trait ApprovalStore: Send + Sync {
 /// expired, withdrawn), e.g. to post webhooks. Called on the broker's path: an
 /// implementation must hand slow work (network) to a task of its own and return at once.
 pub trait ApprovalListener: Send + Sync {
+    /// `request.state` is the state it just entered.
     fn notify(&self, request: &ApprovalRequest);
 }
 
@@ -367,7 +368,7 @@ impl ApprovalBroker {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
             .insert(request.id.clone(), live.clone());
         tokio::spawn(watch_request(self.shared.clone(), request.id.clone(), live, timeout));
-        self.shared.tell_listener(&request.id);
+        self.shared.tell_listener(&request.id, ApprovalState::Pending);
         let waiter = Waiter {
             id: request.id.clone(),
             rx,
@@ -622,17 +623,22 @@ impl Shared {
             live.tx.send_replace(Some(outcome));
             live.done.notify_one();
         }
-        self.tell_listener(id);
+        self.tell_listener(id, to);
         appended?;
         Ok(true)
     }
 
-    fn tell_listener(&self, id: &str) {
+    /// Tells the listener about the request as it was at the transition to `state` (it may
+    /// have moved on already, e.g. from approved to executed).
+    fn tell_listener(&self, id: &str, state: ApprovalState) {
         let Some(listener) = &self.listener else {
             return;
         };
         match self.store.get(id) {
-            Ok(Some(request)) => listener.notify(&request),
+            Ok(Some(mut request)) => {
+                request.state = state;
+                listener.notify(&request);
+            }
             Ok(None) => {}
             Err(error) => {
                 tracing::warn!(approval = %id, %error, "Could not read an approval request to notify about it.")
