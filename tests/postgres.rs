@@ -373,6 +373,12 @@ fn a_session_ends_when_its_token_expires() {
 fn psycopg_prepared_statements_binary_results_and_refusals() {
     let s = setup();
     let token = s.gw.mint("alice", &["dba"], false).unwrap();
+    direct(
+        &s,
+        "CREATE TYPE contact AS ENUM ('ops@example.com');
+         CREATE TABLE contacts (c contact);
+         INSERT INTO contacts VALUES ('ops@example.com');",
+    );
     let script = r#"
 import json, os, sys
 import psycopg
@@ -385,6 +391,9 @@ with conn.cursor() as cur:
                        for i in (1, 2, 1)]
 with conn.cursor(binary=True) as cur:
     out["binary"] = cur.execute("SELECT id, email, card FROM customers ORDER BY id").fetchall()
+    # An enum has a per-database OID; its binary form is its label.
+    label = cur.execute("SELECT c FROM contacts").fetchone()[0]
+    out["enum"] = label if isinstance(label, str) else bytes(label).decode()
 try:
     conn.execute("DELETE FROM customers")
     out["refused"] = None
@@ -413,6 +422,7 @@ print(json.dumps(out))
     assert_eq!(binary[0][0], 1, "integers decode from binary");
     assert_eq!(binary[0][1], "a***@example.com");
     assert!(!binary[0][2].as_str().unwrap().contains("4111 1111"), "{binary:?}");
+    assert_eq!(v["enum"], "o***@example.com");
     assert_eq!(v["refused"][0], "42501");
     assert!(
         v["refused"][1]

@@ -881,10 +881,12 @@ impl<G: StatementGate> Relay<'_, G> {
 }
 
 /// Type OIDs whose binary send format is the value's text, byte for byte (textsend,
-/// varcharsend, bpcharsend, namesend, unknownsend, json_send). Types not listed (citext,
-/// enums, composites and other types with non-fixed OIDs) are passed unmasked in binary
-/// format: their OIDs differ per database and are not assumed.
+/// varcharsend, bpcharsend, namesend, unknownsend, json_send).
 const TEXT_OIDS: [u32; 6] = [25, 1043, 1042, 19, 705, 114];
+
+/// OIDs from here on are types created in the database (extensions such as citext, enums,
+/// composites): their OIDs differ per database, so their binary form is not known by OID.
+const FIRST_USER_OID: u32 = 16384;
 
 /// jsonb: binary form is a version byte followed by the JSON text.
 const JSONB_OID: u32 = 3802;
@@ -994,6 +996,12 @@ fn mask_binary_scalar<'a, G: StatementGate>(gate: &G, column: &str, oid: u32, va
                 Cow::Owned(out)
             }
         };
+    }
+    // citext and enum labels are sent as their text; a user-defined type whose binary
+    // value reads as text is masked as text (at worst a masked value a client cannot
+    // decode, never an unmasked one). Other binary forms (composites, ranges) pass.
+    if oid >= FIRST_USER_OID && std::str::from_utf8(value).is_ok() {
+        return gate.mask_value(column, value);
     }
     Cow::Borrowed(value)
 }
@@ -1229,6 +1237,17 @@ mod tests {
         let (out, masked) = mask_row(&Gate, &columns, &row).unwrap().unwrap();
         assert_eq!(masked, 1);
         assert_eq!(&out[..], b"D\0\0\0\x16\0\x02\0\0\0\x02XX\0\0\0\x06secret");
+    }
+
+    #[test]
+    fn binary_values_of_user_defined_text_types_are_masked() {
+        // citext or an enum (OIDs from 16384 on): their binary form is their text.
+        assert_eq!(&mask_binary_scalar(&Gate, "c", 16_500, b"secret")[..], b"XX");
+        // Built-in non-text types are never read as text.
+        assert_eq!(&mask_binary_scalar(&Gate, "c", 17, b"secret")[..], b"secret");
+        // A user-defined binary form that is not text passes as it is.
+        let binary = [0u8, 0, 0, 2, 0xff, 0xfe];
+        assert_eq!(&mask_binary_scalar(&Gate, "c", 16_500, &binary)[..], &binary[..]);
     }
 
     #[test]
