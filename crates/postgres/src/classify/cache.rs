@@ -67,9 +67,11 @@ impl ClassifyCache {
     }
 }
 
-/// The text a single statement's classification carries (see `classify::statement_text`).
+/// The text a single statement's classification carries (see `classify::statement_text`):
+/// PostgreSQL's statement length stops before a terminating semicolon.
 fn statement_text(sql: &str) -> &str {
-    sql.trim()
+    let sql = sql.trim();
+    sql.strip_suffix(';').map_or(sql, str::trim_end)
 }
 
 /// The statement with its literals replaced by markers, or `None` when the text uses
@@ -274,6 +276,14 @@ mod tests {
             second,
             classify("UPDATE accounts SET balance = balance + 7 WHERE id = 2").unwrap()
         );
+
+        // As pgbench sends it: with a terminating semicolon.
+        let mut pgbench = ClassifyCache::default();
+        for aid in [48_312, 7, 99] {
+            let sql = format!("SELECT abalance FROM pgbench_accounts WHERE aid = {aid};");
+            assert_eq!(pgbench.classify(&sql).unwrap(), classify(&sql).unwrap());
+        }
+        assert_eq!(pgbench.hits(), 2);
 
         // EXPLAIN's and COPY's options are values that change the meaning: never cached.
         for _ in 0..2 {
