@@ -124,8 +124,14 @@ mod tests {
             }
         );
         assert_eq!(c.options().segment_max_bytes, 64 * 1024 * 1024);
+        // The config's default is group commit within 5 ms.
         let d: AuditConfig = serde_json::from_str("{}").unwrap();
-        assert_eq!(d.options(), AuditOptions::default());
+        assert_eq!(
+            d.options().fsync,
+            FsyncPolicy::Group {
+                max_delay: Duration::from_millis(5)
+            }
+        );
         assert!(serde_json::from_str::<AuditConfig>(r#"{"fsync":"sometimes"}"#).is_err());
         assert!(serde_json::from_str::<AuditConfig>(r#"{"fsync_ms":3}"#).is_err());
         let bad = AuditConfig {

@@ -1,8 +1,9 @@
 //! The single writer of the log: one thread owns the files, assigns seq/prev/hash in order,
 //! and acknowledges appends only once they are written (and, with `fsync = "always"`,
 //! durable), so the chain never forks and a failed write is never mistaken for a recorded
-//! one. With group commit a second thread fsyncs what was written and moves `HEAD`, so the
-//! writer never waits for the disk.
+//! one. With group commit the appending task writes in place under the writer's lock (no
+//! thread hop per record) and a second thread fsyncs what was written and moves `HEAD`, so
+//! no appender waits for the disk.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::Write;
@@ -50,6 +51,8 @@ struct Inner {
     tx: Option<mpsc::Sender<Job>>,
     shared: Arc<Shared>,
     thread: Option<JoinHandle<()>>,
+    /// Group commit: the writer, used in place by appenders (no writer thread).
+    direct: Option<Mutex<Option<Writer>>>,
 }
 
 struct Shared {
@@ -195,23 +198,40 @@ impl AuditLog {
             group,
             _lock: lock,
         };
+        tracing::info!(dir = %dir.display(), seq, "Audit log opened.");
+        if writer.group.is_some() {
+            // Group commit: a write is a short syscall, made by the appending task itself
+            // under a lock; the disk waits happen on the group-commit thread.
+            return Ok(Self {
+                inner: Arc::new(Inner {
+                    tx: None,
+                    shared,
+                    thread: None,
+                    direct: Some(Mutex::new(Some(writer))),
+                }),
+            });
+        }
         let (tx, rx) = mpsc::channel();
         let thread = std::thread::Builder::new()
             .name("audit-writer".into())
             .spawn(move || writer.run(rx))
             .map_err(|e| AuditError::io("start writer thread", dir, e))?;
-        tracing::info!(dir = %dir.display(), seq, "Audit log opened.");
         Ok(Self {
             inner: Arc::new(Inner {
                 tx: Some(tx),
                 shared,
                 thread: Some(thread),
+                direct: None,
             }),
         })
     }
 
-    /// Appends `event`; returns its seq once it is durable per the fsync policy.
+    /// Appends `event`; returns its seq once it is written (group commit) or durable
+    /// (`fsync = "always"`).
     pub async fn append(&self, event: AuditEvent) -> Result<u64, AuditError> {
+        if let Some(direct) = &self.inner.direct {
+            return self.append_direct(direct, event);
+        }
         let (tx, rx) = oneshot::channel();
         self.send(event, Reply::Async(tx))?;
         rx.await.map_err(|_| AuditError::WriterGone)?
@@ -219,9 +239,24 @@ impl AuditLog {
 
     /// [`Self::append`] for callers outside an async runtime (the CLI).
     pub fn append_blocking(&self, event: AuditEvent) -> Result<u64, AuditError> {
+        if let Some(direct) = &self.inner.direct {
+            return self.append_direct(direct, event);
+        }
         let (tx, rx) = mpsc::sync_channel(1);
         self.send(event, Reply::Blocking(tx))?;
         rx.recv().map_err(|_| AuditError::WriterGone)?
+    }
+
+    fn append_direct(&self, direct: &Mutex<Option<Writer>>, event: AuditEvent) -> Result<u64, AuditError> {
+        if !self.healthy() {
+            return Err(AuditError::Unhealthy(self.last_error().unwrap_or_default()));
+        }
+        let queued = Instant::now();
+        let mut guard = lock(direct);
+        let writer = guard.as_mut().ok_or(AuditError::WriterGone)?;
+        let result = writer.write_checked(std::iter::once(&event), false);
+        writer.record_latency(queued);
+        result.map_err(AuditError::Unhealthy)
     }
 
     /// False once a write or fsync failed; the gateway must then refuse new requests.
@@ -275,6 +310,12 @@ impl AuditLog {
 
     #[cfg(test)]
     pub(crate) fn redirect_segment(&self, path: &Path) {
+        if let Some(direct) = &self.inner.direct {
+            let mut guard = lock(direct);
+            let writer = guard.as_mut().expect("writer open");
+            writer.segment = Arc::new(OpenOptions::new().write(true).open(path).expect("open redirect target"));
+            return;
+        }
         let (done, wait) = mpsc::sync_channel(1);
         let job = Job::Redirect {
             path: path.to_owned(),
@@ -309,6 +350,9 @@ impl Drop for Inner {
         {
             tracing::error!("The audit writer thread panicked.");
         }
+        if let Some(writer) = self.direct.as_ref().and_then(|d| lock(d).take()) {
+            writer.close();
+        }
     }
 }
 
@@ -329,7 +373,11 @@ impl Writer {
             let durable = matches!(self.opts.fsync, FsyncPolicy::Always);
             self.commit(std::mem::take(&mut batch), durable);
         }
-        // Closed: the syncer makes the rest durable and stops.
+        self.close();
+    }
+
+    /// The syncer makes the rest durable and stops; the directory lock goes with `self`.
+    fn close(mut self) {
         if let Some(group) = self.group.take() {
             lock(&group.state.pending).stop = true;
             group.state.wake.notify_one();
@@ -367,17 +415,7 @@ impl Writer {
     /// still be on disk (e.g. written but not fsynced, or HEAD failed): they verify, so the
     /// log can hold more than was acknowledged but never less.
     fn commit(&mut self, batch: Vec<(AuditEvent, Instant, Reply)>, durable: bool) {
-        let result = match &self.failed {
-            Some(e) => Err(e.clone()),
-            // The group-commit thread failed to fsync: nothing more is acknowledged.
-            None if !self.shared.healthy.load(Ordering::Acquire) => {
-                Err(lock(&self.shared.last_error).clone().unwrap_or_default())
-            }
-            None => self.write_batch(batch.iter().map(|(e, _, _)| e), durable),
-        };
-        if let Err(e) = &result {
-            self.fail(e);
-        }
+        let result = self.write_checked(batch.iter().map(|(e, _, _)| e), durable);
         for (i, (_, queued, reply)) in batch.into_iter().enumerate() {
             let answer = match &result {
                 Ok(first_seq) => Ok(first_seq + i as u64),
@@ -390,6 +428,27 @@ impl Writer {
                 Reply::Blocking(tx) => tx.send(answer).map_err(drop),
             };
         }
+    }
+
+    /// Writes a batch unless the log has failed; a failure now fails the log. Returns the
+    /// seq of the batch's first record.
+    fn write_checked<'a>(
+        &mut self,
+        events: impl Iterator<Item = &'a AuditEvent>,
+        durable: bool,
+    ) -> Result<u64, String> {
+        let result = match &self.failed {
+            Some(e) => Err(e.clone()),
+            // The group-commit thread failed to fsync: nothing more is acknowledged.
+            None if !self.shared.healthy.load(Ordering::Acquire) => {
+                Err(lock(&self.shared.last_error).clone().unwrap_or_default())
+            }
+            None => self.write_batch(events, durable),
+        };
+        if let Err(e) = &result {
+            self.fail(e);
+        }
+        result
     }
 
     /// Returns the seq of the batch's first record.

@@ -10,10 +10,31 @@ fn event(n: u64) -> AuditEvent {
 
 #[tokio::test]
 async fn write_failure_fails_closed_and_loses_nothing_acknowledged() {
+    write_failure_fails_closed(AuditOptions::default()).await;
+}
+
+#[tokio::test]
+async fn write_failure_fails_closed_with_group_commit_too() {
+    write_failure_fails_closed(AuditOptions {
+        fsync: FsyncPolicy::Group {
+            max_delay: std::time::Duration::from_millis(5),
+        },
+        ..AuditOptions::default()
+    })
+    .await;
+}
+
+async fn write_failure_fails_closed(opts: AuditOptions) {
     let dir = tempfile::tempdir().unwrap();
-    let log = AuditLog::open(dir.path(), AuditOptions::default()).unwrap();
+    let log = AuditLog::open(dir.path(), opts).unwrap();
     assert_eq!(log.append(event(1)).await.unwrap(), 1);
+    // With group commit HEAD follows within the delay.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while log.head().0 != 1 && std::time::Instant::now() < deadline {
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
     let head = log.head();
+    assert_eq!(head.0, 1);
 
     // A real device that fails every write with ENOSPC.
     log.redirect_segment(Path::new("/dev/full"));

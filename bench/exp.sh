@@ -1,0 +1,257 @@
+#!/usr/bin/env bash
+# `just bench` (after the criterion benches): pgbench select-only throughput through the
+# gateway, reported as ratios against a direct connection and against a bare TCP copy relay
+# measured on the same machine in the same run. Absolute numbers depend on the machine;
+# the ratios are what to compare between runs.
+#
+# Needs target/release/gatehouse and target/release/copy-relay
+# (`cargo build --release -p gatehouse -p gatehouse-testkit`), the PostgreSQL server
+# binaries, psql, pgbench and curl; pgbouncer (session mode) is compared when installed.
+# DURATION (seconds per run, default 15), SCALE (pgbench scale factor, default 10), CLIENTS
+# (default 8), THREADS (default 2) and MODES (default "simple extended prepared") tune it.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+root=$(pwd)
+gatehouse="$root/target/release/gatehouse"
+relay_bin="$root/target/release/copy-relay"
+duration=${DURATION:-15}
+scale=${SCALE:-10}
+clients=${CLIENTS:-8}
+threads=${THREADS:-2}
+
+for bin in "$gatehouse" "$relay_bin"; do
+    [ -x "$bin" ] || { echo "pgbench.sh: $bin missing; run: cargo build --release -p gatehouse -p gatehouse-testkit" >&2; exit 1; }
+done
+for tool in psql pgbench curl; do
+    command -v "$tool" >/dev/null || { echo "pgbench.sh: $tool missing (just setup)" >&2; exit 1; }
+done
+pgbin=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n 1 || true)
+[ -n "$pgbin" ] || pgbin=$(dirname "$(command -v initdb)")
+
+# PostgreSQL refuses to run as root: run it as the unprivileged 'nobody' then.
+as_pg() { if [ "$(id -u)" -eq 0 ]; then runuser -u nobody -- "$@"; else "$@"; fi; }
+
+work=$(mktemp -d "${TMPDIR:-/tmp}/gatehouse-pgbench.XXXXXX")
+pgdata="$work/pg/data"
+pids=()
+pg_started=0
+cleanup() {
+    local status=$?
+    trap - EXIT INT TERM
+    # SIGTERM lets the gateways drain and flush their audit logs; whatever is still up
+    # after 5 s is killed.
+    for pid in "${pids[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
+    for pid in "${pids[@]}"; do
+        for _ in $(seq 1 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.05; done
+        kill -KILL "$pid" 2>/dev/null || true
+        wait "$pid" 2>/dev/null || true
+    done
+    if [ "$pg_started" = 1 ]; then
+        as_pg "$pgbin/pg_ctl" -D "$pgdata" -m immediate stop >/dev/null 2>&1 || true
+    fi
+    rm -rf "$work"
+    exit "$status"
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+die() {
+    echo "pgbench.sh: $*" >&2
+    exit 1
+}
+
+# free_port VAR: sets VAR to a port nothing listens on, below the ephemeral range so tests
+# binding port 0 elsewhere on the machine do not take it between the pick and the bind.
+# (A variable, not $(...): the list of ports already handed out must outlive the call.)
+taken_ports=" "
+free_port() {
+    local port
+    for _ in $(seq 1 200); do
+        port=$((20000 + RANDOM % 12000))
+        case "$taken_ports" in *" $port "*) continue ;; esac
+        if ! (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
+            taken_ports+="$port "
+            printf -v "$1" '%s' "$port"
+            return 0
+        fi
+    done
+    die "no free port found"
+}
+
+# Polls `check ARGS...` every 50 ms for up to 30 s; names WHAT in the failure.
+wait_for() {
+    local what=$1
+    shift
+    for _ in $(seq 1 600); do
+        "$@" >/dev/null 2>&1 && return 0
+        sleep 0.05
+    done
+    die "$what not ready after 30 s"
+}
+
+# --- PostgreSQL -------------------------------------------------------------------------
+free_port pg_port
+password=$(head -c 18 /dev/urandom | base64 | tr -d '/+=')
+mkdir -p "$work/pg"
+printf '%s\n' "$password" > "$work/pg/pwfile"
+if [ "$(id -u)" -eq 0 ]; then
+    # nobody must reach its data dir through the temp dir.
+    chmod 711 "$work"
+    chown -R nobody "$work/pg"
+fi
+as_pg "$pgbin/initdb" -D "$pgdata" -U postgres --auth=scram-sha-256 --pwfile="$work/pg/pwfile" \
+    -E UTF8 --locale=C --no-sync >"$work/initdb.log" 2>&1 || die "initdb failed: $(cat "$work/initdb.log")"
+rm -f "$work/pg/pwfile"
+# Durability settings do not matter to a select-only run; off, pgbench -i is quicker.
+pg_started=1
+as_pg "$pgbin/pg_ctl" -D "$pgdata" -l "$work/pg/server.log" -w -t 60 \
+    -o "-c listen_addresses=127.0.0.1 -c port=$pg_port -c unix_socket_directories=$work/pg -c fsync=off -c synchronous_commit=off -c full_page_writes=off" \
+    start >/dev/null || die "PostgreSQL did not start: $(cat "$work/pg/server.log")"
+
+export PGSSLMODE=disable PGCONNECT_TIMEOUT=10
+PGPASSWORD="$password" psql -X -q -v ON_ERROR_STOP=1 -h 127.0.0.1 -p "$pg_port" -U postgres -d postgres <<SQL
+CREATE ROLE bench LOGIN PASSWORD '$password';
+CREATE DATABASE bench OWNER bench;
+SQL
+printf '%s\n' "$password" > "$work/bench.pw"
+chmod 600 "$work/bench.pw"
+
+echo "pgbench.sh: pgbench -i -s $scale (direct) ..."
+PGPASSWORD="$password" pgbench -i -q -s "$scale" -h 127.0.0.1 -p "$pg_port" -U bench bench \
+    >"$work/init.log" 2>&1 || die "pgbench -i failed: $(cat "$work/init.log")"
+
+# --- copy relay -------------------------------------------------------------------------
+free_port relay_port
+"$relay_bin" "127.0.0.1:$relay_port" "127.0.0.1:$pg_port" >"$work/relay.log" 2>&1 &
+pids+=($!)
+wait_for "copy-relay" bash -c "exec 3<>/dev/tcp/127.0.0.1/$relay_port"
+
+# --- pgbouncer (session mode), when installed -------------------------------------------
+pgbouncer_row=""
+if command -v pgbouncer >/dev/null; then
+    free_port bouncer_port
+    mkdir -p "$work/pgbouncer"
+    printf '"bench" "%s"\n' "$password" >"$work/pgbouncer/userlist.txt"
+    cat >"$work/pgbouncer/pgbouncer.ini" <<INI
+[databases]
+bench = host=127.0.0.1 port=$pg_port dbname=bench
+[pgbouncer]
+listen_addr = 127.0.0.1
+listen_port = $bouncer_port
+unix_socket_dir =
+auth_type = scram-sha-256
+auth_file = $work/pgbouncer/userlist.txt
+pool_mode = session
+max_client_conn = 200
+default_pool_size = 50
+logfile = $work/pgbouncer/pgbouncer.log
+pidfile = $work/pgbouncer/pgbouncer.pid
+INI
+    [ "$(id -u)" -eq 0 ] && chown -R nobody "$work/pgbouncer"
+    as_pg pgbouncer "$work/pgbouncer/pgbouncer.ini" >"$work/pgbouncer/stdout.log" 2>&1 &
+    pids+=($!)
+    wait_for "pgbouncer" bash -c "exec 3<>/dev/tcp/127.0.0.1/$bouncer_port"
+    pgbouncer_row="pgbouncer session|$bouncer_port|bench|$password|bench"
+else
+    echo "pgbench.sh: pgbouncer is not installed (apt-get install pgbouncer): its row is skipped" >&2
+fi
+
+# --- gateways: one per audit fsync mode ---------------------------------------------------
+# start_gateway NAME FSYNC: writes $work/NAME/gatehouse.toml, starts it, sets NAME_port.
+start_gateway() {
+    local name=$1 fsync=$2 dir="$work/$1" admin_port listen_port
+    free_port admin_port
+    free_port listen_port
+    mkdir -p "$dir"
+    cat >"$dir/gatehouse.toml" <<TOML
+state_dir = "$dir/state"
+
+[admin]
+listen = "127.0.0.1:$admin_port"
+
+[identity.dev_issuer]
+enabled = true
+
+[policy]
+dir = "$root/policies"
+reload_interval = "60s"
+
+[audit]
+fsync = "$fsync"
+
+[postgres]
+listen = "127.0.0.1:$listen_port"
+allow_plaintext = true          # loopback benchmark only
+
+[[postgres.targets]]
+name = "bench"
+host = "127.0.0.1"
+port = $pg_port
+database = "bench"
+user = "bench"
+password_file = "$work/bench.pw"
+tls = "disable"
+labels = { env = "dev" }
+TOML
+    "$gatehouse" serve --config "$dir/gatehouse.toml" >"$dir/gateway.log" 2>&1 &
+    pids+=($!)
+    local pid=$!
+    for _ in $(seq 1 600); do
+        kill -0 "$pid" 2>/dev/null || die "gateway $name exited: $(cat "$dir/gateway.log")"
+        curl -fsS "http://127.0.0.1:$admin_port/healthz" >/dev/null 2>&1 && break
+        sleep 0.05
+    done
+    curl -fsS "http://127.0.0.1:$admin_port/healthz" >/dev/null 2>&1 || die "gateway $name not healthy after 30 s"
+    wait_for "gateway $name postgres listener" bash -c "exec 3<>/dev/tcp/127.0.0.1/$listen_port"
+    "$gatehouse" token mint --config "$dir/gatehouse.toml" --sub alice --groups dba --ttl 1h \
+        >"$dir/token" 2>"$dir/mint.log" || die "token mint failed: $(cat "$dir/mint.log")"
+    printf -v "${name//-/_}_port" '%s' "$listen_port"
+}
+start_gateway gw-group group
+start_gateway gw-always always
+
+# --- runs ---------------------------------------------------------------------------------
+# Rows: label, port, user, password, database.
+rows=(
+    "direct|$pg_port|bench|$password|bench"
+    "copy-relay|$relay_port|bench|$password|bench"
+    "gatehouse fsync=group|$gw_group_port|alice|$(cat "$work/gw-group/token")|bench"
+    "gatehouse fsync=always|$gw_always_port|alice|$(cat "$work/gw-always/token")|bench"
+)
+[ -n "$pgbouncer_row" ] && rows=("${rows[@]:0:2}" "$pgbouncer_row" "${rows[@]:2}")
+results="$work/results"
+: >"$results"
+for mode in ${MODES:-simple extended prepared}; do
+    for row in "${rows[@]}"; do
+        IFS='|' read -r label port user pass db <<<"$row"
+        echo "pgbench.sh: $label, -M $mode, ${duration}s ..."
+        out="$work/run.log"
+        if [ "$label" = "gatehouse fsync=group" ]; then
+            gpid=$(pgrep -f "gw-group/gatehouse.toml" | head -1)
+            perf record -F 1999 -g -p "$gpid" -o /tmp/perf.data -- sleep 6 >/tmp/perf.log 2>&1 &
+        fi
+        PGPASSWORD="$pass" pgbench -S -M "$mode" -c "$clients" -j "$threads" -T "$duration" \
+            -h 127.0.0.1 -p "$port" -U "$user" "$db" >"$out" 2>&1 \
+            || die "pgbench through $label (-M $mode) failed: $(tail -n 20 "$out")"
+        tps=$(awk '/^tps = / { print $3; exit }' "$out")
+        lat=$(awk '/^latency average = / { print $4; exit }' "$out")
+        failed=$(awk -F': ' '/^number of failed transactions/ { split($2, a, " "); print a[1]; exit }' "$out")
+        [ -n "$tps" ] && [ -n "$lat" ] || die "cannot parse pgbench output for $label: $(cat "$out")"
+        [ "${failed:-0}" = 0 ] || die "$label (-M $mode): $failed failed transactions"
+        printf '%s|%s|%s|%s\n' "$mode" "$label" "$tps" "$lat" >>"$results"
+    done
+done
+
+# --- report -------------------------------------------------------------------------------
+echo
+echo "pgbench -S -c $clients -j $threads -T $duration, scale $scale, $(nproc) CPUs, load $(cut -d' ' -f1-3 /proc/loadavg) after the runs"
+awk -F'|' '
+    { mode[NR] = $1; label[NR] = $2; tps[NR] = $3; lat[NR] = $4
+      if ($2 == "direct") direct[$1] = $3
+      if ($2 == "copy-relay") relay[$1] = $3 }
+    END {
+        printf "%-9s %-24s %12s %12s %10s %14s\n", "protocol", "path", "tps", "latency ms", "vs direct", "vs copy-relay"
+        for (i = 1; i <= NR; i++)
+            printf "%-9s %-24s %12.0f %12.3f %10.2f %14.2f\n", mode[i], label[i], tps[i], lat[i], tps[i] / direct[mode[i]], tps[i] / relay[mode[i]]
+    }' "$results"
