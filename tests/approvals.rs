@@ -102,7 +102,17 @@ fn spawn_psql(s: &Setup, token: &str, sql: &str) -> Child {
             "host=127.0.0.1 port={} dbname=orders user=ci-bot sslmode=disable connect_timeout=10",
             s.port
         ))
-        .args(["-X", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-c", sql])
+        .args([
+            "-X",
+            "-A",
+            "-t",
+            "-v",
+            "ON_ERROR_STOP=1",
+            "-v",
+            "VERBOSITY=verbose",
+            "-c",
+            sql,
+        ])
         .env("PGPASSWORD", token)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -282,7 +292,7 @@ fn a_denied_request_fails_with_the_reason_and_never_runs() {
     let stderr = err(&o);
     assert!(stderr.contains("ERROR:"), "{stderr}");
     assert!(
-        stderr.contains("denied by dora: change freeze until Monday"),
+        stderr.contains("ERROR:  42501:") && stderr.contains("denied by dora: change freeze until Monday"),
         "{stderr}"
     );
     assert_eq!(direct(&s, "SELECT count(*) FROM customers"), "2\n");
@@ -319,7 +329,8 @@ fn unanswered_requests_expire_and_abandoned_ones_are_withdrawn() {
     );
     assert!(!o.status.success());
     assert!(
-        err(&o).contains("expired: nobody in group dba-leads approved it in time"),
+        err(&o).contains("ERROR:  42501:")
+            && err(&o).contains("expired: nobody in group dba-leads approved it in time"),
         "{}",
         err(&o)
     );
@@ -537,6 +548,7 @@ fn two_approvers_release_it_each_counts_once_and_the_group_webhook_hears_of_it()
     assert!(o.status.success(), "{}", err(&o));
     let o = finish(psql, Duration::from_secs(20));
     assert!(o.status.success(), "{}", err(&o));
+    assert_eq!(out(&o).trim(), "DELETE 1", "psql reports the row count");
     assert_eq!(direct(&s, "SELECT count(*) FROM customers"), "1\n");
 
     // Single use: the same statement again waits again, under a new id.
