@@ -22,6 +22,25 @@ if [ ! -f "$demo/pg-password" ]; then
 fi
 export GATEHOUSE_DEMO_PASSWORD=$(cat "$demo/pg-password")
 
+# TLS for the PostgreSQL listener: a throwaway CA and a certificate for localhost/127.0.0.1.
+certs="$demo/certs"
+if [ ! -f "$certs/gateway.pem" ]; then
+    mkdir -p "$certs"
+    (
+        cd "$certs"
+        openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 30 \
+            -subj "/CN=Gatehouse demo CA" -keyout ca-key.pem -out ca.pem \
+            -addext "basicConstraints=critical,CA:TRUE" -addext "keyUsage=critical,keyCertSign,cRLSign" 2>/dev/null
+        openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -subj "/CN=localhost" \
+            -keyout gateway-key.pem -out gateway.csr 2>/dev/null
+        printf 'subjectAltName=DNS:localhost,IP:127.0.0.1\nextendedKeyUsage=serverAuth\nbasicConstraints=CA:FALSE\n' >gateway.ext
+        openssl x509 -req -in gateway.csr -CA ca.pem -CAkey ca-key.pem -CAcreateserial -days 30 \
+            -extfile gateway.ext -out gateway.pem 2>/dev/null
+        rm -f gateway.csr gateway.ext ca.srl
+        chmod 600 ca-key.pem gateway-key.pem
+    )
+fi
+
 if [ ! -f "$pgdata/PG_VERSION" ]; then
     mkdir -p "$pgdata"
     [ "$(id -u)" -eq 0 ] && chown nobody "$pgdata" && chmod 700 "$pgdata"
@@ -53,18 +72,23 @@ fi
 "$bin" check-config "$config"
 cat <<TXT
 
-Gatehouse: admin on http://127.0.0.1:8080, PostgreSQL on 127.0.0.1:15432 (target "orders").
-State (audit log, keys, store) is in .demo/state. In another terminal:
+Gatehouse: admin on http://127.0.0.1:8080, PostgreSQL with TLS on localhost:15432 (target
+"orders"). State (audit log, keys, store) is in .demo/state. In another terminal:
+
+  # TLS with the demo CA, verified like production
+  export PGSSLMODE=verify-full PGSSLROOTCERT=$certs/ca.pem
 
   # a person in group dba: reads are allowed, emails and card numbers come back masked
   export PGPASSWORD=\$($bin token mint --config $config --sub alice --groups dba)
-  psql "host=127.0.0.1 port=15432 dbname=orders user=alice sslmode=disable" -c 'SELECT * FROM customers'
+  psql "host=localhost port=15432 dbname=orders user=alice" -c 'SELECT * FROM customers'
+  # a DELETE without WHERE on a prod database is blocked for everyone
+  psql "host=localhost port=15432 dbname=orders user=alice" -c 'DELETE FROM customers'
 
   # an agent (owned by carol): reads pass, DROP TABLE is refused, and a write on prod
   # waits for a dba-lead: psql prints NOTICE: waiting for approval XXXX-XXXX-XXXX ...
   export PGPASSWORD=\$($bin token mint --config $config --sub ci-bot --agent --owner carol)
-  psql "host=127.0.0.1 port=15432 dbname=orders user=ci-bot sslmode=disable" -c "DROP TABLE customers"
-  psql "host=127.0.0.1 port=15432 dbname=orders user=ci-bot sslmode=disable" -c "UPDATE customers SET name = 'x' WHERE id = 1"
+  psql "host=localhost port=15432 dbname=orders user=ci-bot" -c "DROP TABLE customers"
+  psql "host=localhost port=15432 dbname=orders user=ci-bot" -c "UPDATE customers SET name = 'x' WHERE id = 1"
 
   # meanwhile, in a third terminal, a DBA lead approves it (carol, its owner, could not)
   export GATEHOUSE_TOKEN=\$($bin token mint --config $config --sub dora --groups dba-leads)

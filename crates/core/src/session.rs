@@ -620,7 +620,8 @@ impl Session {
 
 /// The refusal of a request that policy denied.
 fn denied(action: &str, reason: &str, policies: Vec<String>, request: u64) -> Refusal {
-    let named = if policies.is_empty() {
+    // The reason usually names its policy already ("forbidden by policy \"x\"").
+    let named = if policies.is_empty() || policies.iter().all(|p| reason.contains(p.as_str())) {
         String::new()
     } else {
         format!(" (policy {})", policies.join(", "))
