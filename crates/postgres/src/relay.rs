@@ -81,6 +81,8 @@ pub struct Refusal {
     pub message: String,
     /// Optional DETAIL.
     pub detail: Option<String>,
+    /// Optional HINT: what the client can do about it.
+    pub hint: Option<String>,
 }
 
 /// What one relayed session did.
@@ -401,6 +403,7 @@ impl<G: StatementGate> Relay<'_, G> {
                               supported through the gateway"
                         .to_owned(),
                     detail: None,
+                    hint: Some("use SQL functions (lo_get, lo_put, ...) instead of the fast-path API".to_owned()),
                 })?;
             }
             b'P' => {
@@ -603,6 +606,7 @@ impl<G: StatementGate> Relay<'_, G> {
             sqlstate: "42601".to_owned(),
             message: e.to_string(),
             detail: Some("the gateway refuses statements it cannot parse".to_owned()),
+            hint: None,
         })?;
         self.gate.decide(sql, &statements).await
     }
@@ -646,6 +650,9 @@ impl<G: StatementGate> Relay<'_, G> {
         ];
         if let Some(detail) = &refusal.detail {
             fields.push((b'D', detail.clone()));
+        }
+        if let Some(hint) = &refusal.hint {
+            fields.push((b'H', hint.clone()));
         }
         wire::encode(&ErrorResponse::new(fields), &mut self.to_client)
             .map_err(|e| RelayError::ClientProtocol(e.to_string()))

@@ -414,15 +414,21 @@ fn action(kind: StatementKind) -> &'static str {
 
 fn refusal(r: CoreRefusal) -> Refusal {
     let detail = (!r.policies.is_empty()).then(|| format!("decided by policy {}", r.policies.join(", ")));
-    let sqlstate = match r.kind {
-        RefusalKind::Denied | RefusalKind::ApprovalRequired { .. } => "42501",
-        RefusalKind::Expired | RefusalKind::Unauthenticated => "28000",
-        RefusalKind::Unavailable => "58000",
+    let (sqlstate, hint) = match r.kind {
+        RefusalKind::Denied | RefusalKind::ApprovalRequired { .. } => (
+            "42501",
+            Some(
+                "the gateway's Cedar policies decide every statement: ask their owners for access (`gatehouse policy explain` shows why a request is refused)",
+            ),
+        ),
+        RefusalKind::Expired | RefusalKind::Unauthenticated => ("28000", Some("connect again with a fresh token")),
+        RefusalKind::Unavailable => ("58000", None),
     };
     Refusal {
         sqlstate: sqlstate.into(),
         message: r.message,
         detail,
+        hint: hint.map(str::to_owned),
     }
 }
 
@@ -504,6 +510,7 @@ impl StatementGate for SessionGate {
                 sqlstate: "57014".into(),
                 message: "canceling statement due to user request".into(),
                 detail: Some(r.message),
+                hint: None,
             }),
             Err(r) => Err(refusal(r)),
         }

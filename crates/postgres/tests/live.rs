@@ -40,6 +40,7 @@ impl StatementGate for TestGate {
                     sqlstate: "42501".to_owned(),
                     message: format!("{} on customers refused by policy", s.tag),
                     detail: Some("no policy permits it".to_owned()),
+                    hint: None,
                 });
             }
         }
@@ -55,6 +56,7 @@ impl StatementGate for TestGate {
                 sqlstate: "42501".to_owned(),
                 message: "approval denied".to_owned(),
                 detail: None,
+                hint: None,
             })
         }
     }
