@@ -152,7 +152,11 @@ fn writes_are_decided_per_statement_and_refusals_never_reach_the_target() {
     assert!(!o.status.success());
     assert!(err(&o).contains("ERROR:"), "{}", err(&o));
     assert!(err(&o).contains("agent-no-ddl-admin"), "names the policy: {}", err(&o));
-    assert!(err(&o).contains("HINT:  the gateway's Cedar policies decide"), "{}", err(&o));
+    assert!(
+        err(&o).contains("HINT:  the gateway's Cedar policies decide"),
+        "{}",
+        err(&o)
+    );
 
     // One refused statement refuses the whole string; nothing of it runs.
     let dba = s.gw.mint("alice", &["dba"], false).unwrap();
