@@ -26,6 +26,8 @@ pub struct Config {
     pub session: SessionConfig,
     /// The PostgreSQL frontend; off when absent.
     pub postgres: Option<gatehouse_postgres::PostgresConfig>,
+    /// The Kubernetes API frontend; off when absent.
+    pub kube: Option<gatehouse_kube::KubeConfig>,
 }
 
 /// The admin listener: health, readiness, metrics, the admin API and the development issuer.
@@ -169,6 +171,9 @@ impl Config {
         if let Some(pg) = self.postgres.as_mut() {
             pg.resolve_paths(base);
         }
+        if let Some(kube) = self.kube.as_mut() {
+            kube.resolve_paths(base);
+        }
         for issuer in &mut self.identity.issuers {
             if let Some(p) = issuer.jwks_file.as_mut() {
                 resolve(p);
@@ -214,6 +219,9 @@ impl Config {
         if let Some(pg) = &self.postgres {
             pg.validate()?;
         }
+        if let Some(kube) = &self.kube {
+            kube.validate()?;
+        }
         self.check_target_names()?;
         Ok(())
     }
@@ -240,6 +248,15 @@ impl Config {
                     t.name.clone(),
                     gatehouse_core::Protocol::Postgres,
                     t.labels.clone(),
+                ));
+            }
+        }
+        if let Some(kube) = &self.kube {
+            for c in &kube.clusters {
+                targets.push(gatehouse_core::Target::new(
+                    c.name.clone(),
+                    gatehouse_core::Protocol::Kube,
+                    c.labels.clone(),
                 ));
             }
         }

@@ -5,6 +5,7 @@ mod admin;
 mod client;
 mod cmd_audit;
 mod cmd_credentials;
+mod cmd_kubeconfig;
 mod cmd_policy;
 mod cmd_token;
 mod config;
@@ -67,6 +68,9 @@ enum Command {
     /// Exchange your OIDC token for a short credential bound to one target
     /// (for clients that cannot carry a long token), list or revoke them.
     Credentials(cmd_credentials::CredentialsArgs),
+    /// Write a kubeconfig for a cluster behind the gateway; its user runs
+    /// `gatehouse token show --exec-credential`, so kubectl always sends your current token.
+    Kubeconfig(cmd_kubeconfig::KubeconfigArgs),
 }
 
 fn main() -> ExitCode {
@@ -83,6 +87,7 @@ fn main() -> ExitCode {
         Command::Policy(cmd) => cmd_policy::run(cmd),
         Command::Audit(cmd) => cmd_audit::run(cmd),
         Command::Credentials(args) => cmd_credentials::run(args),
+        Command::Kubeconfig(args) => cmd_kubeconfig::run(args),
     };
     match result {
         Ok(code) => code,
