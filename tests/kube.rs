@@ -305,14 +305,16 @@ fn impersonation_path_tricks_and_unknown_clusters_are_refused() {
     let token = s.gw.mint("alice", &[], false).unwrap();
     let out = s.kubectl(&token, &["--as=admin", "--as-group=system:masters", "get", "pods", "-n", "shop"]);
     assert!(!out.status.success());
+    // kubectl's discovery client prints a refusal of discovery as "unknown"; the message
+    // itself is checked with curl below.
     assert!(stderr(&out).contains("Error from server (Forbidden)"), "{}", stderr(&out));
-    assert!(stderr(&out).contains("impersonation"), "{}", stderr(&out));
     let (code, _, body) = s.curl(
         Some(&token),
         "/clusters/dev/api/v1/namespaces/shop/pods",
         &["Impersonate-User: admin"],
     );
     assert_eq!(code, 403, "{body}");
+    assert!(body.contains("impersonation is refused"), "{body}");
     assert!(s.api.seen().iter().all(|r| r.impersonation.is_empty()));
 
     for path in [
@@ -404,7 +406,11 @@ fn watches_stream_events_as_they_happen_and_secrets_stay_masked() {
             serde_json::json!({"metadata": {"name": "web-1"}, "spec": {"containers": [{"name": "web", "image": "nginx"}]}, "status": {"phase": "Pending"}}),
         )
         .unwrap();
-    assert!(wait_line(&rx, "web-1", &mut seen), "{seen:?}");
+    assert!(
+        wait_line(&rx, "web-1", &mut seen),
+        "{seen:?}\n{}",
+        s.gw.log()
+    );
 
     let mut secrets = Killed(
         s.kubectl_command(&token, &["get", "secrets", "-n", "shop", "--watch", "-o", "json"])
@@ -424,7 +430,7 @@ fn watches_stream_events_as_they_happen_and_secrets_stay_masked() {
         )
         .unwrap();
     assert!(wait_line(&rx, "\"api-key\"", &mut seen), "{seen:?}");
-    assert!(wait_line(&rx, MASKED, &mut seen), "{seen:?}");
     let text = seen.join("\n");
+    assert!(text.contains(&format!("\"key\": \"{MASKED}\"")), "{text}");
     assert!(!text.contains(SEEDED_SECRET_B64), "{text}");
 }

@@ -54,11 +54,15 @@ pub struct KubeApiServer {
 }
 
 type Key = (String, String, String);
+type Event = (u64, String, String, Value);
 
 struct State {
     token: String,
     store: Mutex<Store>,
-    events: broadcast::Sender<(String, String, Value)>,
+    /// (resourceVersion, resource, namespace, event): live, and kept for watches that start
+    /// from a resourceVersion (as the API server's watch cache replays them).
+    events: broadcast::Sender<Event>,
+    history: Mutex<Vec<Event>>,
     seen: Mutex<Vec<SeenRequest>>,
 }
 
@@ -92,6 +96,7 @@ impl KubeApiServer {
                 objects: BTreeMap::new(),
             }),
             events,
+            history: Mutex::new(Vec::new()),
             seen: Mutex::new(Vec::new()),
         });
         state.seed();
@@ -348,12 +353,17 @@ impl State {
             }
         }
         store.objects.insert(key, object.clone());
-        drop(store);
         let kind = if previous.is_some() { "MODIFIED" } else { "ADDED" };
-        let _ = self
-            .events
-            .send((resource.to_string(), namespace.to_string(), json!({"type": kind, "object": object})));
+        self.emit(version, resource, namespace, json!({"type": kind, "object": object}));
+        drop(store);
         Ok(object)
+    }
+
+    /// Records and broadcasts an event; called with the store locked so events keep order.
+    fn emit(&self, version: u64, resource: &str, namespace: &str, event: Value) {
+        let event = (version, resource.to_string(), namespace.to_string(), event);
+        lock(&self.history).push(event.clone());
+        let _ = self.events.send(event);
     }
 
     async fn handle(self: Arc<Self>, request: Request<Incoming>) -> Response<Body> {
@@ -537,12 +547,14 @@ impl State {
                 }
             }
             ("DELETE", false, Some(n)) => {
-                let removed = lock(&self.store).objects.remove(&key(n));
+                let mut store = lock(&self.store);
+                let removed = store.objects.remove(&key(n));
                 match removed {
                     Some(object) => {
-                        let _ = self
-                            .events
-                            .send((resource.into(), ns.into(), json!({"type": "DELETED", "object": object})));
+                        store.version += 1;
+                        let version = store.version;
+                        self.emit(version, resource, ns, json!({"type": "DELETED", "object": object}));
+                        drop(store);
                         encode(&object, format)
                     }
                     None => status(404, "NotFound", &format!("{resource} \"{n}\" not found")),
@@ -570,15 +582,23 @@ impl State {
             }
         };
         let since: u64 = query.get("resourceVersion").and_then(|v| v.parse().ok()).unwrap_or(0);
-        let initial: Vec<Value> = if since == 0 {
-            lock(&self.store)
+        let (initial, mut replayed): (Vec<Value>, u64) = if since == 0 {
+            let store = lock(&self.store);
+            let events = store
                 .objects
                 .iter()
                 .filter(|((r, ns, _), o)| matches(r, ns, o))
                 .map(|(_, o)| json!({"type": "ADDED", "object": o}))
-                .collect()
+                .collect();
+            (events, store.version)
         } else {
-            Vec::new()
+            let history = lock(&self.history);
+            let events = history
+                .iter()
+                .filter(|(v, r, ns, e)| *v > since && matches(r, ns, &e["object"]))
+                .map(|(_, _, _, e)| e.clone())
+                .collect();
+            (events, history.last().map_or(since, |e| e.0))
         };
         let (tx, rx) = mpsc::channel::<Bytes>(64);
         let table_of = format.table.then(|| (resource.to_string(), format.include_object.clone()));
@@ -602,7 +622,11 @@ impl State {
             }
             loop {
                 match events.recv().await {
-                    Ok((r, ns, event)) => {
+                    Ok((version, r, ns, event)) => {
+                        if version <= replayed {
+                            continue;
+                        }
+                        replayed = version;
                         if matches(&r, &ns, &event["object"]) && tx.send(render(event)).await.is_err() {
                             return;
                         }
