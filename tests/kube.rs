@@ -148,7 +148,12 @@ fn stderr(out: &Output) -> String {
 }
 
 fn ok(out: &Output) -> String {
-    assert!(out.status.success(), "kubectl failed:\n{}\n{}", stderr(out), stdout(out));
+    assert!(
+        out.status.success(),
+        "kubectl failed:\n{}\n{}",
+        stderr(out),
+        stdout(out)
+    );
     stdout(out)
 }
 
@@ -171,7 +176,10 @@ fn kubectl_gets_pods_with_the_gateways_credential_only() {
         );
         assert!(request.impersonation.is_empty(), "{request:?}");
     }
-    assert!(seen.iter().any(|r| r.path_and_query.starts_with("/api/v1/namespaces/shop/pods")));
+    assert!(
+        seen.iter()
+            .any(|r| r.path_and_query.starts_with("/api/v1/namespaces/shop/pods"))
+    );
 
     // One session for the caller's token, however many requests kubectl made.
     let records = s.wait_audit(|r| r.iter().any(|e| e["verb"] == "list" && e["status"] == 200));
@@ -193,7 +201,10 @@ fn secrets_are_masked_in_yaml_json_wide_and_table_output() {
     let yaml = ok(&s.kubectl(&token, &["get", "secret", "db", "-n", "shop", "-o", "yaml"]));
     assert!(yaml.contains(&format!("password: {MASKED}")), "{yaml}");
     assert!(yaml.contains("last-applied-configuration"), "{yaml}");
-    assert!(!yaml.contains(SEEDED_SECRET_B64) && !yaml.contains(SEEDED_SECRET_VALUE), "{yaml}");
+    assert!(
+        !yaml.contains(SEEDED_SECRET_B64) && !yaml.contains(SEEDED_SECRET_VALUE),
+        "{yaml}"
+    );
 
     let list = ok(&s.kubectl(&token, &["get", "secrets", "-n", "shop", "-o", "json"]));
     assert!(list.contains(MASKED) && !list.contains(SEEDED_SECRET_B64), "{list}");
@@ -225,7 +236,11 @@ fn protobuf_is_never_passed_through_for_secrets() {
     let s = setup();
     let token = s.gw.mint("alice", &[], false).unwrap();
     let protobuf = "Accept: application/vnd.kubernetes.protobuf, application/json";
-    let (code, ct, body) = s.curl(Some(&token), "/clusters/dev/api/v1/namespaces/shop/secrets/db", &[protobuf]);
+    let (code, ct, body) = s.curl(
+        Some(&token),
+        "/clusters/dev/api/v1/namespaces/shop/secrets/db",
+        &[protobuf],
+    );
     assert_eq!(code, 200, "{body}");
     assert_eq!(ct, "application/json");
     assert!(body.contains(MASKED) && !body.contains(SEEDED_SECRET_B64), "{body}");
@@ -238,7 +253,11 @@ fn protobuf_is_never_passed_through_for_secrets() {
     assert_eq!(upstream.accept.as_deref(), Some("application/json"));
 
     // Pods carry no Secrets: the client's protobuf preference goes through unchanged.
-    let (code, ct, _) = s.curl(Some(&token), "/clusters/dev/api/v1/namespaces/shop/pods/web-0", &[protobuf]);
+    let (code, ct, _) = s.curl(
+        Some(&token),
+        "/clusters/dev/api/v1/namespaces/shop/pods/web-0",
+        &[protobuf],
+    );
     assert_eq!((code, ct.as_str()), (200, "application/vnd.kubernetes.protobuf"));
 }
 
@@ -261,20 +280,34 @@ fn agents_cannot_write_and_ops_can_apply() {
     .unwrap();
     let file = manifest.to_str().unwrap();
     let out = s.kubectl(&agent, &["apply", "--validate=false", "-f", file]);
-    assert!(stderr(&out).contains("Error from server (Forbidden)"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("Error from server (Forbidden)"),
+        "{}",
+        stderr(&out)
+    );
     assert!(s.api.object("configmaps", "shop", "feature-flags").is_none());
 
     let ops = s.gw.mint("olga", &["ops"], false).unwrap();
     let created = ok(&s.kubectl(&ops, &["apply", "--validate=false", "-f", file]));
     assert!(created.contains("configmap/feature-flags created"), "{created}");
-    std::fs::write(&manifest, std::fs::read_to_string(&manifest).unwrap().replace("\"on\"", "\"off\"")).unwrap();
+    std::fs::write(
+        &manifest,
+        std::fs::read_to_string(&manifest).unwrap().replace("\"on\"", "\"off\""),
+    )
+    .unwrap();
     let configured = ok(&s.kubectl(&ops, &["apply", "--validate=false", "-f", file]));
-    assert!(configured.contains("configmap/feature-flags configured"), "{configured}");
+    assert!(
+        configured.contains("configmap/feature-flags configured"),
+        "{configured}"
+    );
     assert_eq!(
         s.api.object("configmaps", "shop", "feature-flags").unwrap()["data"]["beta"],
         "off"
     );
-    let deleted = ok(&s.kubectl(&ops, &["delete", "configmap", "feature-flags", "-n", "shop", "--wait=false"]));
+    let deleted = ok(&s.kubectl(
+        &ops,
+        &["delete", "configmap", "feature-flags", "-n", "shop", "--wait=false"],
+    ));
     assert!(deleted.contains("deleted"), "{deleted}");
 
     // A masked Secret read back and applied would overwrite the real values: refused.
@@ -303,11 +336,18 @@ fn agents_cannot_write_and_ops_can_apply() {
 fn impersonation_path_tricks_and_unknown_clusters_are_refused() {
     let s = setup();
     let token = s.gw.mint("alice", &[], false).unwrap();
-    let out = s.kubectl(&token, &["--as=admin", "--as-group=system:masters", "get", "pods", "-n", "shop"]);
+    let out = s.kubectl(
+        &token,
+        &["--as=admin", "--as-group=system:masters", "get", "pods", "-n", "shop"],
+    );
     assert!(!out.status.success());
     // kubectl's discovery client prints a refusal of discovery as "unknown"; the message
     // itself is checked with curl below.
-    assert!(stderr(&out).contains("Error from server (Forbidden)"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("Error from server (Forbidden)"),
+        "{}",
+        stderr(&out)
+    );
     let (code, _, body) = s.curl(
         Some(&token),
         "/clusters/dev/api/v1/namespaces/shop/pods",
@@ -342,7 +382,11 @@ fn impersonation_path_tricks_and_unknown_clusters_are_refused() {
     assert_eq!(code, 401);
 
     let records = s.wait_audit(|r| r.iter().filter(|e| e["status"] == 400).count() >= 4);
-    assert!(records.iter().any(|e| e["reason"].as_str().is_some_and(|r| r.contains("impersonation"))));
+    assert!(
+        records
+            .iter()
+            .any(|e| e["reason"].as_str().is_some_and(|r| r.contains("impersonation")))
+    );
 }
 
 /// Reads a child's stdout lines on a thread.
@@ -406,11 +450,7 @@ fn watches_stream_events_as_they_happen_and_secrets_stay_masked() {
             serde_json::json!({"metadata": {"name": "web-1"}, "spec": {"containers": [{"name": "web", "image": "nginx"}]}, "status": {"phase": "Pending"}}),
         )
         .unwrap();
-    assert!(
-        wait_line(&rx, "web-1", &mut seen),
-        "{seen:?}\n{}",
-        s.gw.log()
-    );
+    assert!(wait_line(&rx, "web-1", &mut seen), "{seen:?}\n{}", s.gw.log());
 
     let mut secrets = Killed(
         s.kubectl_command(&token, &["get", "secrets", "-n", "shop", "--watch", "-o", "json"])

@@ -340,6 +340,24 @@ mod tests {
     }
 
     #[test]
+    fn kube_clusters_are_targets_and_names_stay_unique() {
+        let kube = "[kube]\nlisten = \"127.0.0.1:6443\"\nallow_plaintext = true\n[[kube.clusters]]\nname = \"dev\"\nkubeconfig = \"dev.kubeconfig\"\nlabels = { env = \"dev\" }\n";
+        let config = load_str(&format!("{MINIMAL}{kube}")).unwrap();
+        let targets = config.targets();
+        assert_eq!(targets.len(), 1);
+        assert_eq!(targets[0].protocol, gatehouse_core::Protocol::Kube);
+        assert_eq!(targets[0].labels()["env"], "dev");
+        let path = &config.kube.as_ref().unwrap().clusters[0].kubeconfig;
+        assert!(path.as_ref().unwrap().is_absolute());
+
+        let pg = "[postgres]\nlisten = \"127.0.0.1:5432\"\nallow_plaintext = true\n[[postgres.targets]]\nname = \"dev\"\nhost = \"h\"\ndatabase = \"d\"\nuser = \"u\"\npassword_env = \"P\"\n";
+        let err = load_str(&format!("{MINIMAL}{kube}{pg}")).unwrap_err();
+        assert!(err.message.contains("defined twice"), "{err}");
+        let err = load_str(&format!("{MINIMAL}[kube]\nlisten = \"127.0.0.1:6443\"\n")).unwrap_err();
+        assert!(err.message.contains("kube.tls_cert"), "{err}");
+    }
+
+    #[test]
     fn bad_duration_names_the_value() {
         let err = load_str(&format!("{MINIMAL}[session]\nmax_lifetime = \"forever\"\n")).unwrap_err();
         assert!(err.message.contains("forever"), "{err}");

@@ -155,12 +155,12 @@ impl Attributes {
             verb = "watch";
             rest = &rest[1..];
         }
-        if rest.first() == Some(&"namespaces") {
-            if let Some(ns) = rest.get(1) {
-                attrs.namespace = Some((*ns).to_string());
-                if rest.len() > 2 && !matches!(rest[2], "status" | "finalize") {
-                    rest = &rest[2..];
-                }
+        if rest.first() == Some(&"namespaces")
+            && let Some(ns) = rest.get(1)
+        {
+            attrs.namespace = Some((*ns).to_string());
+            if rest.len() > 2 && !matches!(rest[2], "status" | "finalize") {
+                rest = &rest[2..];
             }
         }
         if let Some(resource) = rest.first() {
@@ -189,9 +189,7 @@ impl Attributes {
         attrs.action = verb;
         if attrs.api_group.is_empty()
             && let Some(sub) = &attrs.subresource
-            && let Some((_, _, action)) = EXEC_CLASS
-                .iter()
-                .find(|(r, s, _)| *r == attrs.resource && s == sub)
+            && let Some((_, _, action)) = EXEC_CLASS.iter().find(|(r, s, _)| *r == attrs.resource && s == sub)
         {
             attrs.action = action;
         }
@@ -394,10 +392,7 @@ fn exact_name(selector: &str) -> Option<String> {
     let value = selector
         .strip_prefix("metadata.name==")
         .or_else(|| selector.strip_prefix("metadata.name="))?;
-    let valid = !value.is_empty()
-        && value != "."
-        && value != ".."
-        && !value.contains(['/', '%', '\\', '=', '!']);
+    let valid = !value.is_empty() && value != "." && value != ".." && !value.contains(['/', '%', '\\', '=', '!']);
     valid.then(|| value.to_string())
 }
 

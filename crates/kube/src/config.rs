@@ -156,17 +156,25 @@ mod tests {
         assert!(parse(&format!("{base}[[clusters]]\nname = \"dev\"\nin_cluster = true\n")).is_ok());
         let none = parse(&format!("{base}[[clusters]]\nname = \"dev\"\n")).unwrap_err();
         assert!(none.contains("kube.clusters[0] (dev)"), "{none}");
-        let both = parse(&format!("{base}[[clusters]]\nname = \"dev\"\nin_cluster = true\nkubeconfig = \"k\"\n"));
+        let both = parse(&format!(
+            "{base}[[clusters]]\nname = \"dev\"\nin_cluster = true\nkubeconfig = \"k\"\n"
+        ));
         assert!(both.unwrap_err().contains("exclude"));
     }
 
     #[test]
     fn cluster_names_are_url_safe_and_tls_is_required_off_loopback() {
-        let bad = parse("listen = \"127.0.0.1:6443\"\nallow_plaintext = true\n[[clusters]]\nname = \"a/b\"\nin_cluster = true\n");
+        let bad = parse(
+            "listen = \"127.0.0.1:6443\"\nallow_plaintext = true\n[[clusters]]\nname = \"a/b\"\nin_cluster = true\n",
+        );
         assert!(bad.unwrap_err().contains("kube.clusters[0].name"));
         let plain = parse("listen = \"0.0.0.0:6443\"\nallow_plaintext = true\n").unwrap_err();
         assert!(plain.contains("kube.allow_plaintext"), "{plain}");
-        assert!(parse("listen = \"127.0.0.1:6443\"\n").unwrap_err().contains("kube.tls_cert"));
+        assert!(
+            parse("listen = \"127.0.0.1:6443\"\n")
+                .unwrap_err()
+                .contains("kube.tls_cert")
+        );
         assert!(parse("listen = \"127.0.0.1:6443\"\nallow_plaintext = true\nbogus = 1\n").is_err());
     }
 }

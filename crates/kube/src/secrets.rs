@@ -163,7 +163,10 @@ mod tests {
             json_accept(Some("application/vnd.kubernetes.protobuf,application/json")),
             "application/json"
         );
-        assert_eq!(json_accept(Some("application/vnd.kubernetes.protobuf")), "application/json");
+        assert_eq!(
+            json_accept(Some("application/vnd.kubernetes.protobuf")),
+            "application/json"
+        );
         assert_eq!(json_accept(Some("application/yaml, */*")), "application/json");
         assert_eq!(json_accept(None), "application/json");
     }
@@ -180,8 +183,14 @@ mod tests {
         assert!(!String::from_utf8_lossy(&masked).contains("aHVudGVyMg"));
         assert_eq!(counts.get(DataClass::Secret), 2);
         assert_eq!(decode(compressed, Some("gzip"), 10), Err(MaskError::TooLarge(10)));
-        assert!(matches!(decode(Bytes::new(), Some("br"), 10), Err(MaskError::Encoding(_))));
-        assert!(matches!(mask_document(b"k8s\0proto", &mut counts), Err(MaskError::BadJson(_))));
+        assert!(matches!(
+            decode(Bytes::new(), Some("br"), 10),
+            Err(MaskError::Encoding(_))
+        ));
+        assert!(matches!(
+            mask_document(b"k8s\0proto", &mut counts),
+            Err(MaskError::BadJson(_))
+        ));
         assert!(is_json(Some("application/json;as=Table;v=v1;g=meta.k8s.io")));
         assert!(!is_json(Some("application/vnd.kubernetes.protobuf")));
     }
@@ -205,16 +214,24 @@ mod tests {
         assert_eq!(counts.get(DataClass::Secret), 2);
 
         let mut small = WatchMasker::new(8);
-        assert_eq!(small.push(b"{\"type\":\"ADDED\",", &mut counts), Err(MaskError::TooLarge(8)));
+        assert_eq!(
+            small.push(b"{\"type\":\"ADDED\",", &mut counts),
+            Err(MaskError::TooLarge(8))
+        );
         let mut cut = WatchMasker::new(100);
         cut.push(b"{\"type\":", &mut counts).unwrap();
         assert!(cut.finish().is_err());
-        assert!(matches!(WatchMasker::new(100).push(b"]]", &mut counts), Err(MaskError::BadJson(_))));
+        assert!(matches!(
+            WatchMasker::new(100).push(b"]]", &mut counts),
+            Err(MaskError::BadJson(_))
+        ));
     }
 
     #[test]
     fn placeholders_in_writes_are_found() {
-        assert!(carries_placeholder(format!("{{\"data\":{{\"k\":\"{KUBE_MASKED_DATA}\"}}}}").as_bytes()));
+        assert!(carries_placeholder(
+            format!("{{\"data\":{{\"k\":\"{KUBE_MASKED_DATA}\"}}}}").as_bytes()
+        ));
         assert!(carries_placeholder(b"stringData:\n  k: <masked>\n"));
         assert!(!carries_placeholder(b"{\"data\":{\"k\":\"aHVudGVyMg==\"}}"));
     }

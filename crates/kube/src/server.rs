@@ -233,7 +233,12 @@ impl KubeFrontend {
         Response::from_parts(parts, metered.boxed())
     }
 
-    async fn route(&self, request: Request<Incoming>, peer: SocketAddr, record: &mut Record) -> Result<Response<Body>, Status> {
+    async fn route(
+        &self,
+        request: Request<Incoming>,
+        peer: SocketAddr,
+        record: &mut Record,
+    ) -> Result<Response<Body>, Status> {
         let raw_path = request.uri().path().to_string();
         let Some((cluster, api_path)) = split_cluster(&raw_path) else {
             return Err(Status::new(
@@ -248,7 +253,10 @@ impl KubeFrontend {
                 "gatehouse: no bearer token; present your OIDC token or a gatehouse credential (gatehouse kubeconfig sets this up)",
             )
         })?;
-        let session = self.session(token, cluster, peer).await.map_err(|r| refusal_status(&r))?;
+        let session = self
+            .session(token, cluster, peer)
+            .await
+            .map_err(|r| refusal_status(&r))?;
         record.session = Some(session.clone());
 
         if let Some(name) = request
@@ -302,7 +310,9 @@ impl KubeFrontend {
             Ok(Ok(response)) => response,
             Ok(Err(error)) => {
                 tracing::warn!(session = %session.id(), cluster, %error, "Kubernetes API server request failed.");
-                session.target_error(format!("API server request failed: {error}")).await;
+                session
+                    .target_error(format!("API server request failed: {error}"))
+                    .await;
                 return Err(Status::bad_gateway(format!(
                     "gatehouse could not reach the API server of cluster {cluster:?}"
                 )));
@@ -339,7 +349,12 @@ impl KubeFrontend {
     /// The request the API server gets: canonical path, no caller credential, no
     /// impersonation, JSON-only `Accept` when Secrets may come back, and a write body that
     /// was checked for masking placeholders.
-    async fn forward_request(&self, request: Request<Incoming>, attrs: &Attributes, mask: bool) -> Result<Request<Body>, Status> {
+    async fn forward_request(
+        &self,
+        request: Request<Incoming>,
+        attrs: &Attributes,
+        mask: bool,
+    ) -> Result<Request<Body>, Status> {
         let (parts, body) = request.into_parts();
         let mut headers = HeaderMap::new();
         for (name, value) in &parts.headers {
@@ -403,7 +418,12 @@ impl KubeFrontend {
 
     /// A response that may carry Secrets: buffered and masked whole, or masked event by
     /// event for a watch.
-    async fn masked_response(&self, response: Response<Incoming>, watch: bool, counts: Arc<Mutex<MaskCounts>>) -> Result<Response<Body>, Status> {
+    async fn masked_response(
+        &self,
+        response: Response<Incoming>,
+        watch: bool,
+        counts: Arc<Mutex<MaskCounts>>,
+    ) -> Result<Response<Body>, Status> {
         let (mut parts, body) = response.into_parts();
         strip_hop_by_hop(&mut parts.headers);
         let content_type = parts
@@ -440,7 +460,11 @@ impl KubeFrontend {
             .await
             .map_err(|e| {
                 if e.is::<http_body_util::LengthLimitError>() {
-                    Status::new(413, "RequestEntityTooLarge", format!("gatehouse: {}", MaskError::TooLarge(limit)))
+                    Status::new(
+                        413,
+                        "RequestEntityTooLarge",
+                        format!("gatehouse: {}", MaskError::TooLarge(limit)),
+                    )
                 } else {
                     Status::bad_gateway(format!("gatehouse: reading the API server's response failed: {e}"))
                 }
@@ -453,8 +477,13 @@ impl KubeFrontend {
         let mut local = MaskCounts::default();
         let masked = secrets::mask_document(&plain, &mut local).map_err(mask_failed)?;
         lock(&counts).merge(&local);
-        parts.headers.insert(header::CONTENT_LENGTH, HeaderValue::from(masked.len()));
-        Ok(Response::from_parts(parts, Full::new(masked).map_err(|never| match never {}).boxed()))
+        parts
+            .headers
+            .insert(header::CONTENT_LENGTH, HeaderValue::from(masked.len()));
+        Ok(Response::from_parts(
+            parts,
+            Full::new(masked).map_err(|never| match never {}).boxed(),
+        ))
     }
 }
 
@@ -765,7 +794,10 @@ mod tests {
 
     #[test]
     fn cluster_is_the_first_segment_after_clusters() {
-        assert_eq!(split_cluster("/clusters/dev/api/v1/pods"), Some(("dev", "/api/v1/pods")));
+        assert_eq!(
+            split_cluster("/clusters/dev/api/v1/pods"),
+            Some(("dev", "/api/v1/pods"))
+        );
         assert_eq!(split_cluster("/clusters/dev"), Some(("dev", "/")));
         assert_eq!(split_cluster("/clusters//api"), None);
         assert_eq!(split_cluster("/api/v1/pods"), None);
@@ -781,4 +813,3 @@ mod tests {
         assert_ne!(cache_key("t", "a"), cache_key("t", "b"));
     }
 }
-

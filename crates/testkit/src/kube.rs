@@ -292,8 +292,16 @@ impl State {
         let applied = json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "db", "namespace": "shop"},
             "type": "Opaque", "data": {"password": secret_data}});
         let objects = [
-            ("namespaces", "", json!({"metadata": {"name": "default"}, "status": {"phase": "Active"}})),
-            ("namespaces", "", json!({"metadata": {"name": "shop"}, "status": {"phase": "Active"}})),
+            (
+                "namespaces",
+                "",
+                json!({"metadata": {"name": "default"}, "status": {"phase": "Active"}}),
+            ),
+            (
+                "namespaces",
+                "",
+                json!({"metadata": {"name": "shop"}, "status": {"phase": "Active"}}),
+            ),
             (
                 "pods",
                 "shop",
@@ -309,7 +317,11 @@ impl State {
                         "kubectl.kubernetes.io/last-applied-configuration": applied.to_string()}},
                     "type": "Opaque", "data": {"password": secret_data}}),
             ),
-            ("configmaps", "shop", json!({"metadata": {"name": "settings"}, "data": {"mode": "fast"}})),
+            (
+                "configmaps",
+                "shop",
+                json!({"metadata": {"name": "settings"}, "data": {"mode": "fast"}}),
+            ),
         ];
         for (resource, namespace, object) in objects {
             let _ = self.write(resource, namespace, object, false);
@@ -318,9 +330,18 @@ impl State {
 
     /// Stores an object, filling kind, namespace, uid, resourceVersion and creation time.
     /// `exclusive` refuses an existing name (create).
-    fn write(&self, resource: &str, namespace: &str, mut object: Value, exclusive: bool) -> Result<Value, (u16, String)> {
+    fn write(
+        &self,
+        resource: &str,
+        namespace: &str,
+        mut object: Value,
+        exclusive: bool,
+    ) -> Result<Value, (u16, String)> {
         let Some((_, kind, _)) = RESOURCES.iter().find(|(r, _, _)| *r == resource) else {
-            return Err((404, format!("the server could not find the requested resource ({resource})")));
+            return Err((
+                404,
+                format!("the server could not find the requested resource ({resource})"),
+            ));
         };
         let name = object["metadata"]["name"]
             .as_str()
@@ -475,7 +496,11 @@ impl State {
         content_type: &str,
         body: Bytes,
     ) -> Response<Body> {
-        let ns = if resource == "namespaces" { "" } else { namespace.unwrap_or("") };
+        let ns = if resource == "namespaces" {
+            ""
+        } else {
+            namespace.unwrap_or("")
+        };
         let name = name.map(str::to_string).or_else(|| {
             query
                 .get("fieldSelector")
@@ -509,7 +534,10 @@ impl State {
             ("GET", false, Some(n)) => match lock(&self.store).objects.get(&key(n)) {
                 Some(object) if format.table => {
                     let version = object["metadata"]["resourceVersion"].as_str().unwrap_or("").to_string();
-                    encode(&table(resource, std::slice::from_ref(object), &format.include_object, &version), format)
+                    encode(
+                        &table(resource, std::slice::from_ref(object), &format.include_object, &version),
+                        format,
+                    )
                 }
                 Some(object) => encode(object, format),
                 None => status(404, "NotFound", &format!("{resource} \"{n}\" not found")),
@@ -517,7 +545,9 @@ impl State {
             ("POST", false, None) => match serde_json::from_slice::<Value>(&body) {
                 Ok(object) => match self.write(resource, ns, object, true) {
                     Ok(created) => encode_code(201, &created, format),
-                    Err((code, message)) => status(code, if code == 409 { "AlreadyExists" } else { "Invalid" }, &message),
+                    Err((code, message)) => {
+                        status(code, if code == 409 { "AlreadyExists" } else { "Invalid" }, &message)
+                    }
                 },
                 Err(e) => status(400, "BadRequest", &format!("bad JSON: {e}")),
             },
@@ -601,7 +631,9 @@ impl State {
             (events, history.last().map_or(since, |e| e.0))
         };
         let (tx, rx) = mpsc::channel::<Bytes>(64);
-        let table_of = format.table.then(|| (resource.to_string(), format.include_object.clone()));
+        let table_of = format
+            .table
+            .then(|| (resource.to_string(), format.include_object.clone()));
         let render = move |mut event: Value| {
             if let Some((resource, include)) = &table_of {
                 let version = event["object"]["metadata"]["resourceVersion"]
@@ -637,9 +669,10 @@ impl State {
             }
         });
         let mut response = Response::new(ChannelBody(rx).boxed());
-        response
-            .headers_mut()
-            .insert(header::CONTENT_TYPE, header::HeaderValue::from_static("application/json"));
+        response.headers_mut().insert(
+            header::CONTENT_TYPE,
+            header::HeaderValue::from_static("application/json"),
+        );
         response
     }
 }
@@ -758,8 +791,16 @@ fn table(resource: &str, items: &[Value], include_object: &str, version: &str) -
             column("Data", "integer", 0),
             column("Age", "string", 0),
         ],
-        "configmaps" => vec![column("Name", "string", 0), column("Data", "integer", 0), column("Age", "string", 0)],
-        _ => vec![column("Name", "string", 0), column("Status", "string", 0), column("Age", "string", 0)],
+        "configmaps" => vec![
+            column("Name", "string", 0),
+            column("Data", "integer", 0),
+            column("Age", "string", 0),
+        ],
+        _ => vec![
+            column("Name", "string", 0),
+            column("Status", "string", 0),
+            column("Age", "string", 0),
+        ],
     };
     let rows: Vec<Value> = items
         .iter()
@@ -767,7 +808,14 @@ fn table(resource: &str, items: &[Value], include_object: &str, version: &str) -
             let name = o["metadata"]["name"].clone();
             let count = |key: &str| o[key].as_object().map_or(0, |m| m.len());
             let cells = match resource {
-                "pods" => json!([name, "1/1", o["status"]["phase"], "0", "1m", o["spec"]["containers"][0]["image"]]),
+                "pods" => json!([
+                    name,
+                    "1/1",
+                    o["status"]["phase"],
+                    "0",
+                    "1m",
+                    o["spec"]["containers"][0]["image"]
+                ]),
                 "secrets" => json!([name, o["type"], count("data") + count("stringData"), "1m"]),
                 "configmaps" => json!([name, count("data"), "1m"]),
                 _ => json!([name, o["status"]["phase"], "1m"]),
@@ -775,7 +823,9 @@ fn table(resource: &str, items: &[Value], include_object: &str, version: &str) -
             let object = match include_object {
                 "None" => Value::Null,
                 "Object" => o.clone(),
-                _ => json!({"kind": "PartialObjectMetadata", "apiVersion": "meta.k8s.io/v1", "metadata": o["metadata"]}),
+                _ => {
+                    json!({"kind": "PartialObjectMetadata", "apiVersion": "meta.k8s.io/v1", "metadata": o["metadata"]})
+                }
             };
             json!({"cells": cells, "object": object})
         })

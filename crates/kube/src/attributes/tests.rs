@@ -19,7 +19,11 @@ fn verbs_follow_method_and_path() {
         ("HEAD", "/api/v1/namespaces/shop/pods/web-0", "get"),
         ("GET", "/api/v1/namespaces/shop/pods", "list"),
         ("GET", "/api/v1/namespaces/shop/pods?watch=1", "watch"),
-        ("GET", "/api/v1/namespaces/shop/pods?watch=true&resourceVersion=7", "watch"),
+        (
+            "GET",
+            "/api/v1/namespaces/shop/pods?watch=true&resourceVersion=7",
+            "watch",
+        ),
         ("GET", "/api/v1/namespaces/shop/pods?watch=false", "list"),
         ("GET", "/api/v1/watch/namespaces/shop/pods", "watch"),
         ("GET", "/api/v1/watch/namespaces/shop/pods/web-0", "watch"),
@@ -71,9 +75,15 @@ fn attributes_are_split_like_the_api_server() {
 
 #[test]
 fn field_selector_names_a_list() {
-    let a = ok("GET", "/api/v1/namespaces/x/secrets?fieldSelector=metadata.name%3Ddb&watch=1");
+    let a = ok(
+        "GET",
+        "/api/v1/namespaces/x/secrets?fieldSelector=metadata.name%3Ddb&watch=1",
+    );
     assert_eq!((a.action, a.name.as_deref()), ("watch", Some("db")));
-    let b = ok("GET", "/api/v1/namespaces/x/secrets?fieldSelector=metadata.name%3Ddb%2Cstatus.phase%3DX");
+    let b = ok(
+        "GET",
+        "/api/v1/namespaces/x/secrets?fieldSelector=metadata.name%3Ddb%2Cstatus.phase%3DX",
+    );
     assert_eq!((b.action, b.name), ("list", None));
     assert_eq!(
         parse("GET", "/api/v1/x?fieldSelector=a&fieldSelector=b"),
@@ -88,7 +98,11 @@ fn exec_class_subresources_are_their_own_actions_whatever_the_method() {
         ("POST", "/api/v1/namespaces/x/pods/web/exec", "exec"),
         ("POST", "/api/v1/namespaces/x/pods/web/attach", "attach"),
         ("GET", "/api/v1/namespaces/x/pods/web/portforward", "portforward"),
-        ("PATCH", "/api/v1/namespaces/x/pods/web/ephemeralcontainers", "ephemeralcontainers"),
+        (
+            "PATCH",
+            "/api/v1/namespaces/x/pods/web/ephemeralcontainers",
+            "ephemeralcontainers",
+        ),
         ("GET", "/api/v1/namespaces/x/pods/web/proxy/metrics", "proxy"),
         ("DELETE", "/api/v1/namespaces/x/services/web:80/proxy/x", "proxy"),
         ("GET", "/api/v1/nodes/n1/proxy/logs", "proxy"),
@@ -98,7 +112,10 @@ fn exec_class_subresources_are_their_own_actions_whatever_the_method() {
         assert!(a.is_exec_class());
     }
     // Other groups' subresources of the same name are ordinary verbs.
-    assert_eq!(ok("GET", "/apis/example.com/v1/namespaces/x/pods/web/exec").action, "get");
+    assert_eq!(
+        ok("GET", "/apis/example.com/v1/namespaces/x/pods/web/exec").action,
+        "get"
+    );
     assert_eq!(ok("GET", "/api/v1/namespaces/x/pods/web/log?follow=true").action, "get");
 }
 
@@ -131,11 +148,26 @@ fn ambiguous_paths_are_refused() {
         ("/api/v1/namespaces/x/./pods", PathError::DotSegment),
         ("/api/v1//namespaces/x/pods", PathError::EmptySegment),
         ("/api/v1/namespaces/x/pods/", PathError::EmptySegment),
-        ("/api/v1/namespaces/x/pods/%2E%2E/secrets", PathError::AmbiguousEncoding("%2E, a dot")),
-        ("/api/v1/namespaces/x%2Fsecrets", PathError::AmbiguousEncoding("%2F, a slash")),
-        ("/api/v1/namespaces/x%2fsecrets", PathError::AmbiguousEncoding("%2F, a slash")),
-        ("/api/v1/namespaces/x%252Fsecrets", PathError::AmbiguousEncoding("%25, a percent sign")),
-        ("/api/v1/namespaces/x%5Csecrets", PathError::AmbiguousEncoding("%5C, a backslash")),
+        (
+            "/api/v1/namespaces/x/pods/%2E%2E/secrets",
+            PathError::AmbiguousEncoding("%2E, a dot"),
+        ),
+        (
+            "/api/v1/namespaces/x%2Fsecrets",
+            PathError::AmbiguousEncoding("%2F, a slash"),
+        ),
+        (
+            "/api/v1/namespaces/x%2fsecrets",
+            PathError::AmbiguousEncoding("%2F, a slash"),
+        ),
+        (
+            "/api/v1/namespaces/x%252Fsecrets",
+            PathError::AmbiguousEncoding("%25, a percent sign"),
+        ),
+        (
+            "/api/v1/namespaces/x%5Csecrets",
+            PathError::AmbiguousEncoding("%5C, a backslash"),
+        ),
         ("/api/v1/namespaces/x%zz", PathError::BadPercent),
         ("/api/v1/namespaces/x%2", PathError::BadPercent),
         ("/api/v1/namespaces/x%00", PathError::AmbiguousEncoding("%00, a NUL")),
@@ -152,7 +184,10 @@ fn ambiguous_paths_are_refused() {
     ] {
         assert_eq!(parse("GET", target), Err(error), "{target}");
     }
-    assert_eq!(parse("OPTIONS", "/api/v1/pods"), Err(PathError::Method("OPTIONS".into())));
+    assert_eq!(
+        parse("OPTIONS", "/api/v1/pods"),
+        Err(PathError::Method("OPTIONS".into()))
+    );
 }
 
 #[test]
