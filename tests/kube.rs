@@ -29,6 +29,11 @@ struct Setup {
 }
 
 fn setup() -> Setup {
+    setup_with("")
+}
+
+/// `listener` gives more `[kube]` keys.
+fn setup_with(listener: &str) -> Setup {
     let api = KubeApiServer::start().unwrap();
     let upstream = api.write_kubeconfig().unwrap();
     let dir = tempfile::tempdir().unwrap();
@@ -41,6 +46,7 @@ fn setup() -> Setup {
 listen = "127.0.0.1:{port}"
 tls_cert = "{cert}"
 tls_key = "{key}"
+{listener}
 
 [[kube.clusters]]
 name = "dev"
@@ -473,4 +479,62 @@ fn watches_stream_events_as_they_happen_and_secrets_stay_masked() {
     let text = seen.join("\n");
     assert!(text.contains(&format!("\"key\": \"{MASKED}\"")), "{text}");
     assert!(!text.contains(SEEDED_SECRET_B64), "{text}");
+}
+
+#[test]
+fn exec_is_decided_before_anything_and_not_relayed_yet() {
+    let s = setup();
+    let exec = "/clusters/dev/api/v1/namespaces/shop/pods/web-0/exec?command=sh&stdin=true&tty=true";
+    let upgrade = [
+        "Connection: Upgrade",
+        "Upgrade: websocket",
+        "Sec-WebSocket-Version: 13",
+        "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==",
+    ];
+    let agent = s.gw.mint("agent-7", &[], true).unwrap();
+    let (code, _, body) = s.curl(Some(&agent), exec, &upgrade);
+    assert_eq!(code, 403, "{body}");
+    assert!(body.contains("agent-kube-read-only"), "{body}");
+    let ops = s.gw.mint("olga", &["ops"], false).unwrap();
+    let (code, _, body) = s.curl(Some(&ops), exec, &upgrade);
+    assert_eq!(code, 403, "{body}");
+    assert!(body.contains("needs approval by group ops-leads"), "{body}");
+    assert!(s.api.seen().iter().all(|r| !r.path_and_query.contains("/exec")));
+    let records = s.wait_audit(|r| r.iter().filter(|e| e["verb"] == "exec").count() >= 2);
+    let decisions: Vec<_> = records
+        .iter()
+        .filter(|e| e["verb"] == "exec")
+        .map(|e| e["decision"].clone())
+        .collect();
+    assert_eq!(
+        decisions,
+        [serde_json::json!("deny"), serde_json::json!("needs_approval")]
+    );
+}
+
+#[test]
+fn oversized_heads_and_lists_beyond_the_masking_buffer_are_refused() {
+    let s = setup_with("max_json_buffer = 65536");
+    let token = s.gw.mint("alice", &[], false).unwrap();
+    let big = format!("X-Padding: {}", "a".repeat(100_000));
+    let (code, _, _) = s.curl(Some(&token), "/clusters/dev/api/v1/namespaces/shop/pods", &[&big]);
+    assert_eq!(code, 431);
+
+    for i in 0..40 {
+        s.api
+            .put(
+                "secrets",
+                "shop",
+                serde_json::json!({"metadata": {"name": format!("bulk-{i}")}, "type": "Opaque",
+                    "data": {"blob": "QUFB".repeat(600)}}),
+            )
+            .unwrap();
+    }
+    let out = s.kubectl(&token, &["get", "secrets", "-n", "shop", "-o", "json"]);
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("masking buffer"), "{}", stderr(&out));
+    assert!(stderr(&out).contains("--chunk-size"), "{}", stderr(&out));
+    // One object still fits, and pods are not buffered at all.
+    ok(&s.kubectl(&token, &["get", "secret", "bulk-7", "-n", "shop", "-o", "yaml"]));
+    ok(&s.kubectl(&token, &["get", "pods", "-n", "shop"]));
 }
