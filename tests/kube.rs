@@ -538,3 +538,34 @@ fn oversized_heads_and_lists_beyond_the_masking_buffer_are_refused() {
     ok(&s.kubectl(&token, &["get", "secret", "bulk-7", "-n", "shop", "-o", "yaml"]));
     ok(&s.kubectl(&token, &["get", "pods", "-n", "shop"]));
 }
+
+#[test]
+fn check_config_loads_the_clusters_credentials() {
+    let s = setup();
+    let config = std::fs::read_to_string(s.gw.config_path()).unwrap();
+    let out =
+        s.gw.cli(&["check-config", s.gw.config_path().to_str().unwrap()])
+            .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let broken = s.dir.path().join("broken.toml");
+    let missing = s.dir.path().join("missing.kubeconfig");
+    let text = config.replace(
+        "kubeconfig = \"",
+        &format!("kubeconfig = \"{}\"\n# was: \"", missing.display()),
+    );
+    std::fs::write(
+        &broken,
+        text.replace(
+            "dir = \"policies\"",
+            &format!("dir = \"{}\"", s.gw.policy_dir().display()),
+        ),
+    )
+    .unwrap();
+    let out = s.gw.cli(&["check-config", broken.to_str().unwrap()]).unwrap();
+    assert_eq!(out.status.code(), Some(64), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("kube.clusters (dev).kubeconfig"),
+        "{}",
+        stderr(&out)
+    );
+}

@@ -38,6 +38,18 @@ pub fn check_config(path: &Path) -> anyhow::Result<ExitCode> {
             message,
         })?;
     }
+    if let Some(kube) = &config.kube {
+        // The clusters' kubeconfigs (or service account) must load, as at start-up.
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+        for cluster in &kube.clusters {
+            runtime
+                .block_on(gatehouse_kube::upstream::Upstream::load(cluster))
+                .map_err(|message| ConfigError {
+                    path: path.display().to_string(),
+                    message,
+                })?;
+        }
+    }
     println!(
         "{}: ok ({} policies, {} issuers{}, admin on {})",
         path.display(),

@@ -239,6 +239,20 @@ impl KubeFrontend {
         peer: SocketAddr,
         record: &mut Record,
     ) -> Result<Response<Body>, Status> {
+        // hyper's read buffer bound is not exact: the head's size is checked here as well.
+        let head: usize = request
+            .headers()
+            .iter()
+            .map(|(n, v)| n.as_str().len() + v.len() + 4)
+            .sum::<usize>()
+            + request.uri().to_string().len();
+        if head > MAX_HEAD {
+            return Err(Status::new(
+                431,
+                "RequestHeaderFieldsTooLarge",
+                format!("gatehouse: the request head is larger than {MAX_HEAD} bytes"),
+            ));
+        }
         let raw_path = request.uri().path().to_string();
         let Some((cluster, api_path)) = split_cluster(&raw_path) else {
             return Err(Status::new(
