@@ -216,6 +216,39 @@ pub enum AuditEvent {
         /// Why.
         error: String,
     },
+    /// One Kubernetes API request from start to its last response byte. HTTP is per request,
+    /// so this complements `request_decided` with what happened on the wire; requests refused
+    /// before a session existed (bad path, impersonation, unknown cluster) carry no session.
+    KubeRequest {
+        /// Session id, when the caller was authenticated.
+        session: Option<String>,
+        /// Request number within the session, when policy decided it.
+        request: Option<u64>,
+        /// Cluster name from the URL.
+        target: String,
+        /// Client socket address.
+        client_addr: String,
+        /// HTTP method.
+        method: String,
+        /// The canonical API path (no query), or the raw path when it was refused as ambiguous.
+        path: String,
+        /// The Kubernetes verb (`get`, `list`, `watch`, ..., `exec`), or `connect` for discovery.
+        verb: String,
+        /// Request attributes as policy saw them.
+        attributes: serde_json::Value,
+        /// `allow`, `deny`, `needs_approval` or `refused` (refused by the gateway itself).
+        decision: String,
+        /// Policies that decided.
+        policies: Vec<String>,
+        /// HTTP status sent to the client.
+        status: u16,
+        /// Response body bytes sent to the client.
+        bytes: u64,
+        /// From the request's arrival to its last response byte.
+        duration_ms: u64,
+        /// Why it was refused or failed, if it was.
+        reason: Option<String>,
+    },
 }
 
 impl From<&Identity> for Actor {
@@ -255,6 +288,7 @@ impl AuditEvent {
             | Self::TargetError { session, .. }
             | Self::MaskingApplied { session, .. }
             | Self::RecordingWritten { session, .. } => Some(session),
+            Self::KubeRequest { session, .. } => session.as_deref(),
             Self::AuthenticationFailed { .. }
             | Self::ApprovalGranted { .. }
             | Self::ApprovalDenied { .. }
@@ -303,6 +337,7 @@ impl AuditEvent {
             Self::CredentialRevoked { .. } => "credential_revoked",
             Self::PolicyReloaded { .. } => "policy_reloaded",
             Self::PolicyReloadFailed { .. } => "policy_reload_failed",
+            Self::KubeRequest { .. } => "kube_request",
         }
     }
 }

@@ -28,6 +28,8 @@ pub struct Config {
     pub approvals: ApprovalsConfig,
     /// The PostgreSQL frontend; off when absent.
     pub postgres: Option<gatehouse_postgres::PostgresConfig>,
+    /// The Kubernetes API frontend; off when absent.
+    pub kube: Option<gatehouse_kube::KubeConfig>,
 }
 
 /// The admin listener: health, readiness, metrics, the admin API and the development issuer.
@@ -209,6 +211,9 @@ impl Config {
         if let Some(pg) = self.postgres.as_mut() {
             pg.resolve_paths(base);
         }
+        if let Some(kube) = self.kube.as_mut() {
+            kube.resolve_paths(base);
+        }
         for issuer in &mut self.identity.issuers {
             if let Some(p) = issuer.jwks_file.as_mut() {
                 resolve(p);
@@ -273,6 +278,9 @@ impl Config {
         if let Some(pg) = &self.postgres {
             pg.validate()?;
         }
+        if let Some(kube) = &self.kube {
+            kube.validate()?;
+        }
         self.check_target_names()?;
         Ok(())
     }
@@ -299,6 +307,15 @@ impl Config {
                     t.name.clone(),
                     gatehouse_core::Protocol::Postgres,
                     t.labels.clone(),
+                ));
+            }
+        }
+        if let Some(kube) = &self.kube {
+            for c in &kube.clusters {
+                targets.push(gatehouse_core::Target::new(
+                    c.name.clone(),
+                    gatehouse_core::Protocol::Kube,
+                    c.labels.clone(),
                 ));
             }
         }
@@ -379,6 +396,24 @@ mod tests {
     fn no_issuer_at_all_is_refused() {
         let err = load_str("state_dir = \"s\"\n[policy]\ndir = \"policies\"\n").unwrap_err();
         assert!(err.message.contains("identity.issuers"), "{err}");
+    }
+
+    #[test]
+    fn kube_clusters_are_targets_and_names_stay_unique() {
+        let kube = "[kube]\nlisten = \"127.0.0.1:6443\"\nallow_plaintext = true\n[[kube.clusters]]\nname = \"dev\"\nkubeconfig = \"dev.kubeconfig\"\nlabels = { env = \"dev\" }\n";
+        let config = load_str(&format!("{MINIMAL}{kube}")).unwrap();
+        let targets = config.targets();
+        assert_eq!(targets.len(), 1);
+        assert_eq!(targets[0].protocol, gatehouse_core::Protocol::Kube);
+        assert_eq!(targets[0].labels()["env"], "dev");
+        let path = &config.kube.as_ref().unwrap().clusters[0].kubeconfig;
+        assert!(path.as_ref().unwrap().is_absolute());
+
+        let pg = "[postgres]\nlisten = \"127.0.0.1:5432\"\nallow_plaintext = true\n[[postgres.targets]]\nname = \"dev\"\nhost = \"h\"\ndatabase = \"d\"\nuser = \"u\"\npassword_env = \"P\"\n";
+        let err = load_str(&format!("{MINIMAL}{kube}{pg}")).unwrap_err();
+        assert!(err.message.contains("defined twice"), "{err}");
+        let err = load_str(&format!("{MINIMAL}[kube]\nlisten = \"127.0.0.1:6443\"\n")).unwrap_err();
+        assert!(err.message.contains("kube.tls_cert"), "{err}");
     }
 
     #[test]

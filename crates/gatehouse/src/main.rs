@@ -7,6 +7,7 @@ mod client;
 mod cmd_approvals;
 mod cmd_audit;
 mod cmd_credentials;
+mod cmd_kubeconfig;
 mod cmd_policy;
 mod cmd_token;
 mod config;
@@ -74,6 +75,9 @@ enum Command {
     /// (your OIDC token from --token or GATEHOUSE_TOKEN).
     #[command(subcommand)]
     Approvals(cmd_approvals::ApprovalsCommand),
+    /// Write a kubeconfig for a cluster behind the gateway; its user runs
+    /// `gatehouse token show --exec-credential`, so kubectl always sends your current token.
+    Kubeconfig(cmd_kubeconfig::KubeconfigArgs),
 }
 
 fn main() -> ExitCode {
@@ -91,6 +95,7 @@ fn main() -> ExitCode {
         Command::Audit(cmd) => cmd_audit::run(cmd),
         Command::Credentials(args) => cmd_credentials::run(args),
         Command::Approvals(cmd) => cmd_approvals::run(cmd),
+        Command::Kubeconfig(args) => cmd_kubeconfig::run(args),
     };
     match result {
         Ok(code) => code,

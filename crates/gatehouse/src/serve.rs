@@ -38,6 +38,18 @@ pub fn check_config(path: &Path) -> anyhow::Result<ExitCode> {
             message,
         })?;
     }
+    if let Some(kube) = &config.kube {
+        // The clusters' kubeconfigs (or service account) must load, as at start-up.
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+        for cluster in &kube.clusters {
+            runtime
+                .block_on(gatehouse_kube::upstream::Upstream::load(cluster))
+                .map_err(|message| ConfigError {
+                    path: path.display().to_string(),
+                    message,
+                })?;
+        }
+    }
     println!(
         "{}: ok ({} policies, {} issuers{}, admin on {})",
         path.display(),
@@ -144,6 +156,10 @@ async fn serve(config: Config, policy: PolicyEngine) -> anyhow::Result<()> {
         frontends.push(tokio::spawn(Arc::new(frontend).serve(listener, shutdown_rx.clone())));
     }
 
+    if let Some(kube) = &config.kube {
+        frontends.push(start_kube(&gateway, kube, shutdown_rx.clone()).await?);
+    }
+
     let state = AdminState::new(Arc::clone(&gateway), dev);
     tracing::info!(admin = %config.admin_url(), policies = policy.policy_count(), "Gatehouse is serving.");
     let server = tokio::spawn(admin::serve(listener, tls, state, shutdown_rx));
@@ -162,6 +178,29 @@ async fn serve(config: Config, policy: PolicyEngine) -> anyhow::Result<()> {
         Err(_) => tracing::warn!("Connections still open after 10 s; closing them."),
     }
     Ok(())
+}
+
+/// Loads the clusters' credentials and starts the Kubernetes listener.
+async fn start_kube(
+    gateway: &Arc<Gateway>,
+    kube: &gatehouse_kube::KubeConfig,
+    shutdown: watch::Receiver<bool>,
+) -> anyhow::Result<tokio::task::JoinHandle<()>> {
+    let tls = match (&kube.tls_cert, &kube.tls_key) {
+        (Some(cert), Some(key)) => Some(crate::tls::server_config(cert, key, &[b"http/1.1"])?),
+        _ => None,
+    };
+    let frontend = gatehouse_kube::KubeFrontend::new(Arc::clone(gateway), kube, tls)
+        .await
+        .map_err(|message| ConfigError {
+            path: "[kube]".into(),
+            message,
+        })?;
+    let listener = tokio::net::TcpListener::bind(kube.listen)
+        .await
+        .with_context(|| format!("cannot listen on kube.listen = {}", kube.listen))?;
+    tracing::info!(listen = %kube.listen, clusters = kube.clusters.len(), "Kubernetes frontend listening.");
+    Ok(tokio::spawn(Arc::new(frontend).serve(listener, shutdown)))
 }
 
 /// Reloads the policy set on SIGHUP and whenever the directory changes on disk. A bad new set

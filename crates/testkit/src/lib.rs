@@ -2,6 +2,7 @@
 //! real gateway process. Every server stops when its handle drops, even when a test fails.
 
 pub mod gateway;
+pub mod kube;
 pub mod postgres;
 pub mod sshd;
 pub mod tls;

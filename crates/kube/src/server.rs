@@ -1,0 +1,829 @@
+//! The HTTPS listener kubectl talks to. Every request: find the cluster in the URL, turn the
+//! bearer token into a (cached) core session, refuse impersonation, derive the attributes,
+//! ask policy, then forward with the gateway's credential and stream the answer back —
+//! masking Secrets on the way — and audit the request when its last byte has gone.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant, SystemTime};
+
+use bytes::Bytes;
+use gatehouse_audit::AuditEvent;
+use gatehouse_core::{Gateway, Protocol, Refusal, RefusalKind, Session};
+use gatehouse_mask::{DataClass, MaskCounts};
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Request, Response, StatusCode};
+use http_body::{Body as HttpBody, Frame, SizeHint};
+use http_body_util::{BodyExt as _, Full, Limited};
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{Semaphore, watch};
+use tokio_rustls::TlsAcceptor;
+
+use crate::attributes::{Attributes, PathKind};
+use crate::config::KubeConfig;
+use crate::secrets::{self, MaskError, WatchMasker};
+use crate::status::Status;
+use crate::upstream::{Body, BoxError, Upstream};
+
+/// Largest request head (request line and headers) a client may send.
+const MAX_HEAD: usize = 64 * 1024;
+/// Time the API server has to send a response head.
+const UPSTREAM_HEAD_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Headers that belong to one hop, never forwarded either way.
+const HOP_BY_HOP: [&str; 9] = [
+    "connection",
+    "keep-alive",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "proxy-connection",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+];
+
+/// Any client stream, plain or TLS.
+trait Stream: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {}
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> Stream for T {}
+
+/// The Kubernetes frontend, shared by every connection.
+pub struct KubeFrontend {
+    gateway: Arc<Gateway>,
+    tls: Option<TlsAcceptor>,
+    clusters: HashMap<String, Upstream>,
+    sessions: SessionCache,
+    limit: Arc<Semaphore>,
+    max_request_body: usize,
+    max_json_buffer: usize,
+}
+
+/// Sessions by (token, cluster). HTTP carries the token in every request; authenticating
+/// and opening a session per request would make every API call a new audited session and
+/// cost a JWT verification each time. A session lives as long as its token (or the
+/// configured maximum), exactly like a PostgreSQL or SSH session on one connection.
+struct SessionCache {
+    entries: Mutex<HashMap<[u8; 32], Session>>,
+    capacity: usize,
+}
+
+/// What the audit record of one request accumulates while it is handled.
+struct Record {
+    session: Option<Session>,
+    request: Option<u64>,
+    target: String,
+    client: SocketAddr,
+    method: String,
+    path: String,
+    verb: String,
+    attributes: serde_json::Value,
+    decision: &'static str,
+    policies: Vec<String>,
+    reason: Option<String>,
+    masked: Option<Arc<Mutex<MaskCounts>>>,
+}
+
+impl KubeFrontend {
+    /// Loads every cluster's credential; `tls` is the listener's rustls config, if any.
+    pub async fn new(
+        gateway: Arc<Gateway>,
+        config: &KubeConfig,
+        tls: Option<Arc<rustls::ServerConfig>>,
+    ) -> Result<Self, String> {
+        let mut clusters = HashMap::new();
+        for cluster in &config.clusters {
+            let upstream = Upstream::load(cluster).await?;
+            tracing::info!(cluster = %cluster.name, server = %upstream.url, "Kubernetes cluster configured.");
+            clusters.insert(cluster.name.clone(), upstream);
+        }
+        Ok(Self {
+            gateway,
+            tls: tls.map(TlsAcceptor::from),
+            clusters,
+            sessions: SessionCache {
+                entries: Mutex::new(HashMap::new()),
+                capacity: config.max_cached_sessions,
+            },
+            limit: Arc::new(Semaphore::new(config.max_connections)),
+            max_request_body: config.max_request_body,
+            max_json_buffer: config.max_json_buffer,
+        })
+    }
+
+    /// Serves `listener` until `shutdown` turns true, then drains open connections and ends
+    /// the cached sessions.
+    pub async fn serve(self: Arc<Self>, listener: TcpListener, mut shutdown: watch::Receiver<bool>) {
+        let mut tasks = tokio::task::JoinSet::new();
+        let mut sweep = tokio::time::interval(Duration::from_secs(15));
+        loop {
+            let permit = tokio::select! {
+                p = Arc::clone(&self.limit).acquire_owned() => match p { Ok(p) => p, Err(_) => break },
+                _ = stopped(&mut shutdown) => break,
+            };
+            let accepted = tokio::select! {
+                a = listener.accept() => a,
+                _ = sweep.tick() => {
+                    self.sessions.sweep().await;
+                    continue;
+                }
+                _ = stopped(&mut shutdown) => break,
+            };
+            let (tcp, peer) = match accepted {
+                Ok(conn) => conn,
+                Err(error) => {
+                    tracing::warn!(%error, "Kubernetes accept failed.");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            };
+            let this = Arc::clone(&self);
+            let shutdown = shutdown.clone();
+            tasks.spawn(async move {
+                this.connection(tcp, peer, shutdown).await;
+                drop(permit);
+            });
+            while tasks.try_join_next().is_some() {}
+        }
+        drop(listener);
+        while tasks.join_next().await.is_some() {}
+        self.sessions.end_all("gateway shutdown").await;
+    }
+
+    async fn connection(self: Arc<Self>, tcp: TcpStream, peer: SocketAddr, mut shutdown: watch::Receiver<bool>) {
+        let _ = tcp.set_nodelay(true);
+        let stream: Box<dyn Stream> = match &self.tls {
+            Some(acceptor) => match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await {
+                Ok(Ok(tls)) => Box::new(tls),
+                Ok(Err(error)) => {
+                    tracing::debug!(client = %peer, %error, "TLS handshake failed.");
+                    return;
+                }
+                Err(_) => return,
+            },
+            None => Box::new(tcp),
+        };
+        let this = self;
+        let service = hyper::service::service_fn(move |request| {
+            let this = Arc::clone(&this);
+            async move { Ok::<_, std::convert::Infallible>(this.handle(request, peer).await) }
+        });
+        let mut builder = hyper::server::conn::http1::Builder::new();
+        builder
+            .timer(TokioTimer::new())
+            .header_read_timeout(Duration::from_secs(30))
+            .max_buf_size(MAX_HEAD);
+        let conn = builder.serve_connection(TokioIo::new(stream), service);
+        tokio::pin!(conn);
+        tokio::select! {
+            result = conn.as_mut() => {
+                if let Err(error) = result {
+                    tracing::debug!(client = %peer, %error, "Kubernetes client connection ended with an error.");
+                }
+            }
+            _ = stopped(&mut shutdown) => {
+                conn.as_mut().graceful_shutdown();
+                // Watches never end by themselves: give answers in flight a moment, then close.
+                let _ = tokio::time::timeout(Duration::from_secs(5), conn.as_mut()).await;
+            }
+        }
+    }
+
+    /// One request, start to finish; never fails (a refusal is a `Status` response).
+    async fn handle(self: Arc<Self>, request: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
+        let started = Instant::now();
+        let mut record = Record {
+            session: None,
+            request: None,
+            target: String::new(),
+            client: peer,
+            method: request.method().as_str().to_string(),
+            path: request.uri().path().chars().take(2048).collect(),
+            verb: String::new(),
+            attributes: serde_json::Value::Null,
+            decision: "refused",
+            policies: Vec::new(),
+            reason: None,
+            masked: None,
+        };
+        let (response, deadline) = match self.route(request, peer, &mut record).await {
+            Ok(response) => {
+                let deadline = record.session.as_ref().map(Session::time_left);
+                (response, deadline)
+            }
+            Err(status) => {
+                tracing::info!(client = %peer, method = %record.method, path = %record.path, code = status.code, message = %status.message, "Kubernetes request refused.");
+                record.reason = Some(status.message.clone());
+                (status_response(&status), None)
+            }
+        };
+        let (parts, body) = response.into_parts();
+        let metered = Metered {
+            inner: body,
+            bytes: 0,
+            status: parts.status.as_u16(),
+            started,
+            deadline: deadline.map(|d| Box::pin(tokio::time::sleep(d))),
+            finish: Some((Arc::clone(&self.gateway), record)),
+        };
+        Response::from_parts(parts, metered.boxed())
+    }
+
+    async fn route(
+        &self,
+        request: Request<Incoming>,
+        peer: SocketAddr,
+        record: &mut Record,
+    ) -> Result<Response<Body>, Status> {
+        // hyper's read buffer bound is not exact: the head's size is checked here as well.
+        let head: usize = request
+            .headers()
+            .iter()
+            .map(|(n, v)| n.as_str().len() + v.len() + 4)
+            .sum::<usize>()
+            + request.uri().to_string().len();
+        if head > MAX_HEAD {
+            return Err(Status::new(
+                431,
+                "RequestHeaderFieldsTooLarge",
+                format!("gatehouse: the request head is larger than {MAX_HEAD} bytes"),
+            ));
+        }
+        let raw_path = request.uri().path().to_string();
+        let Some((cluster, api_path)) = split_cluster(&raw_path) else {
+            return Err(Status::new(
+                404,
+                "NotFound",
+                "gatehouse serves Kubernetes clusters at /clusters/<name>/; point the kubeconfig's server there (gatehouse kubeconfig --cluster NAME)",
+            ));
+        };
+        record.target = cluster.to_string();
+        let token = bearer(request.headers()).ok_or_else(|| {
+            Status::unauthorized(
+                "gatehouse: no bearer token; present your OIDC token or a gatehouse credential (gatehouse kubeconfig sets this up)",
+            )
+        })?;
+        let session = self
+            .session(token, cluster, peer)
+            .await
+            .map_err(|r| refusal_status(&r))?;
+        record.session = Some(session.clone());
+
+        if let Some(name) = request
+            .headers()
+            .keys()
+            .find(|name| name.as_str().starts_with("impersonate-"))
+        {
+            return Err(Status::forbidden(format!(
+                "gatehouse: impersonation is refused ({name} header); the API server sees only the gateway's own credential, and policy decides for you as yourself"
+            )));
+        }
+        let attrs = Attributes::parse(request.method().as_str(), api_path, request.uri().query())
+            .map_err(|e| Status::bad_request(format!("gatehouse: request refused: {e}")))?;
+        record.path = attrs.path.clone();
+        record.verb = attrs.action.to_string();
+        record.attributes = attrs.context();
+
+        if attrs.kind == PathKind::Discovery {
+            record.decision = "allow";
+        } else {
+            let permit = match session.authorize(attrs.action, attrs.context()).await {
+                Ok(permit) => permit,
+                Err(refusal) => {
+                    record.request = refusal.request;
+                    record.policies = refusal.policies.clone();
+                    record.decision = match refusal.kind {
+                        RefusalKind::Denied => "deny",
+                        RefusalKind::ApprovalRequired { .. } => "needs_approval",
+                        _ => "refused",
+                    };
+                    return Err(refusal_status(&refusal));
+                }
+            };
+            record.request = Some(permit.request());
+            record.policies = permit.policies().to_vec();
+            record.decision = "allow";
+        }
+        if request.headers().contains_key(header::UPGRADE) {
+            return Err(Status::forbidden(
+                "gatehouse: exec, attach and port-forward streams are not relayed by this gateway yet",
+            ));
+        }
+        let Some(upstream) = self.clusters.get(cluster) else {
+            // The core knows the target, so config wiring guarantees an upstream for it.
+            return Err(refusal_status(&Refusal::access_denied()));
+        };
+
+        let mask = attrs.may_carry_secrets() && session.masker().await.masks(DataClass::Secret);
+        let forwarded = self.forward_request(request, &attrs, mask).await?;
+        let response = match tokio::time::timeout(UPSTREAM_HEAD_TIMEOUT, upstream.send(forwarded)).await {
+            Ok(Ok(response)) => response,
+            Ok(Err(error)) => {
+                tracing::warn!(session = %session.id(), cluster, %error, "Kubernetes API server request failed.");
+                session
+                    .target_error(format!("API server request failed: {error}"))
+                    .await;
+                return Err(Status::bad_gateway(format!(
+                    "gatehouse could not reach the API server of cluster {cluster:?}"
+                )));
+            }
+            Err(_) => {
+                session.target_error("API server did not answer in time").await;
+                return Err(Status::new(
+                    504,
+                    "Timeout",
+                    format!("gatehouse: the API server of cluster {cluster:?} did not answer in time"),
+                ));
+            }
+        };
+        if mask {
+            let counts = Arc::new(Mutex::new(MaskCounts::default()));
+            record.masked = Some(Arc::clone(&counts));
+            self.masked_response(response, attrs.action == "watch", counts).await
+        } else {
+            Ok(pass_through(response))
+        }
+    }
+
+    /// The cached session for this token on this cluster, or a new one.
+    async fn session(&self, token: &str, cluster: &str, peer: SocketAddr) -> Result<Session, Refusal> {
+        let key = cache_key(token, cluster);
+        if let Some(session) = self.sessions.get(&key).await {
+            return Ok(session);
+        }
+        let session = self.gateway.connect(token, Protocol::Kube, cluster, peer).await?;
+        tracing::info!(client = %peer, session = %session.id(), user = %session.identity().display_name(), target = cluster, "Kubernetes session opened.");
+        Ok(self.sessions.insert(key, session).await)
+    }
+
+    /// The request the API server gets: canonical path, no caller credential, no
+    /// impersonation, JSON-only `Accept` when Secrets may come back, and a write body that
+    /// was checked for masking placeholders.
+    async fn forward_request(
+        &self,
+        request: Request<Incoming>,
+        attrs: &Attributes,
+        mask: bool,
+    ) -> Result<Request<Body>, Status> {
+        let (parts, body) = request.into_parts();
+        let mut headers = HeaderMap::new();
+        for (name, value) in &parts.headers {
+            let n = name.as_str();
+            if n == "authorization" || n == "host" || n.starts_with("impersonate-") || HOP_BY_HOP.contains(&n) {
+                continue;
+            }
+            headers.append(name.clone(), value.clone());
+        }
+        if mask {
+            let accept = secrets::json_accept(parts.headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()));
+            headers.insert(
+                header::ACCEPT,
+                HeaderValue::from_str(&accept).unwrap_or(HeaderValue::from_static("application/json")),
+            );
+        }
+        let body: Body = if matches!(parts.method.as_str(), "POST" | "PUT" | "PATCH") {
+            if parts
+                .headers
+                .get(header::CONTENT_ENCODING)
+                .is_some_and(|e| e.as_bytes() != b"identity")
+            {
+                return Err(Status::new(
+                    415,
+                    "UnsupportedMediaType",
+                    "gatehouse: compressed request bodies are not accepted",
+                ));
+            }
+            let bytes = Limited::new(body, self.max_request_body)
+                .collect()
+                .await
+                .map_err(|_| {
+                    Status::new(
+                        413,
+                        "RequestEntityTooLarge",
+                        format!(
+                            "gatehouse: the request body is larger than {} bytes (kube.max_request_body)",
+                            self.max_request_body
+                        ),
+                    )
+                })?
+                .to_bytes();
+            if secrets::carries_placeholder(&bytes) {
+                return Err(Status::bad_request(
+                    "gatehouse: the request body carries the Secret masking placeholder; writing it would replace real Secret values with masked ones. Apply the real values from their source instead",
+                ));
+            }
+            Full::new(bytes).map_err(|never| match never {}).boxed()
+        } else {
+            body.map_err(BoxError::from).boxed()
+        };
+        let mut forwarded = Request::new(body);
+        *forwarded.method_mut() = parts.method;
+        *forwarded.uri_mut() = attrs
+            .path_and_query()
+            .parse()
+            .map_err(|_| Status::bad_request("gatehouse: the request path cannot be forwarded"))?;
+        *forwarded.headers_mut() = headers;
+        Ok(forwarded)
+    }
+
+    /// A response that may carry Secrets: buffered and masked whole, or masked event by
+    /// event for a watch.
+    async fn masked_response(
+        &self,
+        response: Response<Incoming>,
+        watch: bool,
+        counts: Arc<Mutex<MaskCounts>>,
+    ) -> Result<Response<Body>, Status> {
+        let (mut parts, body) = response.into_parts();
+        strip_hop_by_hop(&mut parts.headers);
+        let content_type = parts
+            .headers
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string);
+        let encoding = parts
+            .headers
+            .get(header::CONTENT_ENCODING)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string);
+        let mask_failed = |e: MaskError| Status::bad_gateway(format!("gatehouse: {e}"));
+        if content_type.is_some() && !secrets::is_json(content_type.as_deref()) {
+            return Err(mask_failed(MaskError::NotJson(content_type.unwrap_or_default())));
+        }
+        parts.headers.remove(header::CONTENT_ENCODING);
+        parts.headers.remove(header::CONTENT_LENGTH);
+        if watch {
+            if encoding.as_deref().is_some_and(|e| !e.eq_ignore_ascii_case("identity")) {
+                return Err(mask_failed(MaskError::Encoding(encoding.unwrap_or_default())));
+            }
+            let body = WatchBody {
+                inner: body,
+                masker: WatchMasker::new(self.max_json_buffer),
+                counts,
+                done: false,
+            };
+            return Ok(Response::from_parts(parts, body.boxed()));
+        }
+        let limit = self.max_json_buffer;
+        let raw = Limited::new(body, limit)
+            .collect()
+            .await
+            .map_err(|e| {
+                if e.is::<http_body_util::LengthLimitError>() {
+                    Status::new(
+                        413,
+                        "RequestEntityTooLarge",
+                        format!("gatehouse: {}", MaskError::TooLarge(limit)),
+                    )
+                } else {
+                    Status::bad_gateway(format!("gatehouse: reading the API server's response failed: {e}"))
+                }
+            })?
+            .to_bytes();
+        let plain = secrets::decode(raw, encoding.as_deref(), limit).map_err(|e| match e {
+            MaskError::TooLarge(_) => Status::new(413, "RequestEntityTooLarge", format!("gatehouse: {e}")),
+            other => mask_failed(other),
+        })?;
+        let mut local = MaskCounts::default();
+        let masked = secrets::mask_document(&plain, &mut local).map_err(mask_failed)?;
+        lock(&counts).merge(&local);
+        parts
+            .headers
+            .insert(header::CONTENT_LENGTH, HeaderValue::from(masked.len()));
+        Ok(Response::from_parts(
+            parts,
+            Full::new(masked).map_err(|never| match never {}).boxed(),
+        ))
+    }
+}
+
+impl SessionCache {
+    async fn get(&self, key: &[u8; 32]) -> Option<Session> {
+        let expired = {
+            let mut entries = lock(&self.entries);
+            match entries.get(key) {
+                Some(session) if !session.time_left().is_zero() => return Some(session.clone()),
+                Some(_) => entries.remove(key),
+                None => None,
+            }
+        };
+        if let Some(session) = expired {
+            session.end("token expired").await;
+        }
+        None
+    }
+
+    /// Keeps `session` unless a concurrent request cached one first (then this one ends).
+    async fn insert(&self, key: [u8; 32], session: Session) -> Session {
+        let (kept, dropped) = {
+            let mut entries = lock(&self.entries);
+            let mut dropped = Vec::new();
+            if let Some(existing) = entries.get(&key) {
+                (existing.clone(), vec![session])
+            } else {
+                if entries.len() >= self.capacity {
+                    entries.retain(|_, s| {
+                        let live = !s.time_left().is_zero();
+                        if !live {
+                            dropped.push(s.clone());
+                        }
+                        live
+                    });
+                }
+                if entries.len() >= self.capacity {
+                    // Still full of live sessions: the one closest to its end makes room.
+                    if let Some(oldest) = entries.iter().min_by_key(|(_, s)| s.expires_at()).map(|(k, _)| *k)
+                        && let Some(s) = entries.remove(&oldest)
+                    {
+                        dropped.push(s);
+                    }
+                }
+                entries.insert(key, session.clone());
+                (session, dropped)
+            }
+        };
+        for session in dropped {
+            session.end("session cache full or superseded").await;
+        }
+        kept
+    }
+
+    async fn sweep(&self) {
+        let now = SystemTime::now();
+        let expired: Vec<Session> = {
+            let mut entries = lock(&self.entries);
+            let mut out = Vec::new();
+            entries.retain(|_, s| {
+                let live = s.expires_at() > now;
+                if !live {
+                    out.push(s.clone());
+                }
+                live
+            });
+            out
+        };
+        for session in expired {
+            session.end("token expired").await;
+        }
+    }
+
+    async fn end_all(&self, reason: &str) {
+        let all: Vec<Session> = lock(&self.entries).drain().map(|(_, s)| s).collect();
+        for session in all {
+            session.end(reason).await;
+        }
+    }
+}
+
+/// `/clusters/<name>/<api path>` → (name, api path); the API path of `/clusters/<name>` is `/`.
+fn split_cluster(path: &str) -> Option<(&str, &str)> {
+    let rest = path.strip_prefix("/clusters/")?;
+    let (name, api) = match rest.find('/') {
+        Some(i) => (&rest[..i], &rest[i..]),
+        None => (rest, "/"),
+    };
+    (!name.is_empty()).then_some((name, api))
+}
+
+fn bearer(headers: &HeaderMap) -> Option<&str> {
+    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = value.split_once(' ')?;
+    let token = token.trim();
+    (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then_some(token)
+}
+
+/// A digest of the token, so the cache never holds a credential in a form anyone could use.
+fn cache_key(token: &str, cluster: &str) -> [u8; 32] {
+    let mut ctx = aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256);
+    ctx.update(cluster.as_bytes());
+    ctx.update(&[0]);
+    ctx.update(token.as_bytes());
+    let mut key = [0u8; 32];
+    key.copy_from_slice(ctx.finish().as_ref());
+    key
+}
+
+/// The `Status` for a refusal of the core: the same 403 for a bad token, an unknown
+/// cluster and a denied connect.
+fn refusal_status(refusal: &Refusal) -> Status {
+    match &refusal.kind {
+        RefusalKind::Unauthenticated => Status::forbidden(format!("gatehouse: {}", refusal.message)),
+        RefusalKind::Denied => Status::forbidden(refusal.message.clone()),
+        RefusalKind::ApprovalRequired { .. } => Status::forbidden(refusal.message.clone()),
+        RefusalKind::Expired => Status::unauthorized(format!("gatehouse: {}", refusal.message)),
+        RefusalKind::Unavailable => Status::unavailable(format!("gatehouse: {}", refusal.message)),
+    }
+}
+
+fn status_response(status: &Status) -> Response<Body> {
+    let mut response = Response::new(Full::new(status.body()).map_err(|never| match never {}).boxed());
+    *response.status_mut() = StatusCode::from_u16(status.code).unwrap_or(StatusCode::FORBIDDEN);
+    response
+        .headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    response
+}
+
+fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    for name in HOP_BY_HOP {
+        headers.remove(HeaderName::from_static(name));
+    }
+}
+
+/// A response that carries no Secrets: streamed as it comes (watch and logs unbuffered).
+fn pass_through(response: Response<Incoming>) -> Response<Body> {
+    let (mut parts, body) = response.into_parts();
+    strip_hop_by_hop(&mut parts.headers);
+    Response::from_parts(parts, body.map_err(BoxError::from).boxed())
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Resolves once the shutdown flag turns true (or its sender is gone).
+async fn stopped(shutdown: &mut watch::Receiver<bool>) {
+    let _ = shutdown.wait_for(|s| *s).await;
+}
+
+/// A watch stream from the API server, masked event by event.
+struct WatchBody {
+    inner: Incoming,
+    masker: WatchMasker,
+    counts: Arc<Mutex<MaskCounts>>,
+    done: bool,
+}
+
+impl HttpBody for WatchBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = &mut *self;
+        loop {
+            if this.done {
+                return Poll::Ready(None);
+            }
+            match Pin::new(&mut this.inner).poll_frame(cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(None) => {
+                    this.done = true;
+                    if let Err(e) = this.masker.finish() {
+                        return Poll::Ready(Some(Err(Box::new(e))));
+                    }
+                    return Poll::Ready(None);
+                }
+                Poll::Ready(Some(Err(e))) => {
+                    this.done = true;
+                    return Poll::Ready(Some(Err(Box::new(e))));
+                }
+                Poll::Ready(Some(Ok(frame))) => {
+                    let Ok(data) = frame.into_data() else { continue };
+                    let mut counts = lock(&this.counts);
+                    match this.masker.push(&data, &mut counts) {
+                        Ok(out) if out.is_empty() => continue,
+                        Ok(out) => return Poll::Ready(Some(Ok(Frame::data(out)))),
+                        Err(e) => {
+                            // Ending the stream is the only safe answer once events flowed.
+                            tracing::warn!(error = %e, "Masking a watch stream failed; closing it.");
+                            this.done = true;
+                            return Poll::Ready(Some(Err(Box::new(e))));
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The response body as sent: counts bytes, ends at the session's deadline, and writes the
+/// request's audit record when the last byte has gone (or the client went away).
+struct Metered {
+    inner: Body,
+    bytes: u64,
+    status: u16,
+    started: Instant,
+    deadline: Option<Pin<Box<tokio::time::Sleep>>>,
+    finish: Option<(Arc<Gateway>, Record)>,
+}
+
+impl Metered {
+    fn finish(&mut self, reason: Option<&str>) {
+        let Some((gateway, record)) = self.finish.take() else {
+            return;
+        };
+        let bytes = self.bytes;
+        let status = self.status;
+        let duration_ms = u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX);
+        let reason = record.reason.clone().or_else(|| reason.map(str::to_string));
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        runtime.spawn(async move {
+            let counts = record.masked.as_ref().map(|c| lock(c).clone()).unwrap_or_default();
+            if let (Some(session), Some(request)) = (&record.session, record.request) {
+                session.record_masking(request, &counts).await;
+            }
+            let event = AuditEvent::KubeRequest {
+                session: record.session.as_ref().map(|s| s.id().to_string()),
+                request: record.request,
+                target: record.target,
+                client_addr: record.client.to_string(),
+                method: record.method,
+                path: record.path,
+                verb: record.verb,
+                attributes: record.attributes,
+                decision: record.decision.into(),
+                policies: record.policies,
+                status,
+                bytes,
+                duration_ms,
+                reason,
+            };
+            if let Err(error) = gateway.audit().append(event).await {
+                tracing::error!(%error, "Audit write of a Kubernetes request failed.");
+            }
+        });
+    }
+}
+
+impl HttpBody for Metered {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = &mut *self;
+        if let Some(deadline) = this.deadline.as_mut()
+            && deadline.as_mut().poll(cx).is_ready()
+        {
+            // The token behind the session expired: the stream ends, the client reconnects
+            // and must present a fresh token.
+            this.finish(Some("the session's token expired during the response"));
+            return Poll::Ready(None);
+        }
+        match Pin::new(&mut this.inner).poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(data) = frame.data_ref() {
+                    this.bytes += data.len() as u64;
+                }
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Poll::Ready(Some(Err(e))) => {
+                let why = format!("the response stream failed: {e}");
+                this.finish(Some(&why));
+                Poll::Ready(Some(Err(e)))
+            }
+            Poll::Ready(None) => {
+                this.finish(None);
+                Poll::Ready(None)
+            }
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl Drop for Metered {
+    fn drop(&mut self) {
+        self.finish(Some("the client closed the connection before the response ended"));
+    }
+}
+
+use std::future::Future as _;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cluster_is_the_first_segment_after_clusters() {
+        assert_eq!(
+            split_cluster("/clusters/dev/api/v1/pods"),
+            Some(("dev", "/api/v1/pods"))
+        );
+        assert_eq!(split_cluster("/clusters/dev"), Some(("dev", "/")));
+        assert_eq!(split_cluster("/clusters//api"), None);
+        assert_eq!(split_cluster("/api/v1/pods"), None);
+    }
+
+    #[test]
+    fn bearer_tokens_are_read_case_insensitively() {
+        let mut headers = HeaderMap::new();
+        headers.insert(header::AUTHORIZATION, HeaderValue::from_static("bearer abc"));
+        assert_eq!(bearer(&headers), Some("abc"));
+        headers.insert(header::AUTHORIZATION, HeaderValue::from_static("Basic abc"));
+        assert_eq!(bearer(&headers), None);
+        assert_ne!(cache_key("t", "a"), cache_key("t", "b"));
+    }
+}

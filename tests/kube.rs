@@ -1,0 +1,571 @@
+//! The Kubernetes gateway end to end: the testkit's API server (real API shapes, its own CA
+//! and a token only the gateway holds), a real `gatehouse serve`, and the real `kubectl`
+//! (and `curl` for what kubectl cannot send) with a kubeconfig from `gatehouse kubeconfig`.
+
+#![allow(clippy::unwrap_used)] // test helpers outside #[test] fns: a panic is the failure report
+
+use std::io::{BufRead as _, BufReader};
+use std::path::PathBuf;
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use gatehouse_testkit::gateway::{GatewayBuilder, TestGateway, free_port};
+use gatehouse_testkit::kube::{KubeApiServer, SEEDED_SECRET_VALUE};
+use gatehouse_testkit::tls::TestCerts;
+
+/// base64 of the seeded secret value, as the API server stores and sends it.
+const SEEDED_SECRET_B64: &str = "aHVudGVyMi1wcm9kLXNlY3JldA==";
+/// base64 of `<masked>`.
+const MASKED: &str = "PG1hc2tlZD4=";
+
+struct Setup {
+    api: KubeApiServer,
+    gw: TestGateway,
+    port: u16,
+    certs: TestCerts,
+    kubeconfig: PathBuf,
+    dir: tempfile::TempDir,
+}
+
+fn setup() -> Setup {
+    setup_with("")
+}
+
+/// `listener` gives more `[kube]` keys.
+fn setup_with(listener: &str) -> Setup {
+    let api = KubeApiServer::start().unwrap();
+    let upstream = api.write_kubeconfig().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let certs = TestCerts::generate(dir.path()).unwrap();
+    let port = free_port().unwrap();
+    let gw = GatewayBuilder::new(env!("CARGO_BIN_EXE_gatehouse"))
+        .config(&format!(
+            r#"
+[kube]
+listen = "127.0.0.1:{port}"
+tls_cert = "{cert}"
+tls_key = "{key}"
+{listener}
+
+[[kube.clusters]]
+name = "dev"
+kubeconfig = "{upstream}"
+context = "gatehouse"
+labels = {{ env = "dev" }}
+"#,
+            cert = certs.server_cert.display(),
+            key = certs.server_key.display(),
+            upstream = upstream.display(),
+        ))
+        .start()
+        .unwrap();
+    let kubeconfig = dir.path().join("kubeconfig");
+    let out = gw
+        .cli(&[
+            "kubeconfig",
+            "--cluster",
+            "dev",
+            "--server",
+            &format!("https://127.0.0.1:{port}"),
+            "--ca-file",
+            certs.ca_cert.to_str().unwrap(),
+            "--output",
+            kubeconfig.to_str().unwrap(),
+        ])
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    Setup {
+        api,
+        gw,
+        port,
+        certs,
+        kubeconfig,
+        dir,
+    }
+}
+
+impl Setup {
+    fn kubectl_command(&self, token: &str, args: &[&str]) -> Command {
+        let mut cmd = Command::new("kubectl");
+        cmd.env("KUBECONFIG", &self.kubeconfig)
+            .env("GATEHOUSE_TOKEN", token)
+            .env("HOME", self.dir.path())
+            .arg("--cache-dir")
+            .arg(self.dir.path().join("kube-cache"))
+            .arg("--request-timeout=20s")
+            .args(args)
+            .stdin(Stdio::null());
+        cmd
+    }
+
+    fn kubectl(&self, token: &str, args: &[&str]) -> Output {
+        self.kubectl_command(token, args).output().unwrap()
+    }
+
+    /// `curl` through the gateway: (status, content type, body).
+    fn curl(&self, token: Option<&str>, path: &str, headers: &[&str]) -> (u16, String, String) {
+        let mut cmd = Command::new("curl");
+        cmd.args(["-sS", "--path-as-is", "--max-time", "20", "--cacert"])
+            .arg(&self.certs.ca_cert)
+            .args(["-w", "\n%{http_code} %{content_type}"]);
+        if let Some(token) = token {
+            cmd.args(["-H", &format!("Authorization: Bearer {token}")]);
+        }
+        for h in headers {
+            cmd.args(["-H", h]);
+        }
+        cmd.arg(format!("https://127.0.0.1:{}{path}", self.port));
+        let out = cmd.output().unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).to_string();
+        let (body, tail) = text.rsplit_once('\n').unwrap();
+        let (code, ct) = tail.split_once(' ').unwrap_or((tail, ""));
+        (code.parse().unwrap(), ct.to_string(), body.to_string())
+    }
+
+    fn audit_text(&self) -> String {
+        let mut text = String::new();
+        for entry in std::fs::read_dir(self.gw.audit_dir()).unwrap() {
+            text.push_str(&std::fs::read_to_string(entry.unwrap().path()).unwrap_or_default());
+        }
+        text
+    }
+
+    /// The audit's kube_request records so far, waiting until `check` holds.
+    fn wait_audit(&self, check: impl Fn(&[serde_json::Value]) -> bool) -> Vec<serde_json::Value> {
+        let read = || {
+            self.audit_text()
+                .lines()
+                .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+                .filter(|r| r.to_string().contains("\"kube_request\""))
+                .collect::<Vec<_>>()
+        };
+        self.gw.wait_for(Duration::from_secs(5), || check(&read()));
+        read()
+    }
+}
+
+fn stdout(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stdout).to_string()
+}
+
+fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).to_string()
+}
+
+fn ok(out: &Output) -> String {
+    assert!(
+        out.status.success(),
+        "kubectl failed:\n{}\n{}",
+        stderr(out),
+        stdout(out)
+    );
+    stdout(out)
+}
+
+#[test]
+fn kubectl_gets_pods_with_the_gateways_credential_only() {
+    let s = setup();
+    let token = s.gw.mint("alice", &[], false).unwrap();
+    let out = ok(&s.kubectl(&token, &["get", "pods", "-n", "shop"]));
+    assert!(out.contains("web-0") && out.contains("Running"), "{out}");
+    let version = ok(&s.kubectl(&token, &["version", "-o", "json"]));
+    assert!(version.contains("v1.32.0-gatehouse-testkit"), "{version}");
+
+    let seen = s.api.seen();
+    assert!(!seen.is_empty());
+    for request in &seen {
+        assert_eq!(
+            request.authorization.as_deref(),
+            Some(format!("Bearer {}", s.api.token()).as_str()),
+            "{request:?}"
+        );
+        assert!(request.impersonation.is_empty(), "{request:?}");
+    }
+    assert!(
+        seen.iter()
+            .any(|r| r.path_and_query.starts_with("/api/v1/namespaces/shop/pods"))
+    );
+
+    // One session for the caller's token, however many requests kubectl made.
+    let records = s.wait_audit(|r| r.iter().any(|e| e["verb"] == "list" && e["status"] == 200));
+    let list = records.iter().find(|e| e["verb"] == "list").unwrap();
+    assert_eq!(list["decision"], "allow");
+    assert_eq!(list["attributes"]["resource"], "pods");
+    assert_eq!(list["attributes"]["namespace"], "shop");
+    assert_eq!(list["policies"], serde_json::json!(["kube-read"]));
+    assert!(list["bytes"].as_u64().unwrap() > 0);
+    let audit = s.audit_text();
+    assert_eq!(audit.matches("\"session_started\"").count(), 1, "{audit}");
+    assert!(!audit.contains(&token));
+}
+
+#[test]
+fn secrets_are_masked_in_yaml_json_wide_and_table_output() {
+    let s = setup();
+    let token = s.gw.mint("alice", &[], false).unwrap();
+    let yaml = ok(&s.kubectl(&token, &["get", "secret", "db", "-n", "shop", "-o", "yaml"]));
+    assert!(yaml.contains(&format!("password: {MASKED}")), "{yaml}");
+    assert!(yaml.contains("last-applied-configuration"), "{yaml}");
+    assert!(
+        !yaml.contains(SEEDED_SECRET_B64) && !yaml.contains(SEEDED_SECRET_VALUE),
+        "{yaml}"
+    );
+
+    let list = ok(&s.kubectl(&token, &["get", "secrets", "-n", "shop", "-o", "json"]));
+    assert!(list.contains(MASKED) && !list.contains(SEEDED_SECRET_B64), "{list}");
+
+    let wide = ok(&s.kubectl(&token, &["get", "secrets", "-n", "shop", "-o", "wide"]));
+    assert!(wide.contains("db") && wide.contains("Opaque"), "{wide}");
+
+    // Table rows with whole objects (what clients ask with includeObject=Object).
+    let (code, ct, body) = s.curl(
+        Some(&token),
+        "/clusters/dev/api/v1/namespaces/shop/secrets?includeObject=Object",
+        &["Accept: application/json;as=Table;v=v1;g=meta.k8s.io"],
+    );
+    assert_eq!(code, 200, "{body}");
+    assert!(ct.starts_with("application/json"), "{ct}");
+    assert!(body.contains("\"Table\"") && body.contains(MASKED), "{body}");
+    assert!(!body.contains(SEEDED_SECRET_B64), "{body}");
+
+    // The API server really holds the value: masking happened in the gateway.
+    let stored = s.api.object("secrets", "shop", "db").unwrap();
+    assert_eq!(stored["data"]["password"], SEEDED_SECRET_B64);
+    let records = s.wait_audit(|r| r.len() >= 4);
+    assert!(records.iter().all(|e| !e.to_string().contains(SEEDED_SECRET_B64)));
+    assert!(s.audit_text().contains("\"masking_applied\""));
+}
+
+#[test]
+fn protobuf_is_never_passed_through_for_secrets() {
+    let s = setup();
+    let token = s.gw.mint("alice", &[], false).unwrap();
+    let protobuf = "Accept: application/vnd.kubernetes.protobuf, application/json";
+    let (code, ct, body) = s.curl(
+        Some(&token),
+        "/clusters/dev/api/v1/namespaces/shop/secrets/db",
+        &[protobuf],
+    );
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(ct, "application/json");
+    assert!(body.contains(MASKED) && !body.contains(SEEDED_SECRET_B64), "{body}");
+    let upstream = s
+        .api
+        .seen()
+        .into_iter()
+        .rfind(|r| r.path_and_query.contains("/secrets/db"))
+        .unwrap();
+    assert_eq!(upstream.accept.as_deref(), Some("application/json"));
+
+    // Pods carry no Secrets: the client's protobuf preference goes through unchanged.
+    let (code, ct, _) = s.curl(
+        Some(&token),
+        "/clusters/dev/api/v1/namespaces/shop/pods/web-0",
+        &[protobuf],
+    );
+    assert_eq!((code, ct.as_str()), (200, "application/vnd.kubernetes.protobuf"));
+}
+
+#[test]
+fn agents_cannot_write_and_ops_can_apply() {
+    let s = setup();
+    let agent = s.gw.mint("agent-7", &[], true).unwrap();
+    let out = s.kubectl(&agent, &["delete", "pod", "web-0", "-n", "shop", "--wait=false"]);
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(err.contains("Error from server (Forbidden)"), "{err}");
+    assert!(err.contains("agent-kube-read-only"), "{err}");
+    assert!(s.api.object("pods", "shop", "web-0").is_some());
+
+    let manifest = s.dir.path().join("cm.yaml");
+    std::fs::write(
+        &manifest,
+        "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: feature-flags\n  namespace: shop\ndata:\n  beta: \"on\"\n",
+    )
+    .unwrap();
+    let file = manifest.to_str().unwrap();
+    let out = s.kubectl(&agent, &["apply", "--validate=false", "-f", file]);
+    assert!(
+        stderr(&out).contains("Error from server (Forbidden)"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(s.api.object("configmaps", "shop", "feature-flags").is_none());
+
+    let ops = s.gw.mint("olga", &["ops"], false).unwrap();
+    let created = ok(&s.kubectl(&ops, &["apply", "--validate=false", "-f", file]));
+    assert!(created.contains("configmap/feature-flags created"), "{created}");
+    std::fs::write(
+        &manifest,
+        std::fs::read_to_string(&manifest).unwrap().replace("\"on\"", "\"off\""),
+    )
+    .unwrap();
+    let configured = ok(&s.kubectl(&ops, &["apply", "--validate=false", "-f", file]));
+    assert!(
+        configured.contains("configmap/feature-flags configured"),
+        "{configured}"
+    );
+    assert_eq!(
+        s.api.object("configmaps", "shop", "feature-flags").unwrap()["data"]["beta"],
+        "off"
+    );
+    let deleted = ok(&s.kubectl(
+        &ops,
+        &["delete", "configmap", "feature-flags", "-n", "shop", "--wait=false"],
+    ));
+    assert!(deleted.contains("deleted"), "{deleted}");
+
+    // A masked Secret read back and applied would overwrite the real values: refused.
+    let yaml = ok(&s.kubectl(&ops, &["get", "secret", "db", "-n", "shop", "-o", "yaml"]));
+    let masked = s.dir.path().join("secret.yaml");
+    std::fs::write(&masked, yaml).unwrap();
+    let out = s.kubectl(&ops, &["apply", "--validate=false", "-f", masked.to_str().unwrap()]);
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("masking placeholder"), "{}", stderr(&out));
+    assert_eq!(
+        s.api.object("secrets", "shop", "db").unwrap()["data"]["password"],
+        SEEDED_SECRET_B64
+    );
+
+    let records = s.wait_audit(|r| r.iter().any(|e| e["decision"] == "deny" && e["verb"] == "delete"));
+    let denied = records
+        .iter()
+        .find(|e| e["decision"] == "deny" && e["verb"] == "delete")
+        .unwrap();
+    assert_eq!(denied["status"], 403);
+    assert_eq!(denied["attributes"]["name"], "web-0");
+    assert_eq!(denied["policies"], serde_json::json!(["agent-kube-read-only"]));
+}
+
+#[test]
+fn impersonation_path_tricks_and_unknown_clusters_are_refused() {
+    let s = setup();
+    let token = s.gw.mint("alice", &[], false).unwrap();
+    let out = s.kubectl(
+        &token,
+        &["--as=admin", "--as-group=system:masters", "get", "pods", "-n", "shop"],
+    );
+    assert!(!out.status.success());
+    // kubectl's discovery client prints a refusal of discovery as "unknown"; the message
+    // itself is checked with curl below.
+    assert!(
+        stderr(&out).contains("Error from server (Forbidden)"),
+        "{}",
+        stderr(&out)
+    );
+    let (code, _, body) = s.curl(
+        Some(&token),
+        "/clusters/dev/api/v1/namespaces/shop/pods",
+        &["Impersonate-User: admin"],
+    );
+    assert_eq!(code, 403, "{body}");
+    assert!(body.contains("impersonation is refused"), "{body}");
+    assert!(s.api.seen().iter().all(|r| r.impersonation.is_empty()));
+
+    for path in [
+        "/clusters/dev/api/v1/namespaces/shop/pods/../secrets",
+        "/clusters/dev/api/v1/namespaces/shop%2Fsecrets",
+        "/clusters/dev/api/v1//namespaces/shop/secrets",
+        "/clusters/dev/api/v1/namespaces/shop/pods/%2E%2E/secrets",
+    ] {
+        let before = s.api.seen().len();
+        let (code, _, body) = s.curl(Some(&token), path, &[]);
+        assert_eq!(code, 400, "{path}: {body}");
+        let status: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(status["kind"], "Status");
+        assert_eq!(s.api.seen().len(), before, "{path} reached the API server");
+    }
+
+    // A bad token and an unknown cluster look the same.
+    let (code_a, _, unknown) = s.curl(Some(&token), "/clusters/prod/api/v1/pods", &[]);
+    let (code_b, _, bad_token) = s.curl(Some("not-a-token"), "/clusters/dev/api/v1/pods", &[]);
+    assert_eq!((code_a, code_b), (403, 403));
+    assert_eq!(unknown, bad_token);
+    let status: serde_json::Value = serde_json::from_str(&unknown).unwrap();
+    assert_eq!(status["reason"], "Forbidden");
+    let (code, _, _) = s.curl(None, "/clusters/dev/api/v1/pods", &[]);
+    assert_eq!(code, 401);
+
+    let records = s.wait_audit(|r| r.iter().filter(|e| e["status"] == 400).count() >= 4);
+    assert!(
+        records
+            .iter()
+            .any(|e| e["reason"].as_str().is_some_and(|r| r.contains("impersonation")))
+    );
+}
+
+/// Reads a child's stdout lines on a thread.
+fn lines_of(child: &mut Child) -> mpsc::Receiver<String> {
+    let (tx, rx) = mpsc::channel();
+    let out = child.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        for line in BufReader::new(out).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    rx
+}
+
+fn wait_line(rx: &mpsc::Receiver<String>, needle: &str, seen: &mut Vec<String>) -> bool {
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    while let Some(left) = deadline.checked_duration_since(std::time::Instant::now()) {
+        match rx.recv_timeout(left) {
+            Ok(line) => {
+                let hit = line.contains(needle);
+                seen.push(line);
+                if hit {
+                    return true;
+                }
+            }
+            Err(_) => return false,
+        }
+    }
+    false
+}
+
+struct Killed(Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn watches_stream_events_as_they_happen_and_secrets_stay_masked() {
+    let s = setup();
+    let token = s.gw.mint("alice", &[], false).unwrap();
+    let mut pods = Killed(
+        s.kubectl_command(&token, &["get", "pods", "-n", "shop", "--watch"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let rx = lines_of(&mut pods.0);
+    let mut seen = Vec::new();
+    assert!(wait_line(&rx, "web-0", &mut seen), "{seen:?}");
+    s.api
+        .put(
+            "pods",
+            "shop",
+            serde_json::json!({"metadata": {"name": "web-1"}, "spec": {"containers": [{"name": "web", "image": "nginx"}]}, "status": {"phase": "Pending"}}),
+        )
+        .unwrap();
+    assert!(wait_line(&rx, "web-1", &mut seen), "{seen:?}\n{}", s.gw.log());
+
+    let mut secrets = Killed(
+        s.kubectl_command(&token, &["get", "secrets", "-n", "shop", "--watch", "-o", "json"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let rx = lines_of(&mut secrets.0);
+    let mut seen = Vec::new();
+    assert!(wait_line(&rx, "\"db\"", &mut seen), "{seen:?}");
+    s.api
+        .put(
+            "secrets",
+            "shop",
+            serde_json::json!({"metadata": {"name": "api-key"}, "type": "Opaque", "data": {"key": SEEDED_SECRET_B64}}),
+        )
+        .unwrap();
+    assert!(wait_line(&rx, "\"api-key\"", &mut seen), "{seen:?}");
+    let text = seen.join("\n");
+    assert!(text.contains(&format!("\"key\": \"{MASKED}\"")), "{text}");
+    assert!(!text.contains(SEEDED_SECRET_B64), "{text}");
+}
+
+#[test]
+fn exec_is_decided_before_anything_and_not_relayed_yet() {
+    let s = setup();
+    let exec = "/clusters/dev/api/v1/namespaces/shop/pods/web-0/exec?command=sh&stdin=true&tty=true";
+    let upgrade = [
+        "Connection: Upgrade",
+        "Upgrade: websocket",
+        "Sec-WebSocket-Version: 13",
+        "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==",
+    ];
+    let agent = s.gw.mint("agent-7", &[], true).unwrap();
+    let (code, _, body) = s.curl(Some(&agent), exec, &upgrade);
+    assert_eq!(code, 403, "{body}");
+    assert!(body.contains("agent-kube-read-only"), "{body}");
+    let ops = s.gw.mint("olga", &["ops"], false).unwrap();
+    let (code, _, body) = s.curl(Some(&ops), exec, &upgrade);
+    assert_eq!(code, 403, "{body}");
+    assert!(body.contains("needs approval by group ops-leads"), "{body}");
+    assert!(s.api.seen().iter().all(|r| !r.path_and_query.contains("/exec")));
+    let records = s.wait_audit(|r| r.iter().filter(|e| e["verb"] == "exec").count() >= 2);
+    let decisions: Vec<_> = records
+        .iter()
+        .filter(|e| e["verb"] == "exec")
+        .map(|e| e["decision"].clone())
+        .collect();
+    assert_eq!(
+        decisions,
+        [serde_json::json!("deny"), serde_json::json!("needs_approval")]
+    );
+}
+
+#[test]
+fn oversized_heads_and_lists_beyond_the_masking_buffer_are_refused() {
+    let s = setup_with("max_json_buffer = 65536");
+    let token = s.gw.mint("alice", &[], false).unwrap();
+    let big = format!("X-Padding: {}", "a".repeat(100_000));
+    let (code, _, _) = s.curl(Some(&token), "/clusters/dev/api/v1/namespaces/shop/pods", &[&big]);
+    assert_eq!(code, 431);
+
+    for i in 0..40 {
+        s.api
+            .put(
+                "secrets",
+                "shop",
+                serde_json::json!({"metadata": {"name": format!("bulk-{i}")}, "type": "Opaque",
+                    "data": {"blob": "QUFB".repeat(600)}}),
+            )
+            .unwrap();
+    }
+    let out = s.kubectl(&token, &["get", "secrets", "-n", "shop", "-o", "json"]);
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("masking buffer"), "{}", stderr(&out));
+    assert!(stderr(&out).contains("--chunk-size"), "{}", stderr(&out));
+    // One object still fits, and pods are not buffered at all.
+    ok(&s.kubectl(&token, &["get", "secret", "bulk-7", "-n", "shop", "-o", "yaml"]));
+    ok(&s.kubectl(&token, &["get", "pods", "-n", "shop"]));
+}
+
+#[test]
+fn check_config_loads_the_clusters_credentials() {
+    let s = setup();
+    let config = std::fs::read_to_string(s.gw.config_path()).unwrap();
+    let out =
+        s.gw.cli(&["check-config", s.gw.config_path().to_str().unwrap()])
+            .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let broken = s.dir.path().join("broken.toml");
+    let missing = s.dir.path().join("missing.kubeconfig");
+    let text = config.replace(
+        "kubeconfig = \"",
+        &format!("kubeconfig = \"{}\"\n# was: \"", missing.display()),
+    );
+    std::fs::write(
+        &broken,
+        text.replace(
+            "dir = \"policies\"",
+            &format!("dir = \"{}\"", s.gw.policy_dir().display()),
+        ),
+    )
+    .unwrap();
+    let out = s.gw.cli(&["check-config", broken.to_str().unwrap()]).unwrap();
+    assert_eq!(out.status.code(), Some(64), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("kube.clusters (dev).kubeconfig"),
+        "{}",
+        stderr(&out)
+    );
+}
