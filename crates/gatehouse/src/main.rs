@@ -6,6 +6,7 @@ mod client;
 mod cmd_audit;
 mod cmd_credentials;
 mod cmd_policy;
+mod cmd_replay;
 mod cmd_token;
 mod config;
 mod serve;
@@ -67,6 +68,8 @@ enum Command {
     /// Exchange your OIDC token for a short credential bound to one target
     /// (for clients that cannot carry a long token), list or revoke them.
     Credentials(cmd_credentials::CredentialsArgs),
+    /// Play a recorded SSH shell back in the terminal, with its timing.
+    Replay(cmd_replay::ReplayArgs),
 }
 
 fn main() -> ExitCode {
@@ -83,6 +86,7 @@ fn main() -> ExitCode {
         Command::Policy(cmd) => cmd_policy::run(cmd),
         Command::Audit(cmd) => cmd_audit::run(cmd),
         Command::Credentials(args) => cmd_credentials::run(args),
+        Command::Replay(args) => cmd_replay::run(args),
     };
     match result {
         Ok(code) => code,
