@@ -23,6 +23,8 @@ use crate::upstream::{Upstream, UpstreamTarget};
 
 /// Exit status of a refused request, as shells use for "found but not executable".
 pub const REFUSED_EXIT_STATUS: u32 = 126;
+/// Environment variables kept per channel.
+pub(crate) const MAX_ENV: usize = 64;
 /// Exit status when the host cannot be reached (what OpenSSH's client itself uses).
 const TARGET_FAILED_EXIT_STATUS: u32 = 255;
 
@@ -150,6 +152,7 @@ pub(crate) async fn run_session_channel(
                 terminal_modes,
                 ..
             } => {
+                // Answered by the connection handler, in order with the client's requests.
                 pty = Some(PtyRequest {
                     term,
                     cols: col_width,
@@ -158,19 +161,15 @@ pub(crate) async fn run_session_channel(
                     py: pix_height,
                     modes: terminal_modes,
                 });
-                let _ = handle.channel_success(id).await;
             }
             ChannelMsg::SetEnv {
                 variable_name,
                 variable_value,
                 ..
             } => {
-                if env_allowed(&variable_name) && env.len() < 64 {
+                // Answered by the connection handler; the same allowlist applies here.
+                if env_allowed(&variable_name) && env.len() < MAX_ENV {
                     env.push((variable_name, variable_value));
-                    let _ = handle.channel_success(id).await;
-                } else {
-                    tracing::debug!(name = %variable_name, "Environment variable refused.");
-                    let _ = handle.channel_failure(id).await;
                 }
             }
             ChannelMsg::WindowChange {
@@ -186,10 +185,6 @@ pub(crate) async fn run_session_channel(
             ChannelMsg::Exec { command, .. } => break Start::Exec(command),
             ChannelMsg::RequestShell { .. } => break Start::Shell,
             ChannelMsg::RequestSubsystem { name, .. } => break Start::Subsystem(name),
-            ChannelMsg::RequestX11 { .. } | ChannelMsg::AgentForward { .. } => {
-                // Never forwarded: they would open paths around the gateway's decisions.
-                let _ = handle.channel_failure(id).await;
-            }
             ChannelMsg::Eof | ChannelMsg::Close => return,
             _ => {}
         }
@@ -352,13 +347,7 @@ async fn relay(
                 ChannelMsg::Signal { signal } => {
                     let _ = up_tx.signal(signal).await;
                 }
-                ChannelMsg::Exec { .. }
-                | ChannelMsg::RequestShell { .. }
-                | ChannelMsg::RequestSubsystem { .. }
-                | ChannelMsg::RequestPty { .. }
-                | ChannelMsg::SetEnv { .. }
-                | ChannelMsg::RequestX11 { .. }
-                | ChannelMsg::AgentForward { .. } => {
+                ChannelMsg::Exec { .. } | ChannelMsg::RequestShell { .. } | ChannelMsg::RequestSubsystem { .. } => {
                     // One program per channel, decided once.
                     let _ = handle.channel_failure(id).await;
                 }

@@ -13,7 +13,7 @@ use std::time::Duration;
 use gatehouse_core::{Gateway, Protocol, Session};
 use russh::keys::PrivateKey;
 use russh::server::{Auth, ChannelOpenHandle, Msg, Response};
-use russh::{Channel, ChannelOpenFailure, Disconnect, MethodKind, MethodSet, SshId};
+use russh::{Channel, ChannelId, ChannelOpenFailure, Disconnect, MethodKind, MethodSet, SshId};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OnceCell, Semaphore, watch};
 
@@ -397,6 +397,55 @@ impl russh::server::Handler for ConnectionHandler {
         };
         reply.accept().await;
         tokio::spawn(channel::run_forward(context, channel, session.handle(), up, permit_request, permit));
+        Ok(())
+    }
+
+    // Setup requests are answered here, in the order the client sent them: russh keeps one
+    // "wants reply" flag per channel, so an answer sent later from the channel task could
+    // land on the next request. The channel task records what was accepted.
+    async fn pty_request(
+        &mut self,
+        channel: ChannelId,
+        _term: &str,
+        _col_width: u32,
+        _row_height: u32,
+        _pix_width: u32,
+        _pix_height: u32,
+        _modes: &[(russh::Pty, u32)],
+        session: &mut russh::server::Session,
+    ) -> Result<(), Self::Error> {
+        session.channel_success(channel)?;
+        Ok(())
+    }
+
+    async fn env_request(
+        &mut self,
+        channel: ChannelId,
+        variable_name: &str,
+        _variable_value: &str,
+        session: &mut russh::server::Session,
+    ) -> Result<(), Self::Error> {
+        if crate::channel::env_allowed(variable_name) {
+            session.channel_success(channel)?;
+        } else {
+            tracing::debug!(name = variable_name, "Environment variable refused.");
+            session.channel_failure(channel)?;
+        }
+        Ok(())
+    }
+
+    async fn x11_request(
+        &mut self,
+        channel: ChannelId,
+        _single_connection: bool,
+        _x11_auth_protocol: &str,
+        _x11_auth_cookie: &str,
+        _x11_screen_number: u32,
+        session: &mut russh::server::Session,
+    ) -> Result<(), Self::Error> {
+        // Never forwarded: X11 and agent forwarding open paths around the gateway's
+        // decisions (agent requests are refused by russh's default).
+        session.channel_failure(channel)?;
         Ok(())
     }
 
