@@ -184,7 +184,9 @@ fn allowed_exec_relays_output_stderr_stdin_and_exit_status() {
     let token = s.gw.mint("olivia", &["ops"], false).unwrap();
     let secret = credential(&s, &token, "web-1", "5m");
 
-    let o = ssh(&s, "web-1", &secret, &["echo hello; echo oops >&2; exit 3"]).output().unwrap();
+    let o = ssh(&s, "web-1", &secret, &["echo hello; echo oops >&2; exit 3"])
+        .output()
+        .unwrap();
     assert_eq!(o.status.code(), Some(3), "{}\n{}", err(&o), s.gw.log());
     assert_eq!(out(&o), "hello\n");
     assert!(err(&o).contains("oops"), "{}", err(&o));
@@ -197,7 +199,9 @@ fn allowed_exec_relays_output_stderr_stdin_and_exit_status() {
     assert!(o.stdout == data, "relayed bytes differ");
 
     // Trailing output right before the program exits is not lost.
-    let o = ssh(&s, "web-1", &secret, &["seq 1 100000; printf end"]).output().unwrap();
+    let o = ssh(&s, "web-1", &secret, &["seq 1 100000; printf end"])
+        .output()
+        .unwrap();
     assert!(o.status.success(), "{}", err(&o));
     let expected: String = (1..=100_000).map(|n| format!("{n}\n")).collect::<String>() + "end";
     assert!(out(&o) == expected, "output of seq differs ({} bytes)", o.stdout.len());
@@ -208,11 +212,15 @@ fn allowed_exec_relays_output_stderr_stdin_and_exit_status() {
 
     let ended = wait_event(&s, "channel_ended", |e| e["exit_signal"] == "TERM");
     assert!(
-        ended.iter().any(|e| e["kind"] == "exec" && e["exit_status"] == 3 && e["bytes_out"] == 6 && e["bytes_err"] == 5),
+        ended
+            .iter()
+            .any(|e| e["kind"] == "exec" && e["exit_status"] == 3 && e["bytes_out"] == 6 && e["bytes_err"] == 5),
         "{ended:?}"
     );
     assert!(
-        ended.iter().any(|e| e["bytes_in"] == data.len() as u64 && e["bytes_out"] == data.len() as u64),
+        ended
+            .iter()
+            .any(|e| e["bytes_in"] == data.len() as u64 && e["bytes_out"] == data.len() as u64),
         "{ended:?}"
     );
     assert!(ended.iter().any(|e| e["exit_signal"] == "TERM"), "{ended:?}");
@@ -225,7 +233,10 @@ fn allowed_exec_relays_output_stderr_stdin_and_exit_status() {
         "{decided:?}"
     );
     let log = audit_log(&s);
-    assert!(!log.contains(&secret) && !log.contains(&token), "no secrets in the audit log");
+    assert!(
+        !log.contains(&secret) && !log.contains(&token),
+        "no secrets in the audit log"
+    );
 }
 
 #[test]
@@ -281,15 +292,21 @@ fn unknown_target_and_denied_connect_are_refused_alike() {
     let unknown = ssh(&s, "no-such-host", &web, &["true"]).output().unwrap();
     let wrong_secret = ssh(&s, "web-1", "ghc_not_a_credential", &["true"]).output().unwrap();
     for o in [&denied, &unknown, &wrong_secret] {
-        assert_eq!(o.status.code(), Some(5), "sshpass reports a refused password: {}", err(o));
+        assert_eq!(
+            o.status.code(),
+            Some(5),
+            "sshpass reports a refused password: {}",
+            err(o)
+        );
         assert!(o.stdout.is_empty());
     }
     assert_eq!(err(&denied), err(&unknown));
     assert_eq!(err(&denied), err(&wrong_secret));
     let failures = audit_events(&s, "authentication_failed");
     assert!(
-        failures.iter().any(|e| e["target"] == "vault"
-            && e["reason"].as_str().unwrap_or_default().contains("no-secret-hosts")),
+        failures
+            .iter()
+            .any(|e| e["target"] == "vault" && e["reason"].as_str().unwrap_or_default().contains("no-secret-hosts")),
         "{failures:?}"
     );
     // The gateway still serves the allowed target.
@@ -311,21 +328,34 @@ fn port_forwarding_is_refused_and_audited() {
     assert!(o.stdout.is_empty(), "no bytes of the host's sshd came through");
 
     // tcpip-forward (remote forwarding).
-    let o = ssh(&s, "web-1", &secret, &["-o", "ExitOnForwardFailure=yes", "-R", "0:127.0.0.1:9", "true"])
-        .output()
-        .unwrap();
+    let o = ssh(
+        &s,
+        "web-1",
+        &secret,
+        &["-o", "ExitOnForwardFailure=yes", "-R", "0:127.0.0.1:9", "true"],
+    )
+    .output()
+    .unwrap();
     assert_ne!(o.status.code(), Some(0));
     assert!(err(&o).to_lowercase().contains("forwarding failed"), "{}", err(&o));
 
     // Agent forwarding is refused without ending the session.
-    let o = ssh(&s, "web-1", &secret, &["-A", "echo ${SSH_AUTH_SOCK:-none}"]).output().unwrap();
+    let o = ssh(&s, "web-1", &secret, &["-A", "echo ${SSH_AUTH_SOCK:-none}"])
+        .output()
+        .unwrap();
     assert_eq!(out(&o), "none\n", "{}", err(&o));
 
     let decided = audit_events(&s, "request_decided");
     let forwards: Vec<_> = decided.iter().filter(|e| e["action"] == "Ssh::forward").collect();
     assert_eq!(forwards.len(), 2, "{decided:?}");
-    assert!(forwards.iter().all(|e| e["decision"] == "deny"
-        && e["policies"].as_array().unwrap().iter().any(|p| p == "no-port-forwarding")));
+    assert!(forwards.iter().all(|e| {
+        e["decision"] == "deny"
+            && e["policies"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|p| p == "no-port-forwarding")
+    }));
 }
 
 #[test]
@@ -333,14 +363,25 @@ fn env_passes_only_for_the_allowlist() {
     let s = setup();
     let token = s.gw.mint("olivia", &["ops"], false).unwrap();
     let secret = credential(&s, &token, "web-1", "5m");
-    let mut cmd = ssh(&s, "web-1", &secret, &["echo ${LC_GATEHOUSE:-unset} ${GATEHOUSE_SECRET:-unset}"]);
+    let mut cmd = ssh(
+        &s,
+        "web-1",
+        &secret,
+        &["echo ${LC_GATEHOUSE:-unset} ${GATEHOUSE_SECRET:-unset}"],
+    );
     cmd.env("LC_GATEHOUSE", "lc-passed").env("GATEHOUSE_SECRET", "leaked");
     // SendEnv must come before the destination: rebuild with it.
     let mut with_env = Command::new("sshpass");
     with_env.args(["-e", "ssh"]);
     client_options(&mut with_env);
     with_env
-        .args(["-o", "SendEnv=LC_GATEHOUSE GATEHOUSE_SECRET", "-p", &s.port.to_string(), "web-1@127.0.0.1"])
+        .args([
+            "-o",
+            "SendEnv=LC_GATEHOUSE GATEHOUSE_SECRET",
+            "-p",
+            &s.port.to_string(),
+            "web-1@127.0.0.1",
+        ])
         .arg("echo ${LC_GATEHOUSE:-unset} ${GATEHOUSE_SECRET:-unset}")
         .env("SSHPASS", &secret)
         .env("LC_GATEHOUSE", "lc-passed")
@@ -368,12 +409,18 @@ fn a_shell_with_a_pty_is_recorded_and_replays() {
     let written = wait_event(&s, "recording_written", |_| true);
     assert_eq!(written.len(), 1, "{written:?}");
     let path = PathBuf::from(written[0]["path"].as_str().unwrap());
-    assert!(path.starts_with(s.gw.dir().join("state/recordings")), "{}", path.display());
+    assert!(
+        path.starts_with(s.gw.dir().join("state/recordings")),
+        "{}",
+        path.display()
+    );
     assert_eq!(written[0]["sha256"], sha256_file(&path));
     let session = written[0]["session"].as_str().unwrap();
     let decided = audit_events(&s, "request_decided");
     assert!(
-        decided.iter().any(|e| e["session"] == session && e["action"] == "Ssh::shell" && e["attributes"]["pty"] == true),
+        decided
+            .iter()
+            .any(|e| e["session"] == session && e["action"] == "Ssh::shell" && e["attributes"]["pty"] == true),
         "{decided:?}"
     );
 
@@ -508,7 +555,11 @@ fn garbage_and_stalled_clients_do_not_take_the_gateway_down() {
     garbage.write_all(&noise(64 << 10, 3)).unwrap_or(());
     let mut seen = Vec::new();
     let _ = garbage.read_to_end(&mut seen);
-    assert!(seen.starts_with(b"SSH-2.0-Gatehouse"), "{:?}", String::from_utf8_lossy(&seen));
+    assert!(
+        seen.starts_with(b"SSH-2.0-Gatehouse"),
+        "{:?}",
+        String::from_utf8_lossy(&seen)
+    );
 
     // A client that stops mid-handshake, held open while others connect.
     let mut stalled = TcpStream::connect(&addr).unwrap();
@@ -529,7 +580,10 @@ fn the_session_closes_when_its_credential_expires() {
     let secret = credential(&s, &token, "web-1", "4s");
     let started = Instant::now();
     let o = ssh(&s, "web-1", &secret, &["sleep 60"]).output().unwrap();
-    assert!(started.elapsed() < Duration::from_secs(30), "the session outlived its credential");
+    assert!(
+        started.elapsed() < Duration::from_secs(30),
+        "the session outlived its credential"
+    );
     assert_ne!(o.status.code(), Some(0));
     assert!(err(&o).contains("expired"), "{}", err(&o));
     let ended = wait_event(&s, "session_ended", |e| e["reason"] == "token expired");

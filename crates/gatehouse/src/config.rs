@@ -355,7 +355,10 @@ mod tests {
         let targets = config.targets();
         assert_eq!(targets.len(), 1);
         assert_eq!(targets[0].protocol, gatehouse_core::Protocol::Ssh);
-        let err = load_str(&format!("{MINIMAL}[ssh]\nlisten = \"127.0.0.1:2222\"\nmax_channels = 0\n")).unwrap_err();
+        let err = load_str(&format!(
+            "{MINIMAL}[ssh]\nlisten = \"127.0.0.1:2222\"\nmax_channels = 0\n"
+        ))
+        .unwrap_err();
         assert!(err.message.contains("ssh.max_channels"), "{err}");
     }
 

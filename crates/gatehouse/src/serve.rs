@@ -133,10 +133,12 @@ async fn serve(config: Config, policy: PolicyEngine) -> anyhow::Result<()> {
     }
 
     if let Some(ssh) = &config.ssh {
-        let frontend = gatehouse_ssh::SshFrontend::new(Arc::clone(&gateway), ssh, &config.state_dir)
-            .map_err(|message| ConfigError {
-                path: "[ssh]".into(),
-                message,
+        let frontend =
+            gatehouse_ssh::SshFrontend::new(Arc::clone(&gateway), ssh, &config.state_dir).map_err(|message| {
+                ConfigError {
+                    path: "[ssh]".into(),
+                    message,
+                }
             })?;
         let listener = tokio::net::TcpListener::bind(ssh.listen)
             .await

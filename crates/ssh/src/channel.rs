@@ -162,15 +162,13 @@ pub(crate) async fn run_session_channel(
                     modes: terminal_modes,
                 });
             }
+            // Answered by the connection handler; the same allowlist applies here.
             ChannelMsg::SetEnv {
                 variable_name,
                 variable_value,
                 ..
-            } => {
-                // Answered by the connection handler; the same allowlist applies here.
-                if env_allowed(&variable_name) && env.len() < MAX_ENV {
-                    env.push((variable_name, variable_value));
-                }
+            } if env_allowed(&variable_name) && env.len() < MAX_ENV => {
+                env.push((variable_name, variable_value));
             }
             ChannelMsg::WindowChange {
                 col_width,
@@ -209,7 +207,14 @@ pub(crate) async fn run_session_channel(
         (Start::Shell, Ok(r)) => Some(r),
         (Start::Shell, Err(error)) => {
             tracing::error!(%error, "Cannot create the session recording; refusing the shell.");
-            refuse(&handle, &client_tx, id, "gatehouse: the gateway cannot record this shell, so it is refused", REFUSED_EXIT_STATUS).await;
+            refuse(
+                &handle,
+                &client_tx,
+                id,
+                "gatehouse: the gateway cannot record this shell, so it is refused",
+                REFUSED_EXIT_STATUS,
+            )
+            .await;
             return;
         }
         _ => None,
@@ -230,7 +235,7 @@ pub(crate) async fn run_session_channel(
     let _ = handle.channel_success(id).await;
     let recorder = recorder.map(|r| Arc::new(Mutex::new(r)));
     let outcome = relay(id, &handle, client_rx, client_tx, up, recorder.clone()).await;
-    if let Some(r) = recorder.and_then(|r| Arc::into_inner(r)) {
+    if let Some(r) = recorder.and_then(Arc::into_inner) {
         finish_recording(&ctx, r.into_inner().unwrap_or_else(|p| p.into_inner())).await;
     }
     audit_end(&ctx, permit, kind, outcome).await;
@@ -494,8 +499,15 @@ mod tests {
     #[test]
     fn legacy_scp_commands_are_file_transfers() {
         assert_eq!(scp_transfer(&parse("scp -t /tmp/x")), Some(("upload", "/tmp/x".into())));
-        assert_eq!(scp_transfer(&parse("scp -v -f -- /etc/hosts")), Some(("download", "/etc/hosts".into())));
-        assert_eq!(scp_transfer(&parse("scp -t /tmp/x; rm -rf /")), None, "shell syntax is an exec");
+        assert_eq!(
+            scp_transfer(&parse("scp -v -f -- /etc/hosts")),
+            Some(("download", "/etc/hosts".into()))
+        );
+        assert_eq!(
+            scp_transfer(&parse("scp -t /tmp/x; rm -rf /")),
+            None,
+            "shell syntax is an exec"
+        );
         assert_eq!(scp_transfer(&parse("uptime")), None);
     }
 

@@ -220,9 +220,16 @@ mod tests {
         assert_eq!(written.sha256, hex::encode(digest.as_ref()));
         let (header, events) = read(&path).unwrap();
         assert_eq!(header["width"], 80);
-        let text: String = events.iter().filter(|e| e.kind == "o").map(|e| e.data.as_str()).collect();
+        let text: String = events
+            .iter()
+            .filter(|e| e.kind == "o")
+            .map(|e| e.data.as_str())
+            .collect();
         assert_eq!(text, "hello é\r\n");
         assert_eq!(events.last().unwrap().kind, "r");
-        assert!(Recorder::create(&path, 80, 24, "xterm", "again").is_err(), "never overwrites");
+        assert!(
+            Recorder::create(&path, 80, 24, "xterm", "again").is_err(),
+            "never overwrites"
+        );
     }
 }

@@ -206,9 +206,7 @@ impl SshFrontend {
         let all = u32::try_from(self.max_channels).unwrap_or(u32::MAX);
         let _ = tokio::time::timeout(DRAIN, channels.acquire_many(all)).await;
         if let Some(up) = upstream.get() {
-            let _ = up
-                .disconnect(Disconnect::ByApplication, "session ended", "en")
-                .await;
+            let _ = up.disconnect(Disconnect::ByApplication, "session ended", "en").await;
         }
         session.end(&reason).await;
         tracing::info!(%reason, "SSH session closed.");
@@ -238,7 +236,12 @@ impl ConnectionHandler {
             });
         }
         // An unknown target is refused by the core exactly like a denied connect.
-        match self.frontend.gateway.connect(secret, Protocol::Ssh, user, self.peer).await {
+        match self
+            .frontend
+            .gateway
+            .connect(secret, Protocol::Ssh, user, self.peer)
+            .await
+        {
             Ok(session) if self.frontend.targets.contains_key(user) => {
                 self.session = Some(session.clone());
                 let _ = self.authed.send(Some(session));
@@ -390,13 +393,23 @@ impl russh::server::Handler for ConnectionHandler {
         {
             Ok(up) => up,
             Err(error) => {
-                context.session.target_error(format!("direct-tcpip refused by the host: {error}")).await;
+                context
+                    .session
+                    .target_error(format!("direct-tcpip refused by the host: {error}"))
+                    .await;
                 reply.reject(ChannelOpenFailure::ConnectFailed).await;
                 return Ok(());
             }
         };
         reply.accept().await;
-        tokio::spawn(channel::run_forward(context, channel, session.handle(), up, permit_request, permit));
+        tokio::spawn(channel::run_forward(
+            context,
+            channel,
+            session.handle(),
+            up,
+            permit_request,
+            permit,
+        ));
         Ok(())
     }
 
@@ -462,7 +475,12 @@ impl russh::server::Handler for ConnectionHandler {
         match session.authorize("forward", attributes).await {
             Ok(permit) => {
                 // Remote forwarding is not relayed by this version even when policy allows it.
-                tracing::info!(request = permit.request(), address, port = *port, "Remote port forwarding allowed by policy but not supported; refused.");
+                tracing::info!(
+                    request = permit.request(),
+                    address,
+                    port = *port,
+                    "Remote port forwarding allowed by policy but not supported; refused."
+                );
                 Ok(false)
             }
             Err(refusal) => {

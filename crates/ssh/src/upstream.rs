@@ -54,7 +54,8 @@ pub fn load_key(path: &Path) -> Result<PrivateKey, String> {
 
 impl UpstreamTarget {
     pub fn from_config(t: &SshTarget) -> Result<Self, String> {
-        let key = load_key(&t.private_key_file).map_err(|e| format!("ssh.targets ({}).private_key_file: {e}", t.name))?;
+        let key =
+            load_key(&t.private_key_file).map_err(|e| format!("ssh.targets ({}).private_key_file: {e}", t.name))?;
         Ok(Self {
             name: t.name.clone(),
             host: t.host.clone(),
@@ -90,7 +91,12 @@ impl UpstreamTarget {
         };
         let mut handle = match client::connect_stream(config, tcp, check).await {
             Ok(h) => h,
-            Err(e) => return Err(SshError::Target(format!("SSH handshake with {}:{} failed: {e}", self.host, self.port))),
+            Err(e) => {
+                return Err(SshError::Target(format!(
+                    "SSH handshake with {}:{} failed: {e}",
+                    self.host, self.port
+                )));
+            }
         };
         let hash = if matches!(self.key.algorithm(), russh::keys::Algorithm::Rsa { .. }) {
             handle
