@@ -191,6 +191,23 @@ fn allowed_exec_relays_output_stderr_stdin_and_exit_status() {
     assert_eq!(out(&o), "hello\n");
     assert!(err(&o).contains("oops"), "{}", err(&o));
 
+    // Both secret-carrying methods work: password (above, OpenSSH tries it first) and
+    // keyboard-interactive with its single `Password:` prompt.
+    for method in ["password", "keyboard-interactive"] {
+        let mut cmd = Command::new("sshpass");
+        cmd.args(["-e", "ssh", "-v", "-o"])
+            .arg(format!("PreferredAuthentications={method}"));
+        client_options(&mut cmd);
+        let o = cmd
+            .args(["-p", &s.port.to_string(), "web-1@127.0.0.1", "echo", method])
+            .env("SSHPASS", &secret)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        assert_eq!(out(&o), format!("{method}\n"), "{}", err(&o));
+        assert!(err(&o).contains(&format!("using \"{method}\"")), "{}", err(&o));
+    }
+
     // stdin in, stdout out, byte-exact, several windows' worth, with EOF relayed.
     let data = noise(3 << 20, 7);
     let o = run_with_input(ssh(&s, "web-1", &secret, &["cat"]), &data);

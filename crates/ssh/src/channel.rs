@@ -198,7 +198,15 @@ pub(crate) async fn run_session_channel(
         Ok(permit) => permit,
         Err(refusal) => {
             tracing::info!(action, %refusal, "SSH request refused.");
-            refuse(&handle, &client_tx, id, &refusal.message, REFUSED_EXIT_STATUS).await;
+            refuse(
+                &handle,
+                &client_tx,
+                id,
+                pty.is_some(),
+                &refusal.message,
+                REFUSED_EXIT_STATUS,
+            )
+            .await;
             return;
         }
     };
@@ -211,6 +219,7 @@ pub(crate) async fn run_session_channel(
                 &handle,
                 &client_tx,
                 id,
+                pty.is_some(),
                 "gatehouse: the gateway cannot record this shell, so it is refused",
                 REFUSED_EXIT_STATUS,
             )
@@ -225,7 +234,15 @@ pub(crate) async fn run_session_channel(
             tracing::info!(%error, "The host did not start the program.");
             ctx.session.target_error(error.to_string()).await;
             let message = format!("gatehouse: the target could not run the request: {error}");
-            refuse(&handle, &client_tx, id, &message, TARGET_FAILED_EXIT_STATUS).await;
+            refuse(
+                &handle,
+                &client_tx,
+                id,
+                pty.is_some(),
+                &message,
+                TARGET_FAILED_EXIT_STATUS,
+            )
+            .await;
             if let Some(r) = recorder {
                 finish_recording(&ctx, r).await;
             }
@@ -292,11 +309,15 @@ async fn open_upstream(
 
 /// Tells the client why its request is refused: the request itself is acknowledged so
 /// that the client prints the message and reports `status` as the exit status.
-async fn refuse(handle: &Handle, client: &ChannelWriteHalf<Msg>, id: ChannelId, message: &str, status: u32) {
+async fn refuse(handle: &Handle, client: &ChannelWriteHalf<Msg>, id: ChannelId, pty: bool, message: &str, status: u32) {
     let _ = handle.channel_success(id).await;
-    let _ = client
-        .extended_data_bytes(1, Bytes::from(format!("{message}\r\n").replace("\r\r", "\r")))
-        .await;
+    // A terminal in raw mode needs the carriage return; a pipe would show it.
+    let line = if pty {
+        format!("{message}\r\n")
+    } else {
+        format!("{message}\n")
+    };
+    let _ = client.extended_data_bytes(1, Bytes::from(line)).await;
     let _ = handle.exit_status_request(id, status).await;
     let _ = client.eof().await;
     let _ = client.close().await;
