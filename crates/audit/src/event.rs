@@ -173,6 +173,26 @@ pub enum AuditEvent {
         /// How many values were masked per data class; never the values.
         counts: BTreeMap<String, u64>,
     },
+    /// A channel of a session ended (an SSH exec, shell, subsystem or forward): how its
+    /// program ended and how many bytes flowed each way.
+    ChannelEnded {
+        /// Session id.
+        session: String,
+        /// The request that opened it.
+        request: u64,
+        /// `exec`, `shell`, `subsystem` or `forward`.
+        kind: String,
+        /// The program's exit status, when the target sent one.
+        exit_status: Option<u32>,
+        /// The signal that ended the program, when the target sent one.
+        exit_signal: Option<String>,
+        /// Bytes from the client to the target.
+        bytes_in: u64,
+        /// Bytes from the target to the client (stdout).
+        bytes_out: u64,
+        /// Bytes from the target to the client on stderr.
+        bytes_err: u64,
+    },
     /// A session recording was closed.
     RecordingWritten {
         /// Session id.
@@ -287,6 +307,7 @@ impl AuditEvent {
             | Self::ApprovalExecuted { session, .. }
             | Self::TargetError { session, .. }
             | Self::MaskingApplied { session, .. }
+            | Self::ChannelEnded { session, .. }
             | Self::RecordingWritten { session, .. } => Some(session),
             Self::KubeRequest { session, .. } => session.as_deref(),
             Self::AuthenticationFailed { .. }
@@ -332,6 +353,7 @@ impl AuditEvent {
             Self::ApprovalExecuted { .. } => "approval_executed",
             Self::TargetError { .. } => "target_error",
             Self::MaskingApplied { .. } => "masking_applied",
+            Self::ChannelEnded { .. } => "channel_ended",
             Self::RecordingWritten { .. } => "recording_written",
             Self::CredentialIssued { .. } => "credential_issued",
             Self::CredentialRevoked { .. } => "credential_revoked",

@@ -30,6 +30,8 @@ pub struct Config {
     pub postgres: Option<gatehouse_postgres::PostgresConfig>,
     /// The Kubernetes API frontend; off when absent.
     pub kube: Option<gatehouse_kube::KubeConfig>,
+    /// The SSH frontend; off when absent.
+    pub ssh: Option<gatehouse_ssh::SshConfig>,
 }
 
 /// The admin listener: health, readiness, metrics, the admin API and the development issuer.
@@ -214,6 +216,9 @@ impl Config {
         if let Some(kube) = self.kube.as_mut() {
             kube.resolve_paths(base);
         }
+        if let Some(ssh) = self.ssh.as_mut() {
+            ssh.resolve_paths(base, &self.state_dir);
+        }
         for issuer in &mut self.identity.issuers {
             if let Some(p) = issuer.jwks_file.as_mut() {
                 resolve(p);
@@ -281,6 +286,9 @@ impl Config {
         if let Some(kube) = &self.kube {
             kube.validate()?;
         }
+        if let Some(ssh) = &self.ssh {
+            ssh.validate()?;
+        }
         self.check_target_names()?;
         Ok(())
     }
@@ -319,6 +327,15 @@ impl Config {
                 ));
             }
         }
+        if let Some(ssh) = &self.ssh {
+            for t in &ssh.targets {
+                targets.push(gatehouse_core::Target::new(
+                    t.name.clone(),
+                    gatehouse_core::Protocol::Ssh,
+                    t.labels.clone(),
+                ));
+            }
+        }
         targets
     }
 
@@ -333,6 +350,11 @@ impl Config {
 
     pub fn audit_dir(&self) -> PathBuf {
         self.state_dir.join("audit")
+    }
+
+    /// Where shell recordings are written.
+    pub fn recordings_dir(&self) -> PathBuf {
+        self.state_dir.join("recordings")
     }
 }
 
@@ -414,6 +436,24 @@ mod tests {
         assert!(err.message.contains("defined twice"), "{err}");
         let err = load_str(&format!("{MINIMAL}[kube]\nlisten = \"127.0.0.1:6443\"\n")).unwrap_err();
         assert!(err.message.contains("kube.tls_cert"), "{err}");
+    }
+
+    #[test]
+    fn ssh_targets_join_the_target_list_and_host_key_defaults_to_the_state_dir() {
+        let config = load_str(&format!(
+            "{MINIMAL}[ssh]\nlisten = \"127.0.0.1:2222\"\n[[ssh.targets]]\nname = \"web-1\"\nhost = \"127.0.0.1\"\nlogin = \"deploy\"\nprivate_key_file = \"keys/k\"\nknown_hosts = \"keys/kh\"\n"
+        ))
+        .unwrap();
+        let ssh = config.ssh.as_ref().unwrap();
+        assert_eq!(ssh.host_key_path(), config.state_dir.join("ssh_host_ed25519_key"));
+        let targets = config.targets();
+        assert_eq!(targets.len(), 1);
+        assert_eq!(targets[0].protocol, gatehouse_core::Protocol::Ssh);
+        let err = load_str(&format!(
+            "{MINIMAL}[ssh]\nlisten = \"127.0.0.1:2222\"\nmax_channels = 0\n"
+        ))
+        .unwrap_err();
+        assert!(err.message.contains("ssh.max_channels"), "{err}");
     }
 
     #[test]

@@ -9,6 +9,7 @@ mod cmd_audit;
 mod cmd_credentials;
 mod cmd_kubeconfig;
 mod cmd_policy;
+mod cmd_replay;
 mod cmd_token;
 mod config;
 mod serve;
@@ -78,6 +79,8 @@ enum Command {
     /// Write a kubeconfig for a cluster behind the gateway; its user runs
     /// `gatehouse token show --exec-credential`, so kubectl always sends your current token.
     Kubeconfig(cmd_kubeconfig::KubeconfigArgs),
+    /// Play a recorded SSH shell back in the terminal, with its timing.
+    Replay(cmd_replay::ReplayArgs),
 }
 
 fn main() -> ExitCode {
@@ -96,6 +99,7 @@ fn main() -> ExitCode {
         Command::Credentials(args) => cmd_credentials::run(args),
         Command::Approvals(cmd) => cmd_approvals::run(cmd),
         Command::Kubeconfig(args) => cmd_kubeconfig::run(args),
+        Command::Replay(args) => cmd_replay::run(args),
     };
     match result {
         Ok(code) => code,

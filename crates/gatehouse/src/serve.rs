@@ -50,6 +50,12 @@ pub fn check_config(path: &Path) -> anyhow::Result<ExitCode> {
                 })?;
         }
     }
+    if let Some(ssh) = &config.ssh {
+        ssh.check_files().map_err(|message| ConfigError {
+            path: path.display().to_string(),
+            message,
+        })?;
+    }
     println!(
         "{}: ok ({} policies, {} issuers{}, admin on {})",
         path.display(),
@@ -158,6 +164,20 @@ async fn serve(config: Config, policy: PolicyEngine) -> anyhow::Result<()> {
 
     if let Some(kube) = &config.kube {
         frontends.push(start_kube(&gateway, kube, shutdown_rx.clone()).await?);
+    }
+    if let Some(ssh) = &config.ssh {
+        let frontend =
+            gatehouse_ssh::SshFrontend::new(Arc::clone(&gateway), ssh, &config.state_dir).map_err(|message| {
+                ConfigError {
+                    path: "[ssh]".into(),
+                    message,
+                }
+            })?;
+        let listener = tokio::net::TcpListener::bind(ssh.listen)
+            .await
+            .with_context(|| format!("cannot listen on ssh.listen = {}", ssh.listen))?;
+        tracing::info!(listen = %ssh.listen, targets = ssh.targets.len(), "SSH frontend listening.");
+        frontends.push(tokio::spawn(Arc::new(frontend).serve(listener, shutdown_rx.clone())));
     }
 
     let state = AdminState::new(Arc::clone(&gateway), dev);

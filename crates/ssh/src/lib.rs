@@ -1,6 +1,17 @@
-//! Gatehouse's SSH frontend. For now, the I/O-free part: how an `exec` request's command
-//! line is split into words and judged for shell syntax before Cedar decides on it.
+//! Gatehouse's SSH frontend: a russh server facing clients, a russh client facing hosts,
+//! and between them every channel and request decided by the core (Cedar `Ssh::` actions),
+//! shells recorded as asciicast v2, refused commands never reaching the host.
 
+mod channel;
 pub mod command;
+pub mod config;
+mod error;
+pub mod recording;
+mod server;
+pub mod upstream;
 
+pub use channel::{REFUSED_EXIT_STATUS, env_allowed, scp_transfer};
 pub use command::{ParsedCommand, parse, parse_bytes};
+pub use config::{SshConfig, SshTarget};
+pub use error::SshError;
+pub use server::SshFrontend;

@@ -1,0 +1,542 @@
+//! One task per client channel: it collects the channel's setup (pty, allowed env), asks
+//! the core about the request that starts a program (exec, shell, subsystem), and only
+//! when permitted opens the matching channel on the host and relays both ways until both
+//! sides have closed. A refused request never reaches the host: the client reads why on
+//! stderr and gets exit status 126.
+
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use gatehouse_audit::AuditEvent;
+use gatehouse_core::{Gateway, Permit, Session};
+use russh::server::{Handle, Msg};
+use russh::{Channel, ChannelId, ChannelMsg, ChannelReadHalf, ChannelWriteHalf, Pty, Sig};
+use serde_json::json;
+use tokio::sync::OwnedSemaphorePermit;
+
+use crate::command::{ParsedCommand, parse_bytes};
+use crate::error::SshError;
+use crate::recording::Recorder;
+use crate::server::UpstreamSlot;
+use crate::upstream::{Upstream, UpstreamTarget};
+
+/// Exit status of a refused request, as shells use for "found but not executable".
+pub const REFUSED_EXIT_STATUS: u32 = 126;
+/// Environment variables kept per channel.
+pub(crate) const MAX_ENV: usize = 64;
+/// Exit status when the host cannot be reached (what OpenSSH's client itself uses).
+const TARGET_FAILED_EXIT_STATUS: u32 = 255;
+
+/// What a channel task needs from its connection.
+#[derive(Clone)]
+pub(crate) struct ChannelContext {
+    pub gateway: Arc<Gateway>,
+    pub session: Session,
+    pub target: UpstreamTarget,
+    pub upstream: Arc<UpstreamSlot>,
+    pub recordings: PathBuf,
+}
+
+impl ChannelContext {
+    /// The host's connection, opened by the first channel that needs it.
+    pub async fn upstream(&self) -> Result<Arc<Upstream>, SshError> {
+        self.upstream
+            .get_or_try_init(|| async { self.target.connect().await.map(Arc::new) })
+            .await
+            .cloned()
+    }
+}
+
+/// The terminal the client asked for.
+#[derive(Clone, Debug)]
+struct PtyRequest {
+    term: String,
+    cols: u32,
+    rows: u32,
+    px: u32,
+    py: u32,
+    modes: Vec<(Pty, u32)>,
+}
+
+/// The request that starts the channel's program.
+enum Start {
+    Exec(Vec<u8>),
+    Shell,
+    Subsystem(String),
+}
+
+impl Start {
+    fn kind(&self) -> &'static str {
+        match self {
+            Start::Exec(_) => "exec",
+            Start::Shell => "shell",
+            Start::Subsystem(_) => "subsystem",
+        }
+    }
+}
+
+/// Byte counts and how the program ended, for the audit record.
+#[derive(Default)]
+struct Outcome {
+    bytes_in: u64,
+    bytes_out: u64,
+    bytes_err: u64,
+    exit_status: Option<u32>,
+    exit_signal: Option<String>,
+}
+
+/// Environment variables a client may pass to the host.
+pub fn env_allowed(name: &str) -> bool {
+    name == "LANG" || name.starts_with("LC_")
+}
+
+/// The Cedar action and context for a program request.
+fn decision_input(start: &Start, pty: bool) -> Option<(&'static str, serde_json::Value)> {
+    match start {
+        Start::Exec(command) => {
+            let parsed = parse_bytes(command);
+            Some(match scp_transfer(&parsed) {
+                Some((direction, path)) => ("file_transfer", json!({ "direction": direction, "path": path })),
+                None => ("exec", parsed.cedar_context()),
+            })
+        }
+        Start::Shell => Some(("shell", json!({ "pty": pty }))),
+        // sftp may move files either way within one channel: "both" is allowed only by a
+        // policy that allows any direction.
+        Start::Subsystem(name) if name == "sftp" => Some(("file_transfer", json!({ "direction": "both" }))),
+        Start::Subsystem(_) => None,
+    }
+}
+
+/// `scp -t PATH` (the client uploads) and `scp -f PATH` (the client downloads), as the
+/// legacy scp protocol (`scp -O`) runs them on the host.
+pub fn scp_transfer(parsed: &ParsedCommand) -> Option<(&'static str, String)> {
+    if parsed.uses_shell_syntax || parsed.argv0 != "scp" {
+        return None;
+    }
+    let flags = &parsed.argv[1..];
+    let direction = if flags.iter().any(|a| a.starts_with('-') && a.contains('t')) {
+        "upload"
+    } else if flags.iter().any(|a| a.starts_with('-') && a.contains('f')) {
+        "download"
+    } else {
+        return None;
+    };
+    let path = flags.iter().rev().find(|a| !a.starts_with('-'))?.clone();
+    Some((direction, path))
+}
+
+/// Serves one client session channel from open to close.
+pub(crate) async fn run_session_channel(
+    ctx: ChannelContext,
+    channel: Channel<Msg>,
+    handle: Handle,
+    _slot: OwnedSemaphorePermit,
+) {
+    let id = channel.id();
+    let (mut client_rx, client_tx) = channel.split();
+    let mut pty: Option<PtyRequest> = None;
+    let mut env: Vec<(String, String)> = Vec::new();
+    let start = loop {
+        let Some(msg) = client_rx.wait().await else {
+            return;
+        };
+        match msg {
+            ChannelMsg::RequestPty {
+                term,
+                col_width,
+                row_height,
+                pix_width,
+                pix_height,
+                terminal_modes,
+                ..
+            } => {
+                // Answered by the connection handler, in order with the client's requests.
+                pty = Some(PtyRequest {
+                    term,
+                    cols: col_width,
+                    rows: row_height,
+                    px: pix_width,
+                    py: pix_height,
+                    modes: terminal_modes,
+                });
+            }
+            // Answered by the connection handler; the same allowlist applies here.
+            ChannelMsg::SetEnv {
+                variable_name,
+                variable_value,
+                ..
+            } if env_allowed(&variable_name) && env.len() < MAX_ENV => {
+                env.push((variable_name, variable_value));
+            }
+            ChannelMsg::WindowChange {
+                col_width,
+                row_height,
+                pix_width,
+                pix_height,
+            } => {
+                if let Some(p) = pty.as_mut() {
+                    (p.cols, p.rows, p.px, p.py) = (col_width, row_height, pix_width, pix_height);
+                }
+            }
+            ChannelMsg::Exec { command, .. } => break Start::Exec(command),
+            ChannelMsg::RequestShell { .. } => break Start::Shell,
+            ChannelMsg::RequestSubsystem { name, .. } => break Start::Subsystem(name),
+            ChannelMsg::Eof | ChannelMsg::Close => return,
+            _ => {}
+        }
+    };
+
+    let Some((action, attributes)) = decision_input(&start, pty.is_some()) else {
+        tracing::info!("Unknown subsystem refused.");
+        let _ = handle.channel_failure(id).await;
+        let _ = client_tx.close().await;
+        return;
+    };
+    let permit = match ctx.session.authorize(action, attributes).await {
+        Ok(permit) => permit,
+        Err(refusal) => {
+            tracing::info!(action, %refusal, "SSH request refused.");
+            refuse(
+                &handle,
+                &client_tx,
+                id,
+                pty.is_some(),
+                &refusal.message,
+                REFUSED_EXIT_STATUS,
+            )
+            .await;
+            return;
+        }
+    };
+    let kind = start.kind();
+    let recorder = match (&start, open_recorder(&ctx, &permit, pty.as_ref())) {
+        (Start::Shell, Ok(r)) => Some(r),
+        (Start::Shell, Err(error)) => {
+            tracing::error!(%error, "Cannot create the session recording; refusing the shell.");
+            refuse(
+                &handle,
+                &client_tx,
+                id,
+                pty.is_some(),
+                "gatehouse: the gateway cannot record this shell, so it is refused",
+                REFUSED_EXIT_STATUS,
+            )
+            .await;
+            return;
+        }
+        _ => None,
+    };
+    let up = match open_upstream(&ctx, start, pty.as_ref(), &env).await {
+        Ok(up) => up,
+        Err(error) => {
+            tracing::info!(%error, "The host did not start the program.");
+            ctx.session.target_error(error.to_string()).await;
+            let message = format!("gatehouse: the target could not run the request: {error}");
+            refuse(
+                &handle,
+                &client_tx,
+                id,
+                pty.is_some(),
+                &message,
+                TARGET_FAILED_EXIT_STATUS,
+            )
+            .await;
+            if let Some(r) = recorder {
+                finish_recording(&ctx, r).await;
+            }
+            return;
+        }
+    };
+    let _ = handle.channel_success(id).await;
+    let recorder = recorder.map(|r| Arc::new(Mutex::new(r)));
+    let outcome = relay(id, &handle, client_rx, client_tx, up, recorder.clone()).await;
+    if let Some(r) = recorder.and_then(Arc::into_inner) {
+        finish_recording(&ctx, r.into_inner().unwrap_or_else(|p| p.into_inner())).await;
+    }
+    audit_end(&ctx, permit, kind, outcome).await;
+}
+
+/// Serves one permitted direct-tcpip channel: bytes only, both ways.
+pub(crate) async fn run_forward(
+    ctx: ChannelContext,
+    channel: Channel<Msg>,
+    handle: Handle,
+    up: Channel<russh::client::Msg>,
+    permit: Permit,
+    _slot: OwnedSemaphorePermit,
+) {
+    let id = channel.id();
+    let (client_rx, client_tx) = channel.split();
+    let outcome = relay(id, &handle, client_rx, client_tx, up, None).await;
+    audit_end(&ctx, permit, "forward", outcome).await;
+}
+
+/// Opens the host's channel and starts the permitted program on it.
+async fn open_upstream(
+    ctx: &ChannelContext,
+    start: Start,
+    pty: Option<&PtyRequest>,
+    env: &[(String, String)],
+) -> Result<Channel<russh::client::Msg>, SshError> {
+    let upstream = ctx.upstream().await?;
+    let mut up = upstream.channel_open_session().await?;
+    if let Some(p) = pty {
+        up.request_pty(false, &p.term, p.cols, p.rows, p.px, p.py, &p.modes)
+            .await?;
+    }
+    for (name, value) in env {
+        up.set_env(false, name.as_str(), value.as_str()).await?;
+    }
+    match start {
+        Start::Exec(command) => up.exec(true, command).await?,
+        Start::Shell => up.request_shell(true).await?,
+        Start::Subsystem(name) => up.request_subsystem(true, name).await?,
+    }
+    loop {
+        match up.wait().await {
+            Some(ChannelMsg::Success) => return Ok(up),
+            Some(ChannelMsg::Failure) => return Err(SshError::Target("the host refused the request".into())),
+            Some(ChannelMsg::Close) | Some(ChannelMsg::Eof) | None => {
+                return Err(SshError::Target("the host closed the channel".into()));
+            }
+            // Window adjustments before the reply carry nothing to relay.
+            Some(_) => {}
+        }
+    }
+}
+
+/// Tells the client why its request is refused: the request itself is acknowledged so
+/// that the client prints the message and reports `status` as the exit status.
+async fn refuse(handle: &Handle, client: &ChannelWriteHalf<Msg>, id: ChannelId, pty: bool, message: &str, status: u32) {
+    let _ = handle.channel_success(id).await;
+    // A terminal in raw mode needs the carriage return; a pipe would show it.
+    let line = if pty {
+        format!("{message}\r\n")
+    } else {
+        format!("{message}\n")
+    };
+    let _ = client.extended_data_bytes(1, Bytes::from(line)).await;
+    let _ = handle.exit_status_request(id, status).await;
+    let _ = client.eof().await;
+    let _ = client.close().await;
+}
+
+/// Relays data, EOF, window changes and signals to the host, and data, stderr, EOF, exit
+/// status and exit signal back, until the host closes the channel. Each direction runs on
+/// its own, so a slow reader on one side never stalls the other.
+async fn relay(
+    id: ChannelId,
+    handle: &Handle,
+    mut client_rx: ChannelReadHalf,
+    client_tx: ChannelWriteHalf<Msg>,
+    up: Channel<russh::client::Msg>,
+    recorder: Option<Arc<Mutex<Recorder>>>,
+) -> Outcome {
+    let (mut up_rx, up_tx) = up.split();
+    let to_host = async {
+        let mut bytes_in = 0u64;
+        loop {
+            let Some(msg) = client_rx.wait().await else {
+                let _ = up_tx.close().await;
+                break;
+            };
+            match msg {
+                ChannelMsg::Data { data } => {
+                    bytes_in += data.len() as u64;
+                    if up_tx.data_bytes(data).await.is_err() {
+                        break;
+                    }
+                }
+                ChannelMsg::Eof => {
+                    let _ = up_tx.eof().await;
+                }
+                ChannelMsg::Close => {
+                    let _ = up_tx.close().await;
+                    break;
+                }
+                ChannelMsg::WindowChange {
+                    col_width,
+                    row_height,
+                    pix_width,
+                    pix_height,
+                } => {
+                    let _ = up_tx.window_change(col_width, row_height, pix_width, pix_height).await;
+                    if let Some(r) = &recorder {
+                        let mut r = r.lock().unwrap_or_else(|p| p.into_inner());
+                        if let Err(error) = r.resize(col_width, row_height) {
+                            tracing::error!(%error, "Recording write failed.");
+                        }
+                    }
+                }
+                ChannelMsg::Signal { signal } => {
+                    let _ = up_tx.signal(signal).await;
+                }
+                ChannelMsg::Exec { .. } | ChannelMsg::RequestShell { .. } | ChannelMsg::RequestSubsystem { .. } => {
+                    // One program per channel, decided once.
+                    let _ = handle.channel_failure(id).await;
+                }
+                _ => {}
+            }
+        }
+        bytes_in
+    };
+    let to_client = async {
+        let mut outcome = Outcome::default();
+        while let Some(msg) = up_rx.wait().await {
+            match msg {
+                ChannelMsg::Data { data } => {
+                    outcome.bytes_out += data.len() as u64;
+                    if !record(&recorder, &data) || client_tx.data_bytes(data).await.is_err() {
+                        break;
+                    }
+                }
+                ChannelMsg::ExtendedData { data, ext } => {
+                    outcome.bytes_err += data.len() as u64;
+                    if !record(&recorder, &data) || client_tx.extended_data_bytes(ext, data).await.is_err() {
+                        break;
+                    }
+                }
+                ChannelMsg::Eof => {
+                    let _ = client_tx.eof().await;
+                }
+                ChannelMsg::ExitStatus { exit_status } => {
+                    outcome.exit_status = Some(exit_status);
+                    let _ = handle.exit_status_request(id, exit_status).await;
+                }
+                ChannelMsg::ExitSignal {
+                    signal_name,
+                    core_dumped,
+                    error_message,
+                    lang_tag,
+                } => {
+                    outcome.exit_signal = Some(signal_text(&signal_name));
+                    let _ = handle
+                        .exit_signal_request(id, signal_name, core_dumped, error_message, lang_tag)
+                        .await;
+                }
+                ChannelMsg::Close => break,
+                _ => {}
+            }
+        }
+        let _ = client_tx.close().await;
+        outcome
+    };
+    let (bytes_in, mut outcome) = tokio::join!(to_host, to_client);
+    outcome.bytes_in = bytes_in;
+    outcome
+}
+
+/// Writes output to the recording; false when the recording failed and the channel must
+/// close (an unrecorded shell is not allowed to continue).
+fn record(recorder: &Option<Arc<Mutex<Recorder>>>, data: &[u8]) -> bool {
+    let Some(r) = recorder else {
+        return true;
+    };
+    let mut r = r.lock().unwrap_or_else(|p| p.into_inner());
+    match r.output(data) {
+        Ok(()) => true,
+        Err(error) => {
+            tracing::error!(%error, "Recording write failed; closing the shell.");
+            false
+        }
+    }
+}
+
+fn signal_text(sig: &Sig) -> String {
+    match sig {
+        Sig::Custom(name) => name.clone(),
+        other => format!("{other:?}"),
+    }
+}
+
+fn open_recorder(ctx: &ChannelContext, permit: &Permit, pty: Option<&PtyRequest>) -> std::io::Result<Recorder> {
+    let path = ctx
+        .recordings
+        .join(format!("{}-{}.cast", ctx.session.id(), permit.request()));
+    let (cols, rows, term) = match pty {
+        Some(p) => (p.cols, p.rows, p.term.as_str()),
+        None => (80, 24, "dumb"),
+    };
+    let title = format!(
+        "{} on {} ({})",
+        ctx.session.identity().display_name(),
+        ctx.session.target().name,
+        ctx.session.id()
+    );
+    Recorder::create(&path, cols, rows, term, &title)
+}
+
+async fn finish_recording(ctx: &ChannelContext, recorder: Recorder) {
+    match recorder.finish() {
+        Ok(written) => {
+            let event = AuditEvent::RecordingWritten {
+                session: ctx.session.id().into(),
+                path: written.path.display().to_string(),
+                bytes: written.bytes,
+                sha256: written.sha256,
+            };
+            if let Err(error) = ctx.gateway.audit().append(event).await {
+                tracing::error!(%error, "Audit write of a recording failed.");
+            }
+        }
+        Err(error) => tracing::error!(%error, "Closing the session recording failed."),
+    }
+}
+
+async fn audit_end(ctx: &ChannelContext, permit: Permit, kind: &str, outcome: Outcome) {
+    let event = AuditEvent::ChannelEnded {
+        session: ctx.session.id().into(),
+        request: permit.request(),
+        kind: kind.into(),
+        exit_status: outcome.exit_status,
+        exit_signal: outcome.exit_signal,
+        bytes_in: outcome.bytes_in,
+        bytes_out: outcome.bytes_out,
+        bytes_err: outcome.bytes_err,
+    };
+    if let Err(error) = ctx.gateway.audit().append(event).await {
+        tracing::error!(%error, "Audit write of a channel's end failed.");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)] // tests: a panic is the failure report
+
+    use super::*;
+    use crate::command::parse;
+
+    #[test]
+    fn env_allowlist() {
+        assert!(env_allowed("LANG"));
+        assert!(env_allowed("LC_ALL"));
+        assert!(!env_allowed("LD_PRELOAD"));
+        assert!(!env_allowed("PATH"));
+        assert!(!env_allowed("LANGUAGE"));
+    }
+
+    #[test]
+    fn legacy_scp_commands_are_file_transfers() {
+        assert_eq!(scp_transfer(&parse("scp -t /tmp/x")), Some(("upload", "/tmp/x".into())));
+        assert_eq!(
+            scp_transfer(&parse("scp -v -f -- /etc/hosts")),
+            Some(("download", "/etc/hosts".into()))
+        );
+        assert_eq!(
+            scp_transfer(&parse("scp -t /tmp/x; rm -rf /")),
+            None,
+            "shell syntax is an exec"
+        );
+        assert_eq!(scp_transfer(&parse("uptime")), None);
+    }
+
+    #[test]
+    fn sftp_needs_a_policy_for_both_directions() {
+        let (action, context) = decision_input(&Start::Subsystem("sftp".into()), false).unwrap();
+        assert_eq!(action, "file_transfer");
+        assert_eq!(context["direction"], "both");
+        assert!(decision_input(&Start::Subsystem("netconf".into()), false).is_none());
+    }
+}
