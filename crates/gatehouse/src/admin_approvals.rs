@@ -76,19 +76,14 @@ pub async fn approve(
     Path(id): Path<String>,
     body: Result<Json<DecisionBody>, axum::extract::rejection::JsonRejection>,
 ) -> Response {
-    let identity = match caller(&state, &headers).await {
-        Ok(i) => i,
+    let (identity, reason) = match decider(&state, &headers, body).await {
+        Ok(d) => d,
         Err(r) => return r,
     };
-    let body = match decision_body(body) {
-        Ok(b) => b,
-        Err(message) => return api_error(StatusCode::BAD_REQUEST, message),
-    };
-    let reason = body.reason.as_deref().map(str::trim).filter(|r| !r.is_empty());
     match state
         .gateway
         .approvals()
-        .approve(&normalise(&id), &identity, reason)
+        .approve(&normalise(&id), &identity, reason.as_deref())
         .await
     {
         Ok(request) => {
@@ -105,27 +100,40 @@ pub async fn deny(
     Path(id): Path<String>,
     body: Result<Json<DecisionBody>, axum::extract::rejection::JsonRejection>,
 ) -> Response {
-    let identity = match caller(&state, &headers).await {
-        Ok(i) => i,
+    let (identity, reason) = match decider(&state, &headers, body).await {
+        Ok(d) => d,
         Err(r) => return r,
     };
-    let body = match decision_body(body) {
-        Ok(b) => b,
-        Err(message) => return api_error(StatusCode::BAD_REQUEST, message),
-    };
-    let Some(reason) = body.reason.as_deref().map(str::trim).filter(|r| !r.is_empty()) else {
+    let Some(reason) = reason else {
         return api_error(
             StatusCode::BAD_REQUEST,
             "a denial needs a reason: the requester is shown it",
         );
     };
-    match state.gateway.approvals().deny(&normalise(&id), &identity, reason).await {
+    match state
+        .gateway
+        .approvals()
+        .deny(&normalise(&id), &identity, &reason)
+        .await
+    {
         Ok(request) => {
             tracing::info!(approval = %request.id, approver = identity.display_name(), "Approval request denied.");
             Json(view(&request)).into_response()
         }
         Err(error) => broker_error(error),
     }
+}
+
+/// Who decides, and their reason (trimmed; none when empty), for approve and deny.
+async fn decider(
+    state: &AdminState,
+    headers: &HeaderMap,
+    body: Result<Json<DecisionBody>, axum::extract::rejection::JsonRejection>,
+) -> Result<(Identity, Option<String>), Response> {
+    let identity = caller(state, headers).await?;
+    let body = decision_body(body).map_err(|message| api_error(StatusCode::BAD_REQUEST, message))?;
+    let reason = body.reason.map(|r| r.trim().to_owned()).filter(|r| !r.is_empty());
+    Ok((identity, reason))
 }
 
 /// An empty body is no reason; a malformed one is a client error (the message says so).
