@@ -138,9 +138,17 @@ pub fn seal(seq: u64, time: &str, prev: &str, event: &AuditEvent) -> Result<(Str
     let event_json = serde_json::to_string(event)?;
     // An internally tagged enum always serialises as a non-empty object.
     let fields = event_json.strip_prefix('{').unwrap_or(&event_json);
-    let unhashed = format!("{}{fields}", prefix(seq, time, prev)?);
-    let hash = sha256_hex(unhashed.as_bytes());
-    let line = format!("{}\"hash\":\"{hash}\",{fields}", prefix(seq, time, prev)?);
+    let prefix = prefix(seq, time, prev)?;
+    let mut hasher = digest::Context::new(&digest::SHA256);
+    hasher.update(prefix.as_bytes());
+    hasher.update(fields.as_bytes());
+    let hash = hex::encode(hasher.finish().as_ref());
+    let mut line = String::with_capacity(prefix.len() + hash.len() + fields.len() + 10);
+    line.push_str(&prefix);
+    line.push_str("\"hash\":\"");
+    line.push_str(&hash);
+    line.push_str("\",");
+    line.push_str(fields);
     Ok((line, hash))
 }
 

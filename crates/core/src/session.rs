@@ -10,7 +10,7 @@ use std::time::{Duration, Instant, SystemTime};
 use gatehouse_audit::AuditEvent;
 use gatehouse_identity::Identity;
 use gatehouse_mask::{DataClass, MaskCounts, Masker};
-use gatehouse_policy::{AuthzRequest, Decision, Namespace};
+use gatehouse_policy::{AuthzRequest, Decision, EntityCache, Namespace};
 use tokio::sync::OnceCell;
 
 use crate::approvals::{ApprovalRequest, NewApproval, Outcome, Waiter};
@@ -245,6 +245,8 @@ struct Inner {
     requests: AtomicU64,
     ended: AtomicBool,
     masker: OnceCell<Masker>,
+    /// The session's principal and resource as Cedar entities, built once.
+    entities: EntityCache,
 }
 
 impl std::fmt::Debug for Session {
@@ -273,6 +275,7 @@ impl Session {
                 expires_at,
                 gateway,
                 requests: AtomicU64::new(0),
+                entities: EntityCache::default(),
                 ended: AtomicBool::new(false),
                 masker: OnceCell::new(),
             }),
@@ -358,18 +361,20 @@ impl Session {
             map.insert("owner".into(), owner.clone().into());
         }
         let generation = inner.gateway.policy().generation();
-        let decision = self.evaluate(action, &context);
+        let (decision, context) = self.evaluate(action, context);
         let (outcome, policies, reason) = match &decision {
             Decision::Allow { policies } => ("allow", policies.clone(), None),
             Decision::Deny { policies, reason } => ("deny", policies.clone(), Some(reason.clone())),
             Decision::NeedsApproval { policies, .. } => ("needs_approval", policies.clone(), Some(describe(&decision))),
         };
         metrics.decision(outcome);
+        // The context goes into the record; only a held request needs it again.
+        let held_context = matches!(decision, Decision::NeedsApproval { .. }).then(|| context.clone());
         let record = AuditEvent::RequestDecided {
             session: inner.id.clone(),
             request,
             action: format!("{}::{action}", self.protocol().namespace_name()),
-            attributes: context.clone(),
+            attributes: context,
             decision: outcome.into(),
             policies: policies.clone(),
             reason,
@@ -394,7 +399,7 @@ impl Session {
             } => Ok(Verdict::NeedsApproval(ApprovalNeeded {
                 request,
                 action: action.to_owned(),
-                context,
+                context: held_context.unwrap_or_default(),
                 policies,
                 approver_group,
                 approvals_required,
@@ -489,7 +494,10 @@ impl Session {
         approval: &ApprovalRequest,
         needed: &[ApprovalNeeded],
     ) -> Option<Result<Vec<Permit>, Refusal>> {
-        let decisions: Vec<Decision> = needed.iter().map(|n| self.evaluate(&n.action, &n.context)).collect();
+        let decisions: Vec<Decision> = needed
+            .iter()
+            .map(|n| self.evaluate(&n.action, n.context.clone()).0)
+            .collect();
         let denied_by = needed.iter().zip(&decisions).find_map(|(n, d)| match d {
             Decision::Deny { policies, reason } => Some((n, policies.clone(), reason.clone())),
             _ => None,
@@ -540,15 +548,22 @@ impl Session {
             .collect()))
     }
 
-    /// Policy's answer for `action` in this session, without recording it.
-    fn evaluate(&self, action: &str, context: &serde_json::Value) -> Decision {
-        self.inner.gateway.policy().authorize(&AuthzRequest {
+    /// Policy's answer for `action` in this session, without recording it; hands the
+    /// context back.
+    fn evaluate(&self, action: &str, context: serde_json::Value) -> (Decision, serde_json::Value) {
+        let request = AuthzRequest {
             principal: &self.inner.identity,
             namespace: self.protocol().namespace(),
             action,
             resource: self.inner.target.resource(),
-            context: context.clone(),
-        })
+            context,
+        };
+        let decision = self
+            .inner
+            .gateway
+            .policy()
+            .authorize_cached(&request, &self.inner.entities);
+        (decision, request.context)
     }
 
     /// The masker for this session: policy decides once per data class whether this identity
@@ -559,13 +574,16 @@ impl Session {
             .get_or_init(|| async {
                 let inner = &self.inner;
                 let masked = DataClass::ALL.into_iter().filter(|class| {
-                    let decision = inner.gateway.policy().authorize(&AuthzRequest {
-                        principal: &inner.identity,
-                        namespace: Namespace::Gatehouse,
-                        action: "unmask",
-                        resource: inner.target.resource(),
-                        context: serde_json::json!({ "data_class": class.as_str() }),
-                    });
+                    let decision = inner.gateway.policy().authorize_cached(
+                        &AuthzRequest {
+                            principal: &inner.identity,
+                            namespace: Namespace::Gatehouse,
+                            action: "unmask",
+                            resource: inner.target.resource(),
+                            context: serde_json::json!({ "data_class": class.as_str() }),
+                        },
+                        &inner.entities,
+                    );
                     !matches!(decision, Decision::Allow { .. })
                 });
                 Masker::new(masked.collect::<Vec<_>>())

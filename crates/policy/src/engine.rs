@@ -2,6 +2,7 @@
 //! decisions never wait for a reload, and turns Cedar's answer into the gateway's
 //! `Decision` (approval annotations, fail-closed on any evaluation error).
 
+use std::collections::HashSet;
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -14,7 +15,7 @@ use cedar_policy::{
 
 use crate::annotations::ApprovalSpec;
 use crate::error::PolicyError;
-use crate::model::{AuthzRequest, Decision};
+use crate::model::{AuthzRequest, Decision, Resource};
 use crate::store::{Fingerprint, PolicyStore};
 use gatehouse_identity::{Identity, PrincipalKind};
 
@@ -125,12 +126,24 @@ impl PolicyEngine {
     /// Decides one request. Never panics and never fails open: a malformed request
     /// or context, or an error in any policy, is a `Deny`.
     pub fn authorize(&self, req: &AuthzRequest<'_>) -> Decision {
+        self.authorize_with(req, None)
+    }
+
+    /// [`PolicyEngine::authorize`] for a caller that asks many questions as one principal
+    /// about one resource (a session): the entities are built once into `cache` and reused
+    /// until the policy set changes. The same answers, without rebuilding the entity store
+    /// (and Cedar's transitive closure over it) for every request.
+    pub fn authorize_cached(&self, req: &AuthzRequest<'_>, cache: &EntityCache) -> Decision {
+        self.authorize_with(req, Some(cache))
+    }
+
+    fn authorize_with(&self, req: &AuthzRequest<'_>, cache: Option<&EntityCache>) -> Decision {
         let store = self.current.load();
         // Only the policies whose scope admits the action: the same answer, less work.
         let action =
             EntityUid::from_type_name_and_id(store.names.action(req.namespace).clone(), EntityId::new(req.action));
         let policies = store.by_action.get(&action).unwrap_or(&store.policies);
-        match self.evaluate(&store, req, policies) {
+        match self.evaluate(&store, req, policies, cache) {
             Ok(evaluation) => decide(&store, evaluation),
             Err(reason) => Decision::deny_request(reason),
         }
@@ -151,7 +164,7 @@ impl PolicyEngine {
             req.resource.name,
             store.generation
         );
-        let evaluation = match self.evaluate(&store, req, &store.policies) {
+        let evaluation = match self.evaluate(&store, req, &store.policies, None) {
             Ok(evaluation) => evaluation,
             Err(reason) => {
                 let _ = writeln!(out, "decision: deny");
@@ -205,7 +218,7 @@ impl PolicyEngine {
             Decision::Deny { .. } if !evaluation.allowed && !evaluation.reason.is_empty() => {
                 // Show what the forbid overrode: that is what an author usually asks.
                 let overridden = self
-                    .evaluate(&store, req, &store.permits_only)
+                    .evaluate(&store, req, &store.permits_only, None)
                     .map(|e| if e.allowed { e.reason } else { Vec::new() })
                     .unwrap_or_default();
                 if overridden.is_empty() {
@@ -240,6 +253,7 @@ impl PolicyEngine {
         store: &PolicyStore,
         req: &AuthzRequest<'_>,
         policies: &PolicySet,
+        cache: Option<&EntityCache>,
     ) -> Result<Evaluation, String> {
         let names = &store.names;
         let action = EntityUid::from_type_name_and_id(names.action(req.namespace).clone(), EntityId::new(req.action));
@@ -253,14 +267,21 @@ impl PolicyEngine {
         let context = context_from_json(&req.context)
             .map_err(|reason| format!("the context of {action} does not match the schema: {reason}"))?;
 
-        let principal = principal_entity(store, req.principal)?;
-        let resource = resource_entity(store, req)?;
+        let entities = match cache {
+            Some(cache) => cache.entities(store, req)?,
+            None => Arc::new(SessionEntities::build(store, req, [action_entity.clone()])?),
+        };
+        // Checking a context against the schema costs as much as the entities did; a
+        // session sends the same shapes of context again and again, so each shape is
+        // checked once (its values still go to Cedar as they are).
+        let shape = cache.and_then(|_| context_shape(req.action, &req.context));
+        let checked = shape.as_ref().is_some_and(|shape| entities.checked_shape(shape));
         let request = Request::new(
-            principal.uid(),
+            entities.principal.clone(),
             action.clone(),
-            resource.uid(),
+            entities.resource.clone(),
             context,
-            Some(&store.schema),
+            (!checked).then_some(&store.schema),
         )
         .map_err(|e| match e {
             // Cedar's message prints the whole context, statement text included.
@@ -277,10 +298,12 @@ impl PolicyEngine {
             }
             other => format!("invalid request: {other}"),
         })?;
-        let entities = Entities::from_entities([principal, resource, action_entity.clone()], None)
-            .map_err(|e| format!("invalid request entities: {e}"))?;
-
-        let response = self.authorizer.is_authorized(&request, policies, &entities);
+        if let Some(shape) = shape
+            && !checked
+        {
+            entities.remember_shape(shape);
+        }
+        let response = self.authorizer.is_authorized(&request, policies, &entities.entities);
         let mut reason: Vec<String> = response.diagnostics().reason().map(ToString::to_string).collect();
         reason.sort();
         let mut errors: Vec<(String, String)> = response
@@ -297,6 +320,145 @@ impl PolicyEngine {
             errors,
         })
     }
+}
+
+/// The entities one principal's requests about one resource are decided with, kept between
+/// requests by [`PolicyEngine::authorize_cached`]. One cache serves one principal and one
+/// resource; it rebuilds itself when the policy set (and so perhaps the schema) changes.
+#[derive(Default)]
+pub struct EntityCache {
+    slot: Mutex<Option<Arc<SessionEntities>>>,
+}
+
+impl EntityCache {
+    /// The cached entities when they were built for this generation, principal and
+    /// resource; built afresh otherwise.
+    fn entities(&self, store: &PolicyStore, req: &AuthzRequest<'_>) -> Result<Arc<SessionEntities>, String> {
+        let mut slot = self.slot.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(cached) = slot.as_ref()
+            && cached.generation == store.generation
+            && cached.identity == *req.principal
+            && cached.resource_source == *req.resource
+        {
+            return Ok(Arc::clone(cached));
+        }
+        // Every action entity, so any action of the session finds its own.
+        let built = Arc::new(SessionEntities::build(store, req, store.actions.values().cloned())?);
+        *slot = Some(Arc::clone(&built));
+        Ok(built)
+    }
+}
+
+/// The principal, the resource and action entities, as one Cedar entity store.
+struct SessionEntities {
+    generation: u64,
+    /// What the principal and resource entities were built from, to tell a stale cache.
+    identity: Identity,
+    resource_source: Resource,
+    principal: EntityUid,
+    resource: EntityUid,
+    entities: Entities,
+    /// Shapes of context ([`context_shape`]) already checked against this generation's schema.
+    checked_shapes: Mutex<HashSet<String>>,
+}
+
+/// How many context shapes a session remembers; past that, every context is checked.
+const MAX_CHECKED_SHAPES: usize = 64;
+
+impl SessionEntities {
+    fn build(
+        store: &PolicyStore,
+        req: &AuthzRequest<'_>,
+        actions: impl IntoIterator<Item = Entity>,
+    ) -> Result<Self, String> {
+        let principal = principal_entity(store, req.principal)?;
+        let resource = resource_entity(store, req)?;
+        let (principal_uid, resource_uid) = (principal.uid(), resource.uid());
+        let entities = Entities::from_entities([principal, resource].into_iter().chain(actions), None)
+            .map_err(|e| format!("invalid request entities: {e}"))?;
+        Ok(Self {
+            generation: store.generation,
+            identity: req.principal.clone(),
+            resource_source: req.resource.clone(),
+            principal: principal_uid,
+            resource: resource_uid,
+            entities,
+            checked_shapes: Mutex::new(HashSet::new()),
+        })
+    }
+
+    fn checked_shape(&self, shape: &str) -> bool {
+        self.checked_shapes
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .contains(shape)
+    }
+
+    fn remember_shape(&self, shape: String) {
+        let mut shapes = self.checked_shapes.lock().unwrap_or_else(PoisonError::into_inner);
+        if shapes.len() < MAX_CHECKED_SHAPES {
+            shapes.insert(shape);
+        }
+    }
+}
+
+/// The action and the types of a context, without its values: what schema validation of a
+/// context depends on. Two contexts with the same shape pass or fail the schema together.
+/// The encoding is unambiguous (keys are length-prefixed). `None` for a context whose
+/// shape is not worth remembering (a set with elements of different shapes), which is then
+/// always checked.
+fn context_shape(action: &str, context: &serde_json::Value) -> Option<String> {
+    fn write(value: &serde_json::Value, out: &mut String) -> Option<()> {
+        match value {
+            serde_json::Value::Null => out.push('n'),
+            serde_json::Value::Bool(_) => out.push('b'),
+            // Numbers Cedar cannot hold fail in `context_from_json` before this matters.
+            serde_json::Value::Number(_) => out.push('i'),
+            serde_json::Value::String(_) => out.push('s'),
+            serde_json::Value::Array(items) => {
+                // A set's type is its elements' type: the same for one element or a thousand.
+                out.push('[');
+                let mut first: Option<String> = None;
+                for item in items {
+                    let mut element = String::new();
+                    write(item, &mut element)?;
+                    match &first {
+                        None => first = Some(element),
+                        Some(seen) if *seen == element => {}
+                        Some(_) => return None,
+                    }
+                }
+                out.push_str(first.as_deref().unwrap_or(""));
+                out.push(']');
+            }
+            serde_json::Value::Object(map) => {
+                out.push('{');
+                for (key, value) in map {
+                    push_len(out, key.len());
+                    out.push(':');
+                    out.push_str(key);
+                    out.push('=');
+                    write(value, out)?;
+                    out.push(',');
+                }
+                out.push('}');
+            }
+        }
+        Some(())
+    }
+    fn push_len(out: &mut String, len: usize) {
+        // Lengths of keys and action names: short, and this runs for every request.
+        if len >= 10 {
+            push_len(out, len / 10);
+        }
+        out.push(char::from(b'0' + (len % 10) as u8));
+    }
+    let mut out = String::with_capacity(128);
+    push_len(&mut out, action.len());
+    out.push(':');
+    out.push_str(action);
+    write(context, &mut out)?;
+    Some(out)
 }
 
 /// Turns Cedar's answer into the gateway's decision.

@@ -26,7 +26,7 @@ mod store;
 mod testing;
 
 pub use check::{CheckSummary, check_dir};
-pub use engine::PolicyEngine;
+pub use engine::{EntityCache, PolicyEngine};
 pub use error::{PolicyError, Problem};
 pub use model::{AuthzRequest, Decision, Namespace, Resource, ResourceKind};
 pub use testing::{CaseResult, TestReport, run_tests};

@@ -899,3 +899,125 @@ forbid (principal, action, resource) when { principal.subject == "mallory" };"#,
     );
     assert_eq!(refused.policies(), ["any-action-forbid"]);
 }
+
+#[test]
+fn cached_entities_decide_like_fresh_ones() {
+    let engine = PolicyEngine::load(&examples()).expect("load examples");
+    let people = [
+        agent(),
+        identity(PrincipalKind::User, "alice", &["dba"]),
+        identity(PrincipalKind::User, "bob", &["developers"]),
+    ];
+    let questions = [
+        ("read", statement("SELECT", false)),
+        ("write", statement("UPDATE", true)),
+        ("write", statement("DELETE", false)),
+        ("ddl", statement("DROP", false)),
+        ("admin", statement("ALTER SYSTEM", false)),
+    ];
+    for who in &people {
+        for target in [
+            prod_db(),
+            resource(ResourceKind::Database, "scratch", &[("env", "dev")]),
+        ] {
+            // One cache per principal and resource, asked every question in turn, twice.
+            let cache = EntityCache::default();
+            for _ in 0..2 {
+                for (action, context) in &questions {
+                    let request = AuthzRequest {
+                        principal: who,
+                        namespace: Namespace::Postgres,
+                        action,
+                        resource: &target,
+                        context: context.clone(),
+                    };
+                    assert_eq!(
+                        engine.authorize_cached(&request, &cache),
+                        engine.authorize(&request),
+                        "{} {action} on {}",
+                        who.subject,
+                        target.name
+                    );
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn an_entity_cache_follows_a_reload_and_a_different_principal() {
+    let dir = temp_policies(&[(
+        "dba.cedar",
+        "@id(\"dba-writes\")\npermit (principal in Group::\"dba\", action == Postgres::Action::\"write\", resource);\n",
+    )]);
+    let engine = PolicyEngine::load(dir.path()).expect("load");
+    let cache = EntityCache::default();
+    let dba = identity(PrincipalKind::User, "alice", &["dba"]);
+    let ask_cached = |who: &Identity| {
+        engine.authorize_cached(
+            &AuthzRequest {
+                principal: who,
+                namespace: Namespace::Postgres,
+                action: "write",
+                resource: &prod_db(),
+                context: statement("UPDATE", true),
+            },
+            &cache,
+        )
+    };
+    assert!(ask_cached(&dba).is_allow());
+    // A cache handed another principal must not answer with the first one's groups.
+    assert!(!ask_cached(&agent()).is_allow());
+
+    fs::write(
+        dir.path().join("dba.cedar"),
+        "@id(\"dba-writes\")\npermit (principal in Group::\"nobody\", action == Postgres::Action::\"write\", resource);\n",
+    )
+    .expect("write");
+    engine.reload().expect("good set");
+    assert!(
+        !ask_cached(&dba).is_allow(),
+        "the cache outlived the policy set it was built for"
+    );
+}
+
+#[test]
+fn a_cached_session_still_checks_every_new_shape_of_context() {
+    let engine = PolicyEngine::load(&examples()).expect("load examples");
+    let cache = EntityCache::default();
+    let dba = identity(PrincipalKind::User, "alice", &["dba"]);
+    let ask_cached = |context: Value| {
+        engine.authorize_cached(
+            &AuthzRequest {
+                principal: &dba,
+                namespace: Namespace::Postgres,
+                action: "read",
+                resource: &prod_db(),
+                context,
+            },
+            &cache,
+        )
+    };
+    assert!(ask_cached(statement("SELECT", true)).is_allow());
+    let mut other_values = statement("SELECT", true);
+    other_values["tables"] = json!(["orders", "customers"]);
+    other_values["statement"] = json!("SELECT * FROM orders JOIN customers USING (id)");
+    assert!(ask_cached(other_values).is_allow(), "same shape, other values");
+    let mut wrong_type = statement("SELECT", true);
+    wrong_type["has_where"] = json!("true");
+    let mut wrong_element = statement("SELECT", true);
+    wrong_element["tables"] = json!(["orders", 7]);
+    let mut nested = statement("SELECT", true);
+    nested["tables"] = json!([["orders"]]);
+    let mut missing = statement("SELECT", true);
+    missing.as_object_mut().expect("object").remove("has_where");
+    for context in [wrong_type, wrong_element, nested, missing] {
+        match ask_cached(context.clone()) {
+            Decision::Deny { reason, .. } => {
+                assert!(reason.contains("does not match the schema"), "{context}: {reason}")
+            }
+            other => panic!("{context} was not refused: {other:?}"),
+        }
+    }
+    assert!(ask_cached(statement("SELECT", true)).is_allow());
+}
