@@ -22,6 +22,11 @@ struct Setup {
 }
 
 fn setup() -> Setup {
+    setup_with("")
+}
+
+/// `extra`: more `[ssh]` settings.
+fn setup_with(extra: &str) -> Setup {
     let sshd = SshServer::start().unwrap();
     let port = free_port().unwrap();
     let target = |name: &str, env: &str| {
@@ -44,7 +49,7 @@ labels = {{ env = "{env}" }}
     };
     let gw = GatewayBuilder::new(env!("CARGO_BIN_EXE_gatehouse"))
         .config(&format!(
-            "[ssh]\nlisten = \"127.0.0.1:{port}\"\nauth_timeout_secs = 10\n{}{}{}",
+            "[ssh]\nlisten = \"127.0.0.1:{port}\"\nauth_timeout_secs = 10\n{extra}\n{}{}{}",
             target("web-1", "prod"),
             target("vault", "secret"),
             target("stage-1", "staging"),
@@ -439,6 +444,13 @@ fn a_shell_with_a_pty_is_recorded_and_replays() {
     let cast = std::fs::read_to_string(&path).unwrap();
     let header: serde_json::Value = serde_json::from_str(cast.lines().next().unwrap()).unwrap();
     assert_eq!(header["version"], 2);
+    // Input is not recorded unless ssh.record_input says so.
+    assert!(
+        cast.lines()
+            .skip(1)
+            .all(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()[1] != "i"),
+        "{cast}"
+    );
     let cfg = s.gw.config_path().display().to_string();
     let o = Command::new(env!("CARGO_BIN_EXE_gatehouse"))
         .args(["replay", session, "--config", &cfg, "--speed", "50"])
@@ -773,7 +785,7 @@ fn an_agents_command_waits_for_approval_and_runs_once_approved() {
 
 #[test]
 fn a_shell_waits_for_approval_before_it_opens() {
-    let s = setup();
+    let s = setup_with("record_input = true");
     // Shells for group ops need approval on staging hosts (a policy added for this test).
     std::fs::write(
         s.gw.policy_dir().join("zz-shell-approval.cedar"),
@@ -819,6 +831,21 @@ permit (principal in Group::"support", action == Ssh::Action::"shell", resource 
     assert!(err(&o).contains("waiting for approval"), "{}", err(&o));
     let written = wait_event(&s, "recording_written", |_| true);
     assert_eq!(written.len(), 1, "{written:?}");
+    // With record_input, what the client sent (here while it waited) is in the recording.
+    let cast = std::fs::read_to_string(written[0]["path"].as_str().unwrap()).unwrap();
+    let inputs: Vec<serde_json::Value> = cast
+        .lines()
+        .skip(1)
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter(|e| e[1] == "i")
+        .collect();
+    assert!(
+        inputs
+            .iter()
+            .any(|e| e[2].as_str().unwrap().contains("echo shell-$((6*7))")),
+        "{cast}"
+    );
+    assert!(cast.contains("shell-42"), "{cast}");
 }
 
 /// A new ed25519 key pair (no passphrase) at `path` and `path.pub`.

@@ -39,6 +39,8 @@ pub(crate) struct ChannelContext {
     pub target: UpstreamTarget,
     pub upstream: Arc<UpstreamSlot>,
     pub recordings: PathBuf,
+    /// Record shell input too (`ssh.record_input`).
+    pub record_input: bool,
 }
 
 impl ChannelContext {
@@ -297,7 +299,17 @@ pub(crate) async fn run_session_channel(
         let _ = handle.channel_success(id).await;
     }
     let recorder = recorder.map(|r| Arc::new(Mutex::new(r)));
-    let outcome = relay(id, &handle, client_rx, client_tx, up, recorder.clone(), held_input).await;
+    let input_recorder = recorder.clone().filter(|_| ctx.record_input);
+    let outcome = relay(
+        id,
+        &handle,
+        client_rx,
+        client_tx,
+        up,
+        (recorder.clone(), input_recorder),
+        held_input,
+    )
+    .await;
     if let Some(r) = recorder.and_then(Arc::into_inner) {
         finish_recording(&ctx, r.into_inner().unwrap_or_else(|p| p.into_inner())).await;
     }
@@ -315,7 +327,16 @@ pub(crate) async fn run_forward(
 ) {
     let id = channel.id();
     let (client_rx, client_tx) = channel.split();
-    let outcome = relay(id, &handle, client_rx, client_tx, up, None, HeldInput::default()).await;
+    let outcome = relay(
+        id,
+        &handle,
+        client_rx,
+        client_tx,
+        up,
+        (None, None),
+        HeldInput::default(),
+    )
+    .await;
     audit_end(&ctx, permit, "forward", outcome).await;
 }
 
@@ -497,13 +518,15 @@ async fn relay(
     mut client_rx: ChannelReadHalf,
     client_tx: ChannelWriteHalf<Msg>,
     up: Channel<russh::client::Msg>,
-    recorder: Option<Arc<Mutex<Recorder>>>,
+    (recorder, input_recorder): (Option<Arc<Mutex<Recorder>>>, Option<Arc<Mutex<Recorder>>>),
     held: HeldInput,
 ) -> Outcome {
     let (mut up_rx, up_tx) = up.split();
     let to_host = async {
         let mut bytes_in = held.data.len() as u64;
-        if !held.data.is_empty() && up_tx.data_bytes(Bytes::from(held.data)).await.is_err() {
+        if !held.data.is_empty() && !record_input(&input_recorder, &held.data) {
+            let _ = up_tx.close().await;
+        } else if !held.data.is_empty() && up_tx.data_bytes(Bytes::from(held.data)).await.is_err() {
             let _ = up_tx.close().await;
         }
         if held.eof {
@@ -517,7 +540,8 @@ async fn relay(
             match msg {
                 ChannelMsg::Data { data } => {
                     bytes_in += data.len() as u64;
-                    if up_tx.data_bytes(data).await.is_err() {
+                    if !record_input(&input_recorder, &data) || up_tx.data_bytes(data).await.is_err() {
+                        let _ = up_tx.close().await;
                         break;
                     }
                 }
@@ -608,6 +632,21 @@ fn record(recorder: &Option<Arc<Mutex<Recorder>>>, data: &[u8]) -> bool {
     };
     let mut r = r.lock().unwrap_or_else(|p| p.into_inner());
     match r.output(data) {
+        Ok(()) => true,
+        Err(error) => {
+            tracing::error!(%error, "Recording write failed; closing the shell.");
+            false
+        }
+    }
+}
+
+/// Writes input to the recording when input is recorded; false when that failed.
+fn record_input(recorder: &Option<Arc<Mutex<Recorder>>>, data: &[u8]) -> bool {
+    let Some(r) = recorder else {
+        return true;
+    };
+    let mut r = r.lock().unwrap_or_else(|p| p.into_inner());
+    match r.input(data) {
         Ok(()) => true,
         Err(error) => {
             tracing::error!(%error, "Recording write failed; closing the shell.");

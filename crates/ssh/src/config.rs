@@ -33,6 +33,10 @@ pub struct SshConfig {
     /// Password and keyboard-interactive answers a client may try per connection.
     #[serde(default = "default_max_auth_attempts")]
     pub max_auth_attempts: usize,
+    /// Also record what clients type into shells (`"i"` events). Off by default: input
+    /// holds passwords typed at prompts that the terminal does not echo.
+    #[serde(default)]
+    pub record_input: bool,
     /// Hosts behind the gateway.
     #[serde(default)]
     pub targets: Vec<SshTarget>,

@@ -41,6 +41,7 @@ pub struct SshFrontend {
     max_auth_attempts: usize,
     max_channels: usize,
     recordings: PathBuf,
+    record_input: bool,
 }
 
 /// The host's connection, opened on the first channel that needs it.
@@ -91,6 +92,7 @@ impl SshFrontend {
             max_auth_attempts: config.max_auth_attempts,
             max_channels: config.max_channels,
             recordings,
+            record_input: config.record_input,
         })
     }
 
@@ -286,6 +288,7 @@ impl ConnectionHandler {
             target,
             upstream: Arc::clone(&self.upstream),
             recordings: self.frontend.recordings.clone(),
+            record_input: self.frontend.record_input,
         })
     }
 }
