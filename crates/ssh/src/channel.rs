@@ -518,15 +518,15 @@ async fn relay(
     mut client_rx: ChannelReadHalf,
     client_tx: ChannelWriteHalf<Msg>,
     up: Channel<russh::client::Msg>,
-    (recorder, input_recorder): (Option<Arc<Mutex<Recorder>>>, Option<Arc<Mutex<Recorder>>>),
+    (recorder, input_recorder): (SharedRecorder, SharedRecorder),
     held: HeldInput,
 ) -> Outcome {
     let (mut up_rx, up_tx) = up.split();
     let to_host = async {
         let mut bytes_in = held.data.len() as u64;
-        if !held.data.is_empty() && !record_input(&input_recorder, &held.data) {
-            let _ = up_tx.close().await;
-        } else if !held.data.is_empty() && up_tx.data_bytes(Bytes::from(held.data)).await.is_err() {
+        if !held.data.is_empty()
+            && (!record_input(&input_recorder, &held.data) || up_tx.data_bytes(Bytes::from(held.data)).await.is_err())
+        {
             let _ = up_tx.close().await;
         }
         if held.eof {
@@ -639,6 +639,9 @@ fn record(recorder: &Option<Arc<Mutex<Recorder>>>, data: &[u8]) -> bool {
         }
     }
 }
+
+/// A shell's recording, shared by the two directions of the relay (None: not recorded).
+type SharedRecorder = Option<Arc<Mutex<Recorder>>>;
 
 /// Writes input to the recording when input is recorded; false when that failed.
 fn record_input(recorder: &Option<Arc<Mutex<Recorder>>>, data: &[u8]) -> bool {
