@@ -65,11 +65,14 @@ lint:
     cargo clippy --workspace --all-targets -- -D warnings
 
 # Criterion benchmarks (policy decision, masking, SQL classification), then pgbench through
-# the gateway as ratios to a direct connection and a bare copy relay (DURATION=secs per run).
+# the gateway as ratios to a direct connection and a bare copy relay (DURATION=secs per run),
+# then SSH throughput (SIZE, default 1G) and connection set-up against direct, a copy relay
+# and an OpenSSH bastion.
 bench: setup
     cargo bench --workspace -- --warm-up-time 1 --measurement-time 3
     cargo build --release -p gatehouse -p gatehouse-testkit
     bash bench/pgbench.sh
+    bash bench/ssh.sh
 
 # Fuzz the parsers that read client bytes (needs cargo-fuzz; runs each target for SECONDS).
 fuzz seconds="30":
