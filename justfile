@@ -19,10 +19,15 @@ setup:
     if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 && ! command -v initdb >/dev/null; then
         missing+=(postgresql)
     fi
-    # Python clients the tests drive (psycopg 3 for PostgreSQL), from PyPI.
+    # Python clients the tests drive (psycopg 3 for PostgreSQL, paramiko for SSH), from PyPI.
     if ! python3 -c 'import psycopg' 2>/dev/null; then
         python3 -m pip install --quiet --disable-pip-version-check 'psycopg[binary]>=3.1' \
             || python3 -m pip install --quiet --disable-pip-version-check --break-system-packages 'psycopg[binary]>=3.1'
+    fi
+    # paramiko for the SSH gateway's programmatic-client test.
+    if ! python3 -c 'import paramiko' 2>/dev/null; then
+        python3 -m pip install --quiet --disable-pip-version-check 'paramiko>=3.4' \
+            || python3 -m pip install --quiet --disable-pip-version-check --break-system-packages 'paramiko>=3.4'
     fi
     if [ ${#missing[@]} -eq 0 ]; then
         echo "setup: everything needed is installed"
@@ -60,11 +65,14 @@ lint:
     cargo clippy --workspace --all-targets -- -D warnings
 
 # Criterion benchmarks (policy decision, masking, SQL classification), then pgbench through
-# the gateway as ratios to a direct connection and a bare copy relay (DURATION=secs per run).
+# the gateway as ratios to a direct connection and a bare copy relay (DURATION=secs per run),
+# then SSH throughput (SIZE, default 1G) and connection set-up against direct, a copy relay
+# and an OpenSSH bastion.
 bench: setup
     cargo bench --workspace -- --warm-up-time 1 --measurement-time 3
     cargo build --release -p gatehouse -p gatehouse-testkit
     bash bench/pgbench.sh
+    bash bench/ssh.sh
 
 # Fuzz the parsers that read client bytes (needs cargo-fuzz; runs each target for SECONDS).
 fuzz seconds="30":

@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # `just demo`: a PostgreSQL server with sample data on 127.0.0.1:55432, and the gateway in
 # front of it on 127.0.0.1:15432 with the development issuer and the example policies.
-# Everything lives in .demo/; Ctrl-C stops both.
+# When the machine has OpenSSH's sshd, also a throwaway sshd on 127.0.0.1:52222 (its own
+# config, host key and the gateway's user key under .demo/sshd) behind the gateway's SSH
+# listener on 127.0.0.1:2222 (target "web-1"). Everything lives in .demo/; Ctrl-C stops all.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$(pwd)
@@ -69,6 +71,81 @@ INSERT INTO customers VALUES
 SQL
 fi
 
+# A throwaway OpenSSH sshd as the SSH target, when the machine has one.
+sshd_bin=/usr/sbin/sshd
+ssh_dir="$demo/sshd"
+ssh_text=""
+if [ -x "$sshd_bin" ] && command -v ssh-keygen >/dev/null && command -v ssh >/dev/null; then
+    mkdir -p "$ssh_dir" && chmod 700 "$ssh_dir"
+    [ -f "$ssh_dir/host_key" ] || ssh-keygen -q -t ed25519 -N "" -C gatehouse-demo-host -f "$ssh_dir/host_key"
+    [ -f "$ssh_dir/gateway_key" ] || ssh-keygen -q -t ed25519 -N "" -C gatehouse-demo-gateway -f "$ssh_dir/gateway_key"
+    [ -f "$ssh_dir/user_key" ] || ssh-keygen -q -t ed25519 -N "" -C gatehouse-demo-user -f "$ssh_dir/user_key"
+    cp "$ssh_dir/gateway_key.pub" "$ssh_dir/authorized_keys"
+    echo "[127.0.0.1]:52222 $(cut -d' ' -f1,2 "$ssh_dir/host_key.pub")" > "$ssh_dir/known_hosts"
+    cat > "$ssh_dir/sshd_config" <<CFG
+ListenAddress 127.0.0.1:52222
+HostKey $ssh_dir/host_key
+AuthorizedKeysFile $ssh_dir/authorized_keys
+PidFile $ssh_dir/sshd.pid
+PubkeyAuthentication yes
+PasswordAuthentication no
+KbdInteractiveAuthentication no
+PermitRootLogin prohibit-password
+StrictModes no
+UsePAM no
+X11Forwarding no
+PrintMotd no
+AcceptEnv LANG LC_*
+Subsystem sftp internal-sftp
+CFG
+    # sshd wants its privilege separation directory, which no service unit made here.
+    [ -d /run/sshd ] || mkdir -p /run/sshd 2>/dev/null || true
+    if "$sshd_bin" -f "$ssh_dir/sshd_config" -E "$ssh_dir/sshd.log" 2>>"$ssh_dir/sshd.log"; then
+        stop_sshd() { [ -f "$ssh_dir/sshd.pid" ] && kill "$(cat "$ssh_dir/sshd.pid")" 2>/dev/null || true; }
+        trap 'stop_sshd; stop_pg' EXIT
+        # The quick-start config plus an [ssh] section (the copy sits next to examples/, so
+        # its relative paths still hold).
+        { cat "$config"; cat <<CFG
+
+# Added by examples/demo.sh: the throwaway sshd on 127.0.0.1:52222.
+[ssh]
+listen = "127.0.0.1:2222"
+
+[[ssh.targets]]
+name = "web-1"
+host = "127.0.0.1"
+port = 52222
+login = "$(id -un)"
+private_key_file = "$ssh_dir/gateway_key"
+known_hosts = "$ssh_dir/known_hosts"
+labels = { env = "prod" }
+CFG
+        } > "$demo/gatehouse.toml"
+        config="$demo/gatehouse.toml"
+        ssh_opts="-o StrictHostKeyChecking=accept-new -o UserKnownHostsFile=$demo/gateway_known_hosts -o IdentitiesOnly=yes -p 2222"
+        ssh_text="
+SSH: target \"web-1\" on 127.0.0.1:2222 (a throwaway sshd on 127.0.0.1:52222 behind it):
+
+  # a certificate from the gateway's CA for the demo key, valid 1h (never past the token)
+  export GATEHOUSE_TOKEN=\$($bin token mint --config $config --sub olivia --groups ops)
+  $bin ssh-cert --config $config --target web-1 --public-key $ssh_dir/user_key.pub --ttl 1h
+  ssh $ssh_opts -i $ssh_dir/user_key web-1@127.0.0.1           # a recorded shell
+  ssh $ssh_opts -i $ssh_dir/user_key web-1@127.0.0.1 uptime    # an allowed command
+
+  # an agent: allowlisted commands run, anything else is refused with exit status 126
+  export GATEHOUSE_TOKEN=\$($bin token mint --config $config --sub ci-bot --agent --owner carol)
+  $bin ssh-cert --config $config --target web-1 --public-key $ssh_dir/user_key.pub --ttl 1h
+  ssh $ssh_opts -i $ssh_dir/user_key web-1@127.0.0.1 whoami
+  ssh $ssh_opts -i $ssh_dir/user_key web-1@127.0.0.1 'rm -rf /tmp/x'; echo \"exit \$?\"
+
+  # replay a recorded shell (the session id is in: $bin audit sessions --config $config)
+  $bin replay SESSION --config $config
+"
+    else
+        echo "demo: sshd did not start (see $ssh_dir/sshd.log); the SSH part is skipped" >&2
+    fi
+fi
+
 "$bin" check-config "$config"
 cat <<TXT
 
@@ -97,7 +174,7 @@ Gatehouse: admin on http://127.0.0.1:8080, PostgreSQL with TLS on localhost:1543
 
   $bin audit sessions --config $config
   $bin audit verify --config $config
-
+$ssh_text
 Stop with Ctrl-C.
 TXT
 "$bin" serve --config "$config"

@@ -7,8 +7,9 @@
 
 use std::io::{Read as _, Write as _};
 use std::net::TcpStream;
+use std::os::unix::process::CommandExt as _;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use gatehouse_testkit::gateway::{GatewayBuilder, TestGateway, free_port};
@@ -21,6 +22,11 @@ struct Setup {
 }
 
 fn setup() -> Setup {
+    setup_with("")
+}
+
+/// `extra`: more `[ssh]` settings.
+fn setup_with(extra: &str) -> Setup {
     let sshd = SshServer::start().unwrap();
     let port = free_port().unwrap();
     let target = |name: &str, env: &str| {
@@ -43,9 +49,10 @@ labels = {{ env = "{env}" }}
     };
     let gw = GatewayBuilder::new(env!("CARGO_BIN_EXE_gatehouse"))
         .config(&format!(
-            "[ssh]\nlisten = \"127.0.0.1:{port}\"\nauth_timeout_secs = 10\n{}{}",
+            "[ssh]\nlisten = \"127.0.0.1:{port}\"\nauth_timeout_secs = 10\n{extra}\n{}{}{}",
             target("web-1", "prod"),
             target("vault", "secret"),
+            target("stage-1", "staging"),
         ))
         .start()
         .unwrap();
@@ -437,6 +444,13 @@ fn a_shell_with_a_pty_is_recorded_and_replays() {
     let cast = std::fs::read_to_string(&path).unwrap();
     let header: serde_json::Value = serde_json::from_str(cast.lines().next().unwrap()).unwrap();
     assert_eq!(header["version"], 2);
+    // Input is not recorded unless ssh.record_input says so.
+    assert!(
+        cast.lines()
+            .skip(1)
+            .all(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()[1] != "i"),
+        "{cast}"
+    );
     let cfg = s.gw.config_path().display().to_string();
     let o = Command::new(env!("CARGO_BIN_EXE_gatehouse"))
         .args(["replay", session, "--config", &cfg, "--speed", "50"])
@@ -455,6 +469,21 @@ fn a_shell_with_a_pty_is_recorded_and_replays() {
         .output()
         .unwrap();
     assert!(verify.status.success(), "{}", err(&verify));
+    assert!(out(&verify).contains("1 recordings match"), "{}", out(&verify));
+
+    // `audit verify` re-hashes recordings: an edited one fails, named.
+    let tampered = cast.replace("marker-42", "marker-43");
+    std::fs::write(&path, tampered).unwrap();
+    let verify = Command::new(env!("CARGO_BIN_EXE_gatehouse"))
+        .args(["audit", "verify", "--config", &cfg])
+        .output()
+        .unwrap();
+    assert_eq!(verify.status.code(), Some(1), "{}", out(&verify));
+    assert!(
+        err(&verify).contains(&path.display().to_string()) && err(&verify).contains("altered"),
+        "{}",
+        err(&verify)
+    );
 }
 
 #[test]
@@ -597,4 +626,540 @@ fn the_session_closes_when_its_credential_expires() {
     assert!(err(&o).contains("expired"), "{}", err(&o));
     let ended = wait_event(&s, "session_ended", |e| e["reason"] == "token expired");
     assert!(ended.iter().any(|e| e["reason"] == "token expired"), "{ended:?}");
+}
+
+/// `gatehouse approvals ARGS` as the holder of `token`.
+fn approvals(s: &Setup, token: &str, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_gatehouse"))
+        .arg("approvals")
+        .args(args)
+        .args(["--config", &s.gw.config_path().display().to_string()])
+        .env("GATEHOUSE_TOKEN", token)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap()
+}
+
+/// The one pending approval request, once it shows up.
+fn wait_pending(s: &Setup, lead: &str) -> serde_json::Value {
+    let mut found = None;
+    let seen = s.gw.wait_for(Duration::from_secs(20), || {
+        let o = approvals(s, lead, &["list", "--state", "pending", "--json"]);
+        assert!(o.status.success(), "{}", err(&o));
+        let list: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+        found = list.as_array().unwrap().first().cloned();
+        found.is_some()
+    });
+    assert!(seen, "no pending approval appeared:\n{}", s.gw.log());
+    found.unwrap()
+}
+
+fn state_of(s: &Setup, token: &str, id: &str) -> String {
+    let o = approvals(s, token, &["show", id, "--json"]);
+    assert!(o.status.success(), "{}", err(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    v["state"].as_str().unwrap().to_string()
+}
+
+/// `ssh` in its own process group (so that the test can end sshpass and ssh together),
+/// with `input` written to its stdin and then closed.
+fn spawn_ssh(s: &Setup, user: &str, secret: &str, args: &[&str], input: &[u8]) -> Child {
+    let mut cmd = ssh(s, user, secret, args);
+    let mut child = cmd
+        .process_group(0)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    stdin.write_all(input).unwrap();
+    drop(stdin);
+    child
+}
+
+/// Waits for a spawned client (killing its process group after `timeout`).
+fn finish(mut child: Child, timeout: Duration) -> Output {
+    let deadline = Instant::now() + timeout;
+    while child.try_wait().unwrap().is_none() {
+        if Instant::now() > deadline {
+            kill_group(&child, "KILL");
+            let o = child.wait_with_output().unwrap();
+            panic!("the client did not finish in {timeout:?}: {}", err(&o));
+        }
+        std::thread::sleep(Duration::from_millis(25));
+    }
+    child.wait_with_output().unwrap()
+}
+
+fn kill_group(child: &Child, signal: &str) {
+    let _ = Command::new("kill")
+        .arg(format!("-{signal}"))
+        .arg("--")
+        .arg(format!("-{}", child.id()))
+        .status();
+}
+
+#[test]
+fn an_agents_command_waits_for_approval_and_runs_once_approved() {
+    let s = setup();
+    let agent = s.gw.mint("agent-7", &[], true).unwrap();
+    let secret = credential(&s, &agent, "stage-1", "5m");
+    let lead = s.gw.mint("lena", &["ops-leads"], false).unwrap();
+
+    // Off the allowlist on a staging host: held. The input sent meanwhile is kept and
+    // reaches the command once approved.
+    let child = spawn_ssh(&s, "stage-1", &secret, &["sha256sum"], b"held input\n");
+    let pending = wait_pending(&s, &lead);
+    let id = pending["id"].as_str().unwrap().to_string();
+    assert_eq!(pending["approver_group"], "ops-leads");
+    assert_eq!(pending["request"], "exec on stage-1: sha256sum");
+    // The requester cannot approve its own request.
+    let o = approvals(&s, &agent, &["approve", &id]);
+    assert!(!o.status.success(), "self-approval must be refused");
+    let o = approvals(&s, &lead, &["approve", &id, "--reason", "checksum only"]);
+    assert!(o.status.success(), "{}", err(&o));
+    let o = finish(child, Duration::from_secs(20));
+    assert!(o.status.success(), "{}\n{}", err(&o), s.gw.log());
+    assert!(
+        err(&o).contains(&format!("waiting for approval {id} by group ops-leads")),
+        "{}",
+        err(&o)
+    );
+    let direct = Command::new("sh")
+        .args(["-c", "printf 'held input\\n' | sha256sum"])
+        .output()
+        .unwrap();
+    assert_eq!(out(&o), out(&direct), "the held input reached the command");
+    assert_eq!(state_of(&s, &lead, &id), "executed");
+
+    // The exit status of an approved command arrives too.
+    let child = spawn_ssh(&s, "stage-1", &secret, &["ls", "/nonexistent-gatehouse"], b"");
+    let id = wait_pending(&s, &lead)["id"].as_str().unwrap().to_string();
+    let o = approvals(&s, &lead, &["approve", &id]);
+    assert!(o.status.success(), "{}", err(&o));
+    let o = finish(child, Duration::from_secs(20));
+    assert_eq!(o.status.code(), Some(2), "{}", err(&o));
+    assert!(err(&o).contains("nonexistent-gatehouse"), "{}", err(&o));
+
+    // Denied: exit status 126 with the reason, and the command never ran.
+    let marker = s.sshd.dir().join("denied-marker");
+    let touch = format!("touch {}", marker.display());
+    let child = spawn_ssh(&s, "stage-1", &secret, &[&touch], b"");
+    let id = wait_pending(&s, &lead)["id"].as_str().unwrap().to_string();
+    let o = approvals(&s, &lead, &["deny", &id, "--reason", "not on a Friday"]);
+    assert!(o.status.success(), "{}", err(&o));
+    let o = finish(child, Duration::from_secs(20));
+    assert_eq!(o.status.code(), Some(126), "{}", err(&o));
+    assert!(err(&o).contains("not on a Friday"), "{}", err(&o));
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(!marker.exists(), "a denied command ran on the host");
+
+    // The client going away withdraws the request, and the command never runs.
+    let child = spawn_ssh(&s, "stage-1", &secret, &[&touch], b"");
+    let id = wait_pending(&s, &lead)["id"].as_str().unwrap().to_string();
+    kill_group(&child, "TERM");
+    let _ = finish(child, Duration::from_secs(10));
+    let withdrawn =
+        s.gw.wait_for(Duration::from_secs(10), || state_of(&s, &lead, &id) == "withdrawn");
+    assert!(withdrawn, "state {}\n{}", state_of(&s, &lead, &id), s.gw.log());
+    let o = approvals(&s, &lead, &["approve", &id]);
+    assert!(!o.status.success(), "a withdrawn request cannot be approved");
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(!marker.exists(), "a withdrawn command ran on the host");
+
+    let kinds: Vec<String> = audit_log(&s)
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter_map(|v| v["event"].as_str().map(str::to_string))
+        .collect();
+    for kind in [
+        "approval_requested",
+        "approval_executed",
+        "approval_denied",
+        "approval_withdrawn",
+    ] {
+        assert!(kinds.iter().any(|k| k == kind), "{kind} missing: {kinds:?}");
+    }
+}
+
+#[test]
+fn a_shell_waits_for_approval_before_it_opens() {
+    let s = setup_with("record_input = true");
+    // Shells for group ops need approval on staging hosts (a policy added for this test).
+    std::fs::write(
+        s.gw.policy_dir().join("zz-shell-approval.cedar"),
+        r#"@id("support-shell-needs-approval")
+@approval("ops-leads")
+permit (principal in Group::"support", action == Ssh::Action::"shell", resource is Host);
+"#,
+    )
+    .unwrap();
+    let user = s.gw.mint("sam", &["support"], false).unwrap();
+    let secret = credential(&s, &user, "stage-1", "5m");
+    let lead = s.gw.mint("lena", &["ops-leads"], false).unwrap();
+    // The policy reload is picked up within a few hundred milliseconds.
+    let mut child = None;
+    let mut id = String::new();
+    let seen = s.gw.wait_for(Duration::from_secs(20), || {
+        let c = spawn_ssh(&s, "stage-1", &secret, &[], b"echo shell-$((6*7))\nexit 4\n");
+        let found = s.gw.wait_for(Duration::from_secs(3), || {
+            let o = approvals(&s, &lead, &["list", "--state", "pending", "--json"]);
+            let list: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap_or_default();
+            match list.as_array().and_then(|l| l.first()) {
+                Some(p) => {
+                    id = p["id"].as_str().unwrap_or_default().to_string();
+                    true
+                }
+                None => false,
+            }
+        });
+        if found {
+            child = Some(c);
+        } else {
+            kill_group(&c, "KILL");
+            let _ = finish(c, Duration::from_secs(10));
+        }
+        found
+    });
+    assert!(seen, "no held shell:\n{}", s.gw.log());
+    let o = approvals(&s, &lead, &["approve", &id]);
+    assert!(o.status.success(), "{}", err(&o));
+    let o = finish(child.unwrap(), Duration::from_secs(20));
+    assert_eq!(o.status.code(), Some(4), "{}\n{}", err(&o), s.gw.log());
+    assert!(out(&o).contains("shell-42"), "{}", out(&o));
+    assert!(err(&o).contains("waiting for approval"), "{}", err(&o));
+    let written = wait_event(&s, "recording_written", |_| true);
+    assert_eq!(written.len(), 1, "{written:?}");
+    // With record_input, what the client sent (here while it waited) is in the recording.
+    let cast = std::fs::read_to_string(written[0]["path"].as_str().unwrap()).unwrap();
+    let inputs: Vec<serde_json::Value> = cast
+        .lines()
+        .skip(1)
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter(|e| e[1] == "i")
+        .collect();
+    assert!(
+        inputs
+            .iter()
+            .any(|e| e[2].as_str().unwrap().contains("echo shell-$((6*7))")),
+        "{cast}"
+    );
+    assert!(cast.contains("shell-42"), "{cast}");
+}
+
+/// A new ed25519 key pair (no passphrase) at `path` and `path.pub`.
+fn keygen(path: &Path) {
+    let o = Command::new("ssh-keygen")
+        .args(["-q", "-t", "ed25519", "-N", "", "-C", "test", "-f"])
+        .arg(path)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", err(&o));
+}
+
+/// `ssh` authenticating with `key` (and `cert`, when given) only, in batch mode.
+fn ssh_with_key(s: &Setup, user: &str, key: &Path, cert: Option<&Path>, args: &[&str]) -> Output {
+    let mut cmd = Command::new("ssh");
+    cmd.args([
+        "-F",
+        "/dev/null",
+        "-o",
+        "StrictHostKeyChecking=no",
+        "-o",
+        "UserKnownHostsFile=/dev/null",
+        "-o",
+        "GlobalKnownHostsFile=/dev/null",
+        "-o",
+        "BatchMode=yes",
+        "-o",
+        "IdentitiesOnly=yes",
+        "-o",
+        "IdentityAgent=none",
+        "-o",
+        "PreferredAuthentications=publickey",
+        "-o",
+        "ConnectTimeout=10",
+        "-o",
+        "LogLevel=ERROR",
+        "-i",
+    ])
+    .arg(key);
+    if let Some(cert) = cert {
+        cmd.arg("-o").arg(format!("CertificateFile={}", cert.display()));
+    }
+    cmd.args(["-p", &s.port.to_string()])
+        .arg(format!("{user}@127.0.0.1"))
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap()
+}
+
+/// `gatehouse ssh-cert` for `key`.pub; the certificate's path.
+fn ssh_cert(s: &Setup, token: &str, target: &str, key: &Path, ttl: &str) -> PathBuf {
+    let out_path = PathBuf::from(format!("{}-cert.pub", key.display()));
+    let o = Command::new(env!("CARGO_BIN_EXE_gatehouse"))
+        .args(["ssh-cert", "--config"])
+        .arg(s.gw.config_path())
+        .args(["--target", target, "--ttl", ttl, "--public-key"])
+        .arg(format!("{}.pub", key.display()))
+        .arg("--out")
+        .arg(&out_path)
+        .env("GATEHOUSE_TOKEN", token)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}\n{}", err(&o), s.gw.log());
+    assert!(err(&o).contains("expires"), "{}", err(&o));
+    out_path
+}
+
+/// Signs `key`.pub with `ca` using ssh-keygen, with the identity extension the gateway
+/// reads, valid for `validity` (ssh-keygen's -V syntax).
+fn forge_cert(ca: &Path, key: &Path, principal: &str, validity: &str) -> PathBuf {
+    let expires = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        + 3600;
+    let identity = format!(
+        r#"{{"issuer":"x","subject":"olivia","kind":"User","email":null,"name":null,"groups":["ops"],"owner":null,"expires_at":{expires}}}"#
+    );
+    let o = Command::new("ssh-keygen")
+        .args(["-q", "-s"])
+        .arg(ca)
+        .args(["-I", "forged", "-n", principal, "-V", validity, "-O"])
+        .arg(format!("extension:identity@gatehouse={identity}"))
+        .arg(format!("{}.pub", key.display()))
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", err(&o));
+    PathBuf::from(format!("{}-cert.pub", key.display()))
+}
+
+#[test]
+fn certificates_from_the_gateways_ca_authenticate_and_nothing_else_does() {
+    let s = setup();
+    let keys = tempfile::tempdir().unwrap();
+    let token = s.gw.mint("olivia", &["ops"], false).unwrap();
+
+    // A certificate from `gatehouse ssh-cert`: the identity is the token's.
+    let key = keys.path().join("olivia");
+    keygen(&key);
+    let cert = ssh_cert(&s, &token, "web-1", &key, "10m");
+    let text = std::fs::read_to_string(&cert).unwrap();
+    assert!(text.starts_with("ssh-ed25519-cert-v01@openssh.com "), "{text}");
+    let o = Command::new("ssh-keygen")
+        .arg("-L")
+        .arg("-f")
+        .arg(&cert)
+        .output()
+        .unwrap();
+    let listing = out(&o);
+    assert!(listing.contains("olivia") && listing.contains("web-1"), "{listing}");
+    let o = ssh_with_key(&s, "web-1", &key, Some(&cert), &["echo", "cert-ok", ";", "exit", "5"]);
+    assert_eq!(o.status.code(), Some(5), "{}\n{}", err(&o), s.gw.log());
+    assert_eq!(out(&o), "cert-ok\n");
+    let started = audit_events(&s, "session_started");
+    assert!(
+        started
+            .iter()
+            .any(|e| e["actor"]["subject"] == "olivia" && e["target"] == "web-1"),
+        "{started:?}"
+    );
+    // Bound to its target: the same certificate does not open another host.
+    let o = ssh_with_key(&s, "vault", &key, Some(&cert), &["true"]);
+    assert_eq!(o.status.code(), Some(255), "{}", err(&o));
+    assert!(err(&o).contains("Permission denied"), "{}", err(&o));
+
+    // Signed by another CA, otherwise identical: refused.
+    let other_ca = keys.path().join("other-ca");
+    keygen(&other_ca);
+    let forged_key = keys.path().join("forged");
+    keygen(&forged_key);
+    let forged = forge_cert(&other_ca, &forged_key, "web-1", "-5m:+1h");
+    let o = ssh_with_key(&s, "web-1", &forged_key, Some(&forged), &["true"]);
+    assert_eq!(o.status.code(), Some(255), "{}", err(&o));
+    assert!(err(&o).contains("Permission denied"), "{}", err(&o));
+
+    // Signed by the gateway's own CA but expired: refused.
+    let ca = s.gw.dir().join("state/ssh_ca_ed25519_key");
+    assert!(ca.exists(), "the CA key is generated on first start");
+    let old_key = keys.path().join("old");
+    keygen(&old_key);
+    let expired = forge_cert(&ca, &old_key, "web-1", "20200101:20200102");
+    let o = ssh_with_key(&s, "web-1", &old_key, Some(&expired), &["true"]);
+    assert_eq!(o.status.code(), Some(255), "{}", err(&o));
+    // The same CA with a current window works, which shows that only the window refused it.
+    let current = forge_cert(&ca, &old_key, "web-1", "-5m:+1h");
+    let o = ssh_with_key(&s, "web-1", &old_key, Some(&current), &["echo", "ca-ok"]);
+    assert_eq!(out(&o), "ca-ok\n", "{}", err(&o));
+
+    // A bare key never authenticates, not even one the gateway certified before.
+    let bare = keys.path().join("bare");
+    std::fs::copy(&key, &bare).unwrap();
+    std::fs::copy(format!("{}.pub", key.display()), format!("{}.pub", bare.display())).unwrap();
+    let o = ssh_with_key(&s, "web-1", &bare, None, &["true"]);
+    assert_eq!(o.status.code(), Some(255), "{}", err(&o));
+    assert!(err(&o).contains("Permission denied"), "{}", err(&o));
+
+    let failed = audit_events(&s, "authentication_failed");
+    assert!(
+        failed
+            .iter()
+            .any(|e| e["reason"].as_str().unwrap_or("").contains("\"forged\"")),
+        "{failed:?}"
+    );
+    let sessions = audit_events(&s, "session_started");
+    assert_eq!(
+        sessions.len(),
+        2,
+        "only the two valid certificates opened sessions: {sessions:?}"
+    );
+}
+
+#[test]
+fn the_session_closes_when_its_certificate_expires() {
+    let s = setup();
+    let keys = tempfile::tempdir().unwrap();
+    let token = s.gw.mint("olivia", &["ops"], false).unwrap();
+    let key = keys.path().join("short");
+    keygen(&key);
+    let cert = ssh_cert(&s, &token, "web-1", &key, "4s");
+    let started = Instant::now();
+    let o = ssh_with_key(&s, "web-1", &key, Some(&cert), &["sleep", "60"]);
+    assert!(
+        started.elapsed() < Duration::from_secs(30),
+        "the session outlived its certificate"
+    );
+    assert_ne!(o.status.code(), Some(0));
+    assert!(err(&o).contains("expired"), "{}", err(&o));
+
+    // The admin API refuses bad requests clearly.
+    let (status, body) =
+        s.gw.request(
+            "POST",
+            "/api/ssh/cert",
+            Some(&token),
+            Some(r#"{"target":"web-1","public_key":"ssh-ed25519 nonsense"}"#),
+        )
+        .unwrap();
+    assert_eq!(status, 400, "{body}");
+    assert!(body.contains("public_key"), "{body}");
+    let line = std::fs::read_to_string(format!("{}.pub", key.display())).unwrap();
+    let request = serde_json::json!({ "target": "nowhere", "public_key": line.trim() }).to_string();
+    let (status, body) =
+        s.gw.request("POST", "/api/ssh/cert", Some(&token), Some(&request))
+            .unwrap();
+    assert_eq!(status, 403, "{body}");
+    let (status, _) = s.gw.request("POST", "/api/ssh/cert", None, Some(&request)).unwrap();
+    assert_eq!(status, 401);
+}
+
+/// Python's paramiko (installed by `just setup`), a programmatic client: the OIDC token
+/// itself as the password (no 1023-byte prompt limit here), exec with output and exit
+/// status, and a refused exec with 126.
+#[test]
+fn paramiko_runs_allowed_commands_and_gets_126_for_refused_ones() {
+    let s = setup();
+    let token = s.gw.mint("agent-7", &[], true).unwrap();
+    let marker = s.sshd.dir().join("paramiko-marker");
+    let script = r#"
+import os, sys, paramiko
+client = paramiko.SSHClient()
+client.set_missing_host_key_policy(paramiko.AutoAddPolicy())
+client.connect("127.0.0.1", port=int(os.environ["PORT"]), username="web-1",
+               password=os.environ["SECRET"], look_for_keys=False, allow_agent=False, timeout=10)
+for command in ["whoami", "touch " + os.environ["MARKER"]]:
+    stdin, stdout, stderr = client.exec_command(command, timeout=10)
+    out = stdout.read().decode()
+    err = stderr.read().decode()
+    print(f"{command.split()[0]}|{stdout.channel.recv_exit_status()}|{out.strip()}|{err.strip()}")
+client.close()
+"#;
+    let o = Command::new("python3")
+        .args(["-c", script])
+        .env("PORT", s.port.to_string())
+        .env("SECRET", &token)
+        .env("MARKER", &marker)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}\n{}", err(&o), s.gw.log());
+    let lines: Vec<&str> = std::str::from_utf8(&o.stdout).unwrap().lines().collect();
+    assert_eq!(lines[0], format!("whoami|0|{}|", s.sshd.login_user()), "{lines:?}");
+    assert!(lines[1].starts_with("touch|126||gatehouse: exec refused"), "{lines:?}");
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(!marker.exists(), "a refused command ran on the host");
+}
+
+/// One client opening channels past `max_channels` (16 by default) gets a clear refusal
+/// for each extra one; its open channels and other clients carry on.
+#[test]
+fn a_channel_open_flood_is_refused_and_others_are_unaffected() {
+    let s = setup();
+    let token = s.gw.mint("olivia", &["ops"], false).unwrap();
+    let secret = credential(&s, &token, "web-1", "5m");
+    let script = r#"
+import os, sys, paramiko
+client = paramiko.SSHClient()
+client.set_missing_host_key_policy(paramiko.AutoAddPolicy())
+client.connect("127.0.0.1", port=int(os.environ["PORT"]), username="web-1",
+               password=os.environ["SECRET"], look_for_keys=False, allow_agent=False, timeout=10)
+transport = client.get_transport()
+opened, refused = [], []
+for i in range(200):
+    try:
+        opened.append(transport.open_session(timeout=10))
+    except paramiko.ChannelException as e:
+        refused.append(e.code)
+print(f"opened={len(opened)} refused={len(refused)} codes={sorted(set(refused))}", flush=True)
+# Tell the test the flood is on, and wait for it to check another client.
+sys.stdout.write("flooded\n"); sys.stdout.flush()
+sys.stdin.readline()
+opened[0].close()
+channel = None
+for _ in range(50):
+    try:
+        channel = transport.open_session(timeout=10)
+        break
+    except paramiko.ChannelException:
+        import time; time.sleep(0.1)
+channel.exec_command("echo after-flood")
+print(channel.makefile().read().decode().strip(), channel.recv_exit_status(), flush=True)
+client.close()
+"#;
+    let mut child = Command::new("python3")
+        .args(["-c", script])
+        .env("PORT", s.port.to_string())
+        .env("SECRET", &secret)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdout = std::io::BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    use std::io::BufRead as _;
+    stdout.read_line(&mut line).unwrap();
+    // 16 open, the other 184 refused with SSH_OPEN_RESOURCE_SHORTAGE (4).
+    assert_eq!(line.trim(), "opened=16 refused=184 codes=[4]", "{}", s.gw.log());
+    let mut flooded = String::new();
+    stdout.read_line(&mut flooded).unwrap();
+    assert_eq!(flooded.trim(), "flooded");
+
+    // Meanwhile another client is served as usual.
+    let o = ssh(&s, "web-1", &secret, &["echo", "other-client"]).output().unwrap();
+    assert_eq!(out(&o), "other-client\n", "{}", err(&o));
+
+    let mut stdin = child.stdin.take().unwrap();
+    stdin.write_all(b"go\n").unwrap();
+    drop(stdin);
+    let mut rest = String::new();
+    stdout.read_to_string(&mut rest).unwrap();
+    let status = child.wait().unwrap();
+    let mut stderr = String::new();
+    child.stderr.take().unwrap().read_to_string(&mut stderr).unwrap();
+    assert!(status.success(), "{stderr}");
+    // A freed slot is usable again on the flooding connection.
+    assert_eq!(rest.trim(), "after-flood 0", "{stderr}");
 }

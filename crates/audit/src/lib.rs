@@ -17,7 +17,7 @@ mod event;
 mod read;
 mod writer;
 
-pub use chain::{Chain, ProblemKind, Record, VerifyProblem};
+pub use chain::{Chain, ProblemKind, Record, VerifyProblem, sha256_hex};
 pub use config::{AuditConfig, AuditOptions, FsyncMode, FsyncPolicy};
 pub use error::AuditError;
 pub use event::{Actor, AuditEvent};

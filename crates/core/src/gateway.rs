@@ -350,27 +350,7 @@ impl Gateway {
         ttl: Option<Duration>,
         client: SocketAddr,
     ) -> Result<IssuedCredential, Refusal> {
-        let Some(target) = self.targets.get(target) else {
-            return Err(Refusal::new(RefusalKind::Denied, format!("no target named {target:?}")));
-        };
-        let decision = self.policy.authorize(&AuthzRequest {
-            principal: identity,
-            namespace: target.protocol.namespace(),
-            action: "connect",
-            resource: &target.resource,
-            context: connect_context(identity, client),
-        });
-        if !matches!(decision, Decision::Allow { .. }) {
-            return Err(Refusal::new(
-                RefusalKind::Denied,
-                format!(
-                    "policy does not let {} connect to {}: {}",
-                    identity.display_name(),
-                    target.name,
-                    describe(&decision)
-                ),
-            ));
-        }
+        let target = self.check_connect(identity, target, client)?;
         let now = SystemTime::now();
         let mut expires = identity.expires_at;
         if let Some(ttl) = ttl {
@@ -397,6 +377,34 @@ impl Gateway {
             .await
             .map_err(|_| Refusal::new(RefusalKind::Unavailable, "the gateway cannot write its audit log"))?;
         Ok(issued)
+    }
+
+    /// Whether policy lets `identity` connect to `target` from `client`, for issuing
+    /// something that opens sessions later (a credential, an SSH certificate). Not audited:
+    /// the issue is.
+    pub fn check_connect(&self, identity: &Identity, target: &str, client: SocketAddr) -> Result<&Target, Refusal> {
+        let Some(target) = self.targets.get(target) else {
+            return Err(Refusal::new(RefusalKind::Denied, format!("no target named {target:?}")));
+        };
+        let decision = self.policy.authorize(&AuthzRequest {
+            principal: identity,
+            namespace: target.protocol.namespace(),
+            action: "connect",
+            resource: &target.resource,
+            context: connect_context(identity, client),
+        });
+        if !matches!(decision, Decision::Allow { .. }) {
+            return Err(Refusal::new(
+                RefusalKind::Denied,
+                format!(
+                    "policy does not let {} connect to {}: {}",
+                    identity.display_name(),
+                    target.name,
+                    describe(&decision)
+                ),
+            ));
+        }
+        Ok(target)
     }
 
     /// Revokes one of `identity`'s own credentials.

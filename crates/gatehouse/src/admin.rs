@@ -18,7 +18,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch};
 use tokio_rustls::TlsAcceptor;
 
-use crate::admin_approvals;
+use crate::{admin_approvals, admin_ssh};
 
 /// The admin API's OpenAPI 3.1 description.
 pub const OPENAPI: &str = include_str!("openapi.json");
@@ -28,11 +28,22 @@ pub const OPENAPI: &str = include_str!("openapi.json");
 pub struct AdminState {
     pub(crate) gateway: Arc<Gateway>,
     dev: Option<Arc<DevIssuer>>,
+    /// Signs `POST /api/ssh/cert`; absent without an `[ssh]` section.
+    pub(crate) ssh_ca: Option<Arc<gatehouse_ssh::SshCa>>,
 }
 
 impl AdminState {
     pub fn new(gateway: Arc<Gateway>, dev: Option<Arc<DevIssuer>>) -> Self {
-        Self { gateway, dev }
+        Self {
+            gateway,
+            dev,
+            ssh_ca: None,
+        }
+    }
+
+    pub fn with_ssh_ca(mut self, ca: Option<Arc<gatehouse_ssh::SshCa>>) -> Self {
+        self.ssh_ca = ca;
+        self
     }
 }
 
@@ -47,6 +58,7 @@ pub fn router(state: AdminState) -> Router {
         .route("/api/approvals/{id}", get(admin_approvals::show))
         .route("/api/approvals/{id}/approve", post(admin_approvals::approve))
         .route("/api/approvals/{id}/deny", post(admin_approvals::deny))
+        .route("/api/ssh/cert", post(admin_ssh::issue))
         .route("/api/openapi.json", get(openapi));
     if state.dev.is_some() {
         router = router

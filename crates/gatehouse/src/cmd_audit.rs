@@ -64,18 +64,39 @@ pub fn run(cmd: AuditCommand) -> anyhow::Result<ExitCode> {
         AuditCommand::Verify { source, json } => {
             let dir = source.dir()?;
             let report = gatehouse_audit::verify(&dir)?;
+            // Recordings are checked only against a log that verified: otherwise the
+            // hashes they are compared with cannot be trusted either.
+            let recordings = match report.problem {
+                None => verify_recordings(&dir)?,
+                Some(_) => RecordingCheck::default(),
+            };
             if json {
-                println!("{}", serde_json::to_string_pretty(&report)?);
+                let mut value = serde_json::to_value(&report)?;
+                value["recordings_checked"] = recordings.checked.into();
+                value["recording_problems"] = recordings.problems.clone().into();
+                println!("{}", serde_json::to_string_pretty(&value)?);
             }
             match &report.problem {
-                None => {
+                None if recordings.problems.is_empty() => {
                     if !json {
                         println!(
-                            "audit log OK: {} records in {} segments, head seq {} hash {}",
-                            report.records, report.segments, report.head.0, report.head.1
+                            "audit log OK: {} records in {} segments, head seq {} hash {}; {} recordings match their SHA-256",
+                            report.records, report.segments, report.head.0, report.head.1, recordings.checked
                         );
                     }
                     Ok(ExitCode::SUCCESS)
+                }
+                None => {
+                    for problem in &recordings.problems {
+                        eprintln!("recording FAILED verification: {problem}");
+                    }
+                    eprintln!(
+                        "audit log OK ({} records), but {} of {} recordings do not match the log",
+                        report.records,
+                        recordings.problems.len(),
+                        recordings.checked
+                    );
+                    Ok(ExitCode::FAILURE)
                 }
                 Some(problem) => {
                     eprintln!(
@@ -125,4 +146,42 @@ pub fn run(cmd: AuditCommand) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+/// Recordings named by `recording_written` records, checked against their size and SHA-256.
+#[derive(Default)]
+struct RecordingCheck {
+    checked: u64,
+    problems: Vec<String>,
+}
+
+fn verify_recordings(dir: &std::path::Path) -> anyhow::Result<RecordingCheck> {
+    let mut check = RecordingCheck::default();
+    for record in gatehouse_audit::read_records(dir)? {
+        let record = record?;
+        let gatehouse_audit::AuditEvent::RecordingWritten {
+            session,
+            path,
+            bytes,
+            sha256,
+        } = &record.event
+        else {
+            continue;
+        };
+        check.checked += 1;
+        let at = format!("{path} (session {session}, record {})", record.seq);
+        match std::fs::read(path) {
+            Err(e) => check.problems.push(format!("{at}: cannot read it: {e}")),
+            Ok(content) => {
+                let actual = gatehouse_audit::sha256_hex(&content);
+                if actual != *sha256 {
+                    check.problems.push(format!(
+                        "{at}: SHA-256 is {actual}, the log recorded {sha256} ({} bytes now, {bytes} recorded): altered since it was written",
+                        content.len()
+                    ));
+                }
+            }
+        }
+    }
+    Ok(check)
 }

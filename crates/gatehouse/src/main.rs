@@ -3,6 +3,7 @@
 
 mod admin;
 mod admin_approvals;
+mod admin_ssh;
 mod client;
 mod cmd_approvals;
 mod cmd_audit;
@@ -10,6 +11,7 @@ mod cmd_credentials;
 mod cmd_kubeconfig;
 mod cmd_policy;
 mod cmd_replay;
+mod cmd_ssh_cert;
 mod cmd_token;
 mod config;
 mod serve;
@@ -79,6 +81,9 @@ enum Command {
     /// Write a kubeconfig for a cluster behind the gateway; its user runs
     /// `gatehouse token show --exec-credential`, so kubectl always sends your current token.
     Kubeconfig(cmd_kubeconfig::KubeconfigArgs),
+    /// Get an OpenSSH certificate from the gateway's SSH CA for your public key, bound to
+    /// one SSH target and valid no longer than your token (`ssh -i KEY -o CertificateFile=...`).
+    SshCert(cmd_ssh_cert::SshCertArgs),
     /// Play a recorded SSH shell back in the terminal, with its timing.
     Replay(cmd_replay::ReplayArgs),
 }
@@ -100,6 +105,7 @@ fn main() -> ExitCode {
         Command::Approvals(cmd) => cmd_approvals::run(cmd),
         Command::Kubeconfig(args) => cmd_kubeconfig::run(args),
         Command::Replay(args) => cmd_replay::run(args),
+        Command::SshCert(args) => cmd_ssh_cert::run(args),
     };
     match result {
         Ok(code) => code,

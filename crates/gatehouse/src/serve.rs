@@ -165,6 +165,7 @@ async fn serve(config: Config, policy: PolicyEngine) -> anyhow::Result<()> {
     if let Some(kube) = &config.kube {
         frontends.push(start_kube(&gateway, kube, shutdown_rx.clone()).await?);
     }
+    let mut ssh_ca = None;
     if let Some(ssh) = &config.ssh {
         let frontend =
             gatehouse_ssh::SshFrontend::new(Arc::clone(&gateway), ssh, &config.state_dir).map_err(|message| {
@@ -177,10 +178,11 @@ async fn serve(config: Config, policy: PolicyEngine) -> anyhow::Result<()> {
             .await
             .with_context(|| format!("cannot listen on ssh.listen = {}", ssh.listen))?;
         tracing::info!(listen = %ssh.listen, targets = ssh.targets.len(), "SSH frontend listening.");
+        ssh_ca = Some(frontend.ca());
         frontends.push(tokio::spawn(Arc::new(frontend).serve(listener, shutdown_rx.clone())));
     }
 
-    let state = AdminState::new(Arc::clone(&gateway), dev);
+    let state = AdminState::new(Arc::clone(&gateway), dev).with_ssh_ca(ssh_ca);
     tracing::info!(admin = %config.admin_url(), policies = policy.policy_count(), "Gatehouse is serving.");
     let server = tokio::spawn(admin::serve(listener, tls, state, shutdown_rx));
 

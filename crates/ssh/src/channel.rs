@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use gatehouse_audit::AuditEvent;
-use gatehouse_core::{Gateway, Permit, Session};
+use gatehouse_core::{ApprovalNeeded, Gateway, Permit, Refusal, Session, Verdict};
 use russh::server::{Handle, Msg};
 use russh::{Channel, ChannelId, ChannelMsg, ChannelReadHalf, ChannelWriteHalf, Pty, Sig};
 use serde_json::json;
@@ -27,6 +27,9 @@ pub const REFUSED_EXIT_STATUS: u32 = 126;
 pub(crate) const MAX_ENV: usize = 64;
 /// Exit status when the host cannot be reached (what OpenSSH's client itself uses).
 const TARGET_FAILED_EXIT_STATUS: u32 = 255;
+/// Input a client may send while its request waits for approval; it reaches the host once
+/// the request is approved. More than this withdraws the request.
+pub const MAX_HELD_INPUT: usize = 1 << 20;
 
 /// What a channel task needs from its connection.
 #[derive(Clone)]
@@ -36,6 +39,8 @@ pub(crate) struct ChannelContext {
     pub target: UpstreamTarget,
     pub upstream: Arc<UpstreamSlot>,
     pub recordings: PathBuf,
+    /// Record shell input too (`ssh.record_input`).
+    pub record_input: bool,
 }
 
 impl ChannelContext {
@@ -74,6 +79,30 @@ impl Start {
             Start::Subsystem(_) => "subsystem",
         }
     }
+
+    /// What the approvers see, and the exact bytes the approval is bound to.
+    fn shown(&self, pty: bool) -> (String, Vec<u8>) {
+        match self {
+            Start::Exec(command) => (String::from_utf8_lossy(command).into_owned(), command.clone()),
+            Start::Shell => {
+                let shown = if pty { "shell (with a terminal)" } else { "shell" }.to_string();
+                let exact = shown.clone().into_bytes();
+                (shown, exact)
+            }
+            Start::Subsystem(name) => {
+                let shown = format!("subsystem {name}");
+                let exact = shown.clone().into_bytes();
+                (shown, exact)
+            }
+        }
+    }
+}
+
+/// What the client sent while its request waited for approval, relayed once it is approved.
+#[derive(Default)]
+struct HeldInput {
+    data: Vec<u8>,
+    eof: bool,
 }
 
 /// Byte counts and how the program ended, for the audit record.
@@ -194,8 +223,23 @@ pub(crate) async fn run_session_channel(
         let _ = client_tx.close().await;
         return;
     };
-    let permit = match ctx.session.authorize(action, attributes).await {
-        Ok(permit) => permit,
+    let (permit, held_input, acknowledged) = match ctx.session.decide(action, attributes).await {
+        Ok(Verdict::Permit(permit)) => (permit, HeldInput::default(), false),
+        Ok(Verdict::NeedsApproval(needed)) => {
+            match wait_for_approval(&ctx, &handle, &client_tx, &mut client_rx, id, &mut pty, &start, needed).await {
+                Ok((permit, input)) => (permit, input, true),
+                Err(None) => {
+                    // The client went away: nobody is left to tell.
+                    let _ = client_tx.close().await;
+                    return;
+                }
+                Err(Some(message)) => {
+                    tracing::info!(action, %message, "SSH request not approved.");
+                    tell_refusal(&handle, &client_tx, id, pty.is_some(), &message, REFUSED_EXIT_STATUS).await;
+                    return;
+                }
+            }
+        }
         Err(refusal) => {
             tracing::info!(action, %refusal, "SSH request refused.");
             refuse(
@@ -215,7 +259,8 @@ pub(crate) async fn run_session_channel(
         (Start::Shell, Ok(r)) => Some(r),
         (Start::Shell, Err(error)) => {
             tracing::error!(%error, "Cannot create the session recording; refusing the shell.");
-            refuse(
+            refuse_once(
+                acknowledged,
                 &handle,
                 &client_tx,
                 id,
@@ -234,7 +279,8 @@ pub(crate) async fn run_session_channel(
             tracing::info!(%error, "The host did not start the program.");
             ctx.session.target_error(error.to_string()).await;
             let message = format!("gatehouse: the target could not run the request: {error}");
-            refuse(
+            refuse_once(
+                acknowledged,
                 &handle,
                 &client_tx,
                 id,
@@ -249,9 +295,21 @@ pub(crate) async fn run_session_channel(
             return;
         }
     };
-    let _ = handle.channel_success(id).await;
+    if !acknowledged {
+        let _ = handle.channel_success(id).await;
+    }
     let recorder = recorder.map(|r| Arc::new(Mutex::new(r)));
-    let outcome = relay(id, &handle, client_rx, client_tx, up, recorder.clone()).await;
+    let input_recorder = recorder.clone().filter(|_| ctx.record_input);
+    let outcome = relay(
+        id,
+        &handle,
+        client_rx,
+        client_tx,
+        up,
+        (recorder.clone(), input_recorder),
+        held_input,
+    )
+    .await;
     if let Some(r) = recorder.and_then(Arc::into_inner) {
         finish_recording(&ctx, r.into_inner().unwrap_or_else(|p| p.into_inner())).await;
     }
@@ -269,7 +327,16 @@ pub(crate) async fn run_forward(
 ) {
     let id = channel.id();
     let (client_rx, client_tx) = channel.split();
-    let outcome = relay(id, &handle, client_rx, client_tx, up, None).await;
+    let outcome = relay(
+        id,
+        &handle,
+        client_rx,
+        client_tx,
+        up,
+        (None, None),
+        HeldInput::default(),
+    )
+    .await;
     audit_end(&ctx, permit, "forward", outcome).await;
 }
 
@@ -307,10 +374,129 @@ async fn open_upstream(
     }
 }
 
+/// Holds a request that policy wants approved: the request is acknowledged, the client
+/// reads the approval id, group and deadline on stderr, and its input is kept (up to
+/// [`MAX_HELD_INPUT`]) until the approvers answer. The client closing the channel or the
+/// connection withdraws the request. `Err(None)`: the client is gone; `Err(Some(message))`:
+/// refused, tell the client.
+#[allow(clippy::too_many_arguments)] // one call site; the pieces are the channel's state
+async fn wait_for_approval(
+    ctx: &ChannelContext,
+    handle: &Handle,
+    client_tx: &ChannelWriteHalf<Msg>,
+    client_rx: &mut ChannelReadHalf,
+    id: ChannelId,
+    pty: &mut Option<PtyRequest>,
+    start: &Start,
+    needed: ApprovalNeeded,
+) -> Result<(Permit, HeldInput), Option<String>> {
+    let (shown, exact) = start.shown(pty.is_some());
+    let shown = format!("{} on {}: {shown}", start.kind(), ctx.session.target().name);
+    let held = match ctx.session.hold(vec![needed], &shown, &exact).await {
+        Ok(held) => held,
+        Err(refusal) => {
+            let _ = handle.channel_success(id).await;
+            return Err(Some(refusal.message));
+        }
+    };
+    let _ = handle.channel_success(id).await;
+    let newline = if pty.is_some() { "\r\n" } else { "\n" };
+    let notice = format!("{}{newline}", held.notice());
+    let _ = client_tx.extended_data_bytes(1, Bytes::from(notice)).await;
+    tracing::info!(
+        approval = held.id(),
+        group = held.approver_group(),
+        "SSH request waiting for approval."
+    );
+
+    let mut input = HeldInput::default();
+    let mut overflow = false;
+    let mut gone = false;
+    let cancel = async {
+        loop {
+            match client_rx.wait().await {
+                None | Some(ChannelMsg::Close) => {
+                    gone = true;
+                    return;
+                }
+                Some(ChannelMsg::Data { data }) => {
+                    if input.data.len() + data.len() > MAX_HELD_INPUT {
+                        overflow = true;
+                        return;
+                    }
+                    input.data.extend_from_slice(&data);
+                }
+                Some(ChannelMsg::Eof) => input.eof = true,
+                Some(ChannelMsg::WindowChange {
+                    col_width,
+                    row_height,
+                    pix_width,
+                    pix_height,
+                }) => {
+                    if let Some(p) = pty.as_mut() {
+                        (p.cols, p.rows, p.px, p.py) = (col_width, row_height, pix_width, pix_height);
+                    }
+                }
+                Some(
+                    ChannelMsg::Exec { .. } | ChannelMsg::RequestShell { .. } | ChannelMsg::RequestSubsystem { .. },
+                ) => {
+                    let _ = handle.channel_failure(id).await;
+                }
+                // Signals for a program that has not started yet have nobody to reach.
+                Some(_) => {}
+            }
+        }
+    };
+    match held.wait_or_cancel(cancel).await {
+        Ok(mut permits) => match permits.pop() {
+            Some(permit) => Ok((permit, input)),
+            None => Err(Some(
+                "gatehouse: the approval released nothing; the request is refused".into(),
+            )),
+        },
+        Err(_) if gone => Err(None),
+        Err(refusal) if overflow => Err(Some(format!(
+            "{}: more than {} KiB of input arrived while waiting for approval",
+            refusal.message,
+            MAX_HELD_INPUT >> 10
+        ))),
+        Err(Refusal { message, .. }) => Err(Some(message)),
+    }
+}
+
 /// Tells the client why its request is refused: the request itself is acknowledged so
 /// that the client prints the message and reports `status` as the exit status.
 async fn refuse(handle: &Handle, client: &ChannelWriteHalf<Msg>, id: ChannelId, pty: bool, message: &str, status: u32) {
     let _ = handle.channel_success(id).await;
+    tell_refusal(handle, client, id, pty, message, status).await;
+}
+
+/// [`refuse`], for a request that may have been acknowledged already (it waited for approval).
+async fn refuse_once(
+    acknowledged: bool,
+    handle: &Handle,
+    client: &ChannelWriteHalf<Msg>,
+    id: ChannelId,
+    pty: bool,
+    message: &str,
+    status: u32,
+) {
+    if acknowledged {
+        tell_refusal(handle, client, id, pty, message, status).await;
+    } else {
+        refuse(handle, client, id, pty, message, status).await;
+    }
+}
+
+/// The message on stderr, the exit status, and the channel closed.
+async fn tell_refusal(
+    handle: &Handle,
+    client: &ChannelWriteHalf<Msg>,
+    id: ChannelId,
+    pty: bool,
+    message: &str,
+    status: u32,
+) {
     // A terminal in raw mode needs the carriage return; a pipe would show it.
     let line = if pty {
         format!("{message}\r\n")
@@ -332,11 +518,20 @@ async fn relay(
     mut client_rx: ChannelReadHalf,
     client_tx: ChannelWriteHalf<Msg>,
     up: Channel<russh::client::Msg>,
-    recorder: Option<Arc<Mutex<Recorder>>>,
+    (recorder, input_recorder): (SharedRecorder, SharedRecorder),
+    held: HeldInput,
 ) -> Outcome {
     let (mut up_rx, up_tx) = up.split();
     let to_host = async {
-        let mut bytes_in = 0u64;
+        let mut bytes_in = held.data.len() as u64;
+        if !held.data.is_empty()
+            && (!record_input(&input_recorder, &held.data) || up_tx.data_bytes(Bytes::from(held.data)).await.is_err())
+        {
+            let _ = up_tx.close().await;
+        }
+        if held.eof {
+            let _ = up_tx.eof().await;
+        }
         loop {
             let Some(msg) = client_rx.wait().await else {
                 let _ = up_tx.close().await;
@@ -345,7 +540,8 @@ async fn relay(
             match msg {
                 ChannelMsg::Data { data } => {
                     bytes_in += data.len() as u64;
-                    if up_tx.data_bytes(data).await.is_err() {
+                    if !record_input(&input_recorder, &data) || up_tx.data_bytes(data).await.is_err() {
+                        let _ = up_tx.close().await;
                         break;
                     }
                 }
@@ -436,6 +632,24 @@ fn record(recorder: &Option<Arc<Mutex<Recorder>>>, data: &[u8]) -> bool {
     };
     let mut r = r.lock().unwrap_or_else(|p| p.into_inner());
     match r.output(data) {
+        Ok(()) => true,
+        Err(error) => {
+            tracing::error!(%error, "Recording write failed; closing the shell.");
+            false
+        }
+    }
+}
+
+/// A shell's recording, shared by the two directions of the relay (None: not recorded).
+type SharedRecorder = Option<Arc<Mutex<Recorder>>>;
+
+/// Writes input to the recording when input is recorded; false when that failed.
+fn record_input(recorder: &Option<Arc<Mutex<Recorder>>>, data: &[u8]) -> bool {
+    let Some(r) = recorder else {
+        return true;
+    };
+    let mut r = r.lock().unwrap_or_else(|p| p.into_inner());
+    match r.input(data) {
         Ok(()) => true,
         Err(error) => {
             tracing::error!(%error, "Recording write failed; closing the shell.");

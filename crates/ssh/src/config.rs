@@ -17,6 +17,10 @@ pub struct SshConfig {
     /// directory; generated (ed25519, mode 0600) on first start when the file is absent.
     #[serde(default = "default_host_key")]
     pub host_key: String,
+    /// The gateway's SSH certificate authority key, which signs the certificates of
+    /// `gatehouse ssh-cert`; `{state_dir}` expands, generated on first start like the host key.
+    #[serde(default = "default_ca_key")]
+    pub ca_key: String,
     /// Connections served at once; more wait in the kernel's backlog.
     #[serde(default = "default_max_connections")]
     pub max_connections: usize,
@@ -29,6 +33,10 @@ pub struct SshConfig {
     /// Password and keyboard-interactive answers a client may try per connection.
     #[serde(default = "default_max_auth_attempts")]
     pub max_auth_attempts: usize,
+    /// Also record what clients type into shells (`"i"` events). Off by default: input
+    /// holds passwords typed at prompts that the terminal does not echo.
+    #[serde(default)]
+    pub record_input: bool,
     /// Hosts behind the gateway.
     #[serde(default)]
     pub targets: Vec<SshTarget>,
@@ -59,6 +67,10 @@ pub struct SshTarget {
 
 fn default_host_key() -> String {
     "{state_dir}/ssh_host_ed25519_key".into()
+}
+
+fn default_ca_key() -> String {
+    "{state_dir}/ssh_ca_ed25519_key".into()
 }
 
 fn default_max_connections() -> usize {
@@ -93,6 +105,9 @@ impl SshConfig {
         let mut host_key = PathBuf::from(self.host_key.replace("{state_dir}", &state_dir.display().to_string()));
         resolve(&mut host_key);
         self.host_key = host_key.display().to_string();
+        let mut ca_key = PathBuf::from(self.ca_key.replace("{state_dir}", &state_dir.display().to_string()));
+        resolve(&mut ca_key);
+        self.ca_key = ca_key.display().to_string();
         for t in &mut self.targets {
             resolve(&mut t.private_key_file);
             resolve(&mut t.known_hosts);
@@ -104,10 +119,18 @@ impl SshConfig {
         PathBuf::from(&self.host_key)
     }
 
+    /// The CA key file, once [`SshConfig::resolve_paths`] ran.
+    pub fn ca_key_path(&self) -> PathBuf {
+        PathBuf::from(&self.ca_key)
+    }
+
     /// Checks that need no file system. Messages name the key.
     pub fn validate(&self) -> Result<(), String> {
         if self.host_key.trim().is_empty() {
             return Err("ssh.host_key: must not be empty".into());
+        }
+        if self.ca_key.trim().is_empty() {
+            return Err("ssh.ca_key: must not be empty".into());
         }
         if self.max_connections == 0 {
             return Err("ssh.max_connections: must be at least 1".into());

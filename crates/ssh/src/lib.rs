@@ -2,6 +2,7 @@
 //! and between them every channel and request decided by the core (Cedar `Ssh::` actions),
 //! shells recorded as asciicast v2, refused commands never reaching the host.
 
+pub mod ca;
 mod channel;
 pub mod command;
 pub mod config;
@@ -10,7 +11,8 @@ pub mod recording;
 mod server;
 pub mod upstream;
 
-pub use channel::{REFUSED_EXIT_STATUS, env_allowed, scp_transfer};
+pub use ca::{IssuedCertificate, SshCa};
+pub use channel::{MAX_HELD_INPUT, REFUSED_EXIT_STATUS, env_allowed, scp_transfer};
 pub use command::{ParsedCommand, parse, parse_bytes};
 pub use config::{SshConfig, SshTarget};
 pub use error::SshError;

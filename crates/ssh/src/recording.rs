@@ -1,6 +1,6 @@
 //! Shell recordings as asciicast v2 (<https://docs.asciinema.org/manual/asciicast/v2/>):
-//! a JSON header line, then one `[seconds, "o", text]` line per chunk of output (and `"r"`
-//! for a terminal resize), so that `gatehouse replay` and any asciicast player read them.
+//! a JSON header line, then one `[seconds, "o", text]` line per chunk of output (`"i"` for
+//! input when input recording is on, `"r"` for a terminal resize), so that `gatehouse replay` and any asciicast player read them.
 //! The writer hashes what it writes, so the audit log can carry the file's SHA-256.
 
 use std::fs::File;
@@ -19,6 +19,7 @@ pub struct Recorder {
     bytes: u64,
     started: Instant,
     pending: Vec<u8>,
+    pending_input: Vec<u8>,
 }
 
 /// What a closed recording is, for the audit log.
@@ -45,6 +46,7 @@ impl Recorder {
             bytes: 0,
             started: Instant::now(),
             pending: Vec::new(),
+            pending_input: Vec::new(),
         };
         let timestamp = SystemTime::now()
             .duration_since(SystemTime::UNIX_EPOCH)
@@ -71,6 +73,17 @@ impl Recorder {
         }
         let at = self.elapsed();
         self.line(&json!([at, "o", text]))
+    }
+
+    /// Records input bytes (what the client typed or piped).
+    pub fn input(&mut self, data: &[u8]) -> std::io::Result<()> {
+        self.pending_input.extend_from_slice(data);
+        let text = take_utf8(&mut self.pending_input);
+        if text.is_empty() {
+            return Ok(());
+        }
+        let at = self.elapsed();
+        self.line(&json!([at, "i", text]))
     }
 
     /// Records a terminal resize.

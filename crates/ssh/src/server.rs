@@ -17,6 +17,7 @@ use russh::{Channel, ChannelId, ChannelOpenFailure, Disconnect, MethodKind, Meth
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OnceCell, Semaphore, watch};
 
+use crate::ca::SshCa;
 use crate::channel::{self, ChannelContext};
 use crate::config::SshConfig;
 use crate::error::SshError;
@@ -33,12 +34,14 @@ const DRAIN: Duration = Duration::from_secs(5);
 pub struct SshFrontend {
     gateway: Arc<Gateway>,
     russh: Arc<russh::server::Config>,
+    ca: Arc<SshCa>,
     targets: HashMap<String, UpstreamTarget>,
     limit: Arc<Semaphore>,
     auth_timeout: Duration,
     max_auth_attempts: usize,
     max_channels: usize,
     recordings: PathBuf,
+    record_input: bool,
 }
 
 /// The host's connection, opened on the first channel that needs it.
@@ -47,7 +50,8 @@ pub(crate) type UpstreamSlot = OnceCell<Arc<Upstream>>;
 impl SshFrontend {
     /// Loads (or, on first start, generates) the host key and every target's key.
     pub fn new(gateway: Arc<Gateway>, config: &SshConfig, state_dir: &Path) -> Result<Self, String> {
-        let host_key = load_or_create_host_key(&config.host_key_path())?;
+        let host_key = load_or_create_key(&config.host_key_path(), "gatehouse host key", "ssh.host_key")?;
+        let ca = Arc::new(SshCa::load_or_create(&config.ca_key_path())?);
         let mut targets = HashMap::new();
         for t in &config.targets {
             targets.insert(t.name.clone(), UpstreamTarget::from_config(t)?);
@@ -56,9 +60,15 @@ impl SshFrontend {
         create_private_dir(&recordings).map_err(|e| format!("cannot create {}: {e}", recordings.display()))?;
         let russh = russh::server::Config {
             server_id: SshId::Standard(Cow::Borrowed("SSH-2.0-Gatehouse")),
-            // Public keys are not offered: a bare key never authenticates (certificates
-            // signed by the gateway's CA come later).
-            methods: MethodSet::from(&[MethodKind::Password, MethodKind::KeyboardInteractive][..]),
+            // Public keys: only as certificates signed by the gateway's CA; a bare key
+            // never authenticates.
+            methods: MethodSet::from(
+                &[
+                    MethodKind::PublicKey,
+                    MethodKind::Password,
+                    MethodKind::KeyboardInteractive,
+                ][..],
+            ),
             auth_rejection_time: Duration::from_millis(500),
             auth_rejection_time_initial: Some(Duration::ZERO),
             keys: vec![host_key],
@@ -75,13 +85,20 @@ impl SshFrontend {
         Ok(Self {
             gateway,
             russh: Arc::new(russh),
+            ca,
             targets,
             limit: Arc::new(Semaphore::new(config.max_connections)),
             auth_timeout: Duration::from_secs(config.auth_timeout_secs),
             max_auth_attempts: config.max_auth_attempts,
             max_channels: config.max_channels,
             recordings,
+            record_input: config.record_input,
         })
+    }
+
+    /// The CA that signs the certificates this listener accepts.
+    pub fn ca(&self) -> Arc<SshCa> {
+        Arc::clone(&self.ca)
     }
 
     /// Serves `listener` until `shutdown` turns true, then waits for open sessions to end.
@@ -242,22 +259,25 @@ impl ConnectionHandler {
             .connect(secret, Protocol::Ssh, user, self.peer)
             .await
         {
-            Ok(session) if self.frontend.targets.contains_key(user) => {
-                self.session = Some(session.clone());
-                let _ = self.authed.send(Some(session));
-                Ok(Auth::Accept)
-            }
-            Ok(session) => {
-                // The core knows the target but this frontend has no upstream for it: a
-                // configuration bug, refused like any other failure.
-                session.end("no SSH upstream for this target").await;
-                Ok(Auth::reject())
-            }
+            Ok(session) => self.opened(session, user).await,
             Err(refusal) => {
                 tracing::debug!(client = %self.peer, target = user, %refusal, "SSH authentication refused.");
                 Ok(Auth::reject())
             }
         }
+    }
+
+    /// A session the core opened: accepted when this frontend has the target's upstream.
+    async fn opened(&mut self, session: Session, user: &str) -> Result<Auth, SshError> {
+        if !self.frontend.targets.contains_key(user) {
+            // The core knows the target but this frontend has no upstream for it: a
+            // configuration bug, refused like any other failure.
+            session.end("no SSH upstream for this target").await;
+            return Ok(Auth::reject());
+        }
+        self.session = Some(session.clone());
+        let _ = self.authed.send(Some(session));
+        Ok(Auth::Accept)
     }
 
     fn context(&self, session: &Session) -> Option<ChannelContext> {
@@ -268,6 +288,7 @@ impl ConnectionHandler {
             target,
             upstream: Arc::clone(&self.upstream),
             recordings: self.frontend.recordings.clone(),
+            record_input: self.frontend.record_input,
         })
     }
 }
@@ -285,27 +306,70 @@ impl russh::server::Handler for ConnectionHandler {
 
     async fn auth_publickey_offered(
         &mut self,
-        user: &str,
+        _user: &str,
         _offer: russh::server::PublicKeyOffer<'_>,
     ) -> Result<Auth, Self::Error> {
-        tracing::debug!(client = %self.peer, target = user, "A bare public key was offered; keys never authenticate here.");
-        Ok(Auth::reject())
+        // The offer shows only the key, not whether it came with a certificate: let the
+        // client prove it holds the key; what authenticates is decided after the signature,
+        // and a bare key never does (see `auth_publickey`).
+        if self.attempts >= self.frontend.max_auth_attempts || self.session.is_some() {
+            return Ok(Auth::Reject {
+                proceed_with_methods: Some(MethodSet::empty()),
+                partial_success: false,
+            });
+        }
+        Ok(Auth::Accept)
     }
 
     async fn auth_publickey(
         &mut self,
-        _user: &str,
+        user: &str,
         _key: russh::server::VerifiedPublicKey<'_>,
     ) -> Result<Auth, Self::Error> {
+        self.attempts += 1;
+        tracing::debug!(client = %self.peer, target = user, "A bare public key was offered; only certificates from the gateway's CA authenticate.");
         Ok(Auth::reject())
     }
 
     async fn auth_openssh_certificate(
         &mut self,
-        _user: &str,
-        _certificate: &russh::keys::Certificate,
+        user: &str,
+        certificate: &russh::keys::Certificate,
     ) -> Result<Auth, Self::Error> {
-        Ok(Auth::reject())
+        self.attempts += 1;
+        if self.attempts > self.frontend.max_auth_attempts || self.session.is_some() {
+            return Ok(Auth::Reject {
+                proceed_with_methods: Some(MethodSet::empty()),
+                partial_success: false,
+            });
+        }
+        let identity = match self.frontend.ca.check(certificate, user) {
+            Ok(identity) => identity,
+            Err(reason) => {
+                tracing::info!(client = %self.peer, target = user, key_id = certificate.key_id(), %reason, "SSH certificate refused.");
+                let event = gatehouse_audit::AuditEvent::AuthenticationFailed {
+                    protocol: Protocol::Ssh.as_str().into(),
+                    target: user.into(),
+                    client_addr: self.peer.to_string(),
+                    reason: format!("certificate {:?} refused: {reason}", certificate.key_id()),
+                };
+                let _ = self.frontend.gateway.audit().append(event).await;
+                return Ok(Auth::reject());
+            }
+        };
+        tracing::debug!(client = %self.peer, target = user, serial = certificate.serial(), "SSH certificate accepted; deciding connect.");
+        match self
+            .frontend
+            .gateway
+            .open_session(identity, Protocol::Ssh, user, self.peer)
+            .await
+        {
+            Ok(session) => self.opened(session, user).await,
+            Err(refusal) => {
+                tracing::debug!(client = %self.peer, target = user, %refusal, "SSH certificate holder refused.");
+                Ok(Auth::reject())
+            }
+        }
     }
 
     async fn auth_keyboard_interactive<'a>(
@@ -491,22 +555,23 @@ impl russh::server::Handler for ConnectionHandler {
     }
 }
 
-/// Loads the gateway's host key, generating an ed25519 key (mode 0600) when absent.
-fn load_or_create_host_key(path: &Path) -> Result<PrivateKey, String> {
+/// Loads one of the gateway's own keys (`what` names its setting in errors), generating
+/// an ed25519 key (mode 0600) when absent.
+pub(crate) fn load_or_create_key(path: &Path, comment: &str, what: &str) -> Result<PrivateKey, String> {
     if path.exists() {
-        return crate::upstream::load_key(path).map_err(|e| format!("ssh.host_key: {e}"));
+        return crate::upstream::load_key(path).map_err(|e| format!("{what}: {e}"));
     }
     if let Some(dir) = path.parent() {
-        create_private_dir(dir).map_err(|e| format!("ssh.host_key: cannot create {}: {e}", dir.display()))?;
+        create_private_dir(dir).map_err(|e| format!("{what}: cannot create {}: {e}", dir.display()))?;
     }
     let mut seed = [0u8; 32];
-    aws_lc_rs::rand::fill(&mut seed).map_err(|_| "ssh.host_key: the system random generator failed".to_string())?;
+    aws_lc_rs::rand::fill(&mut seed).map_err(|_| format!("{what}: the system random generator failed"))?;
     let keypair = russh::keys::ssh_key::private::Ed25519Keypair::from_seed(&seed);
     let mut key = PrivateKey::from(keypair);
-    key.set_comment("gatehouse host key");
+    key.set_comment(comment);
     let text = key
         .to_openssh(russh::keys::ssh_key::LineEnding::LF)
-        .map_err(|e| format!("ssh.host_key: cannot encode the new key: {e}"))?;
+        .map_err(|e| format!("{what}: cannot encode the new key: {e}"))?;
     use std::io::Write as _;
     use std::os::unix::fs::OpenOptionsExt as _;
     let mut file = std::fs::OpenOptions::new()
@@ -514,11 +579,11 @@ fn load_or_create_host_key(path: &Path) -> Result<PrivateKey, String> {
         .create_new(true)
         .mode(0o600)
         .open(path)
-        .map_err(|e| format!("ssh.host_key: cannot create {}: {e}", path.display()))?;
+        .map_err(|e| format!("{what}: cannot create {}: {e}", path.display()))?;
     file.write_all(text.as_bytes())
         .and_then(|()| file.sync_all())
-        .map_err(|e| format!("ssh.host_key: cannot write {}: {e}", path.display()))?;
-    tracing::info!(path = %path.display(), "Generated the gateway's SSH host key.");
+        .map_err(|e| format!("{what}: cannot write {}: {e}", path.display()))?;
+    tracing::info!(path = %path.display(), key = comment, "Generated a key.");
     Ok(key)
 }
 
@@ -542,10 +607,10 @@ mod tests {
     fn the_host_key_is_generated_once_with_mode_0600() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("state/ssh_host_ed25519_key");
-        let first = load_or_create_host_key(&path).unwrap();
+        let first = load_or_create_key(&path, "test", "ssh.host_key").unwrap();
         let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o600);
-        let again = load_or_create_host_key(&path).unwrap();
+        let again = load_or_create_key(&path, "test", "ssh.host_key").unwrap();
         assert_eq!(first.public_key(), again.public_key());
     }
 }
