@@ -28,11 +28,22 @@ pub const OPENAPI: &str = include_str!("openapi.json");
 pub struct AdminState {
     pub(crate) gateway: Arc<Gateway>,
     dev: Option<Arc<DevIssuer>>,
+    console: Option<Arc<crate::console::Console>>,
 }
 
 impl AdminState {
     pub fn new(gateway: Arc<Gateway>, dev: Option<Arc<DevIssuer>>) -> Self {
-        Self { gateway, dev }
+        Self {
+            gateway,
+            dev,
+            console: None,
+        }
+    }
+
+    /// Also serve the web console (HTML pages at `/`, see `crate::console`).
+    pub fn with_console(mut self, console: Option<Arc<crate::console::Console>>) -> Self {
+        self.console = console;
+        self
     }
 }
 
@@ -57,7 +68,12 @@ pub fn router(state: AdminState) -> Router {
             )
             .route("/dev/jwks.json", get(dev_jwks));
     }
-    router.with_state(state)
+    let console = state.console.clone();
+    let router = router.with_state(state);
+    match console {
+        Some(console) => router.merge(crate::console::router(console)),
+        None => router,
+    }
 }
 
 /// Serves the admin API on `listener` (TLS when `tls` is set) until `shutdown` turns true.
@@ -240,7 +256,16 @@ async fn metrics(State(state): State<AdminState>) -> Response {
 
 async fn dev_discovery_users(State(state): State<AdminState>) -> Response {
     match &state.dev {
-        Some(dev) => Json(dev.discovery_document(&dev.user_issuer())).into_response(),
+        Some(dev) => {
+            let mut doc = dev.discovery_document(&dev.user_issuer());
+            // With the console on, the user issuer is a real authorization server too.
+            if let (Some(console), Some(map)) = (&state.console, doc.as_object_mut())
+                && let serde_json::Value::Object(extra) = crate::console::dev_discovery_fields(&console.base_url)
+            {
+                map.extend(extra);
+            }
+            Json(doc).into_response()
+        }
         None => StatusCode::NOT_FOUND.into_response(),
     }
 }

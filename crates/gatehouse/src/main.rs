@@ -12,6 +12,7 @@ mod cmd_policy;
 mod cmd_replay;
 mod cmd_token;
 mod config;
+mod console;
 mod serve;
 mod tls;
 mod webhooks;

@@ -180,7 +180,8 @@ async fn serve(config: Config, policy: PolicyEngine) -> anyhow::Result<()> {
         frontends.push(tokio::spawn(Arc::new(frontend).serve(listener, shutdown_rx.clone())));
     }
 
-    let state = AdminState::new(Arc::clone(&gateway), dev);
+    let console = crate::console::Console::new(&config, Arc::clone(&gateway), dev.clone())?;
+    let state = AdminState::new(Arc::clone(&gateway), dev).with_console(console);
     tracing::info!(admin = %config.admin_url(), policies = policy.policy_count(), "Gatehouse is serving.");
     let server = tokio::spawn(admin::serve(listener, tls, state, shutdown_rx));
 
