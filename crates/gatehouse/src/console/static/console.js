@@ -33,7 +33,13 @@ async function poll(box) {
 // A terminal good enough for shell recordings: printable text, CR, LF, backspace, tab,
 // cursor movement and erase sequences; colours and other sequences are dropped.
 class Screen {
-  constructor(cols, rows) { this.cols = cols || 80; this.rows = rows || 24; this.reset(); }
+  // A client without a terminal (ssh -tt from a script) reports a 0x0 or 1x1 window;
+  // wrapping at one column would make the text unreadable, so tiny sizes mean 80x24.
+  constructor(cols, rows) {
+    this.cols = cols >= 20 ? cols : 80;
+    this.rows = rows >= 2 ? rows : 24;
+    this.reset();
+  }
   reset() { this.lines = [[]]; this.row = 0; this.col = 0; this.state = "text"; this.param = ""; }
   line() { while (this.lines.length <= this.row) this.lines.push([]); return this.lines[this.row]; }
   newline() { this.row += 1; this.line(); }
