@@ -315,7 +315,6 @@ labels = {{ env = "prod" }}
             "{} was not written",
             path.display()
         );
-        println!("screenshot: {}", path.display());
     }
 
     // The console's decisions are in the audit log like the CLI's.
@@ -333,4 +332,99 @@ labels = {{ env = "prod" }}
             .any(|e| e["approval"] == id.as_str() && e["approver"]["subject"] == "carol"),
         "{refused:?}"
     );
+}
+
+/// A raw HTTP/1.1 exchange, to see the headers too.
+fn http(gw: &TestGateway, method: &str, path: &str, headers: &str, body: &str) -> (u16, String, String) {
+    use std::io::Read as _;
+    let mut s = std::net::TcpStream::connect(gw.admin_addr()).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(
+        s,
+        "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n{headers}Content-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut raw = String::new();
+    s.read_to_string(&mut raw).unwrap();
+    let (head, body) = raw.split_once("\r\n\r\n").unwrap();
+    let status = head.split(' ').nth(1).unwrap().parse().unwrap();
+    (status, head.to_ascii_lowercase(), body.to_string())
+}
+
+#[test]
+fn console_pages_are_locked_down_without_a_browser() {
+    let gw = GatewayBuilder::new(env!("CARGO_BIN_EXE_gatehouse")).start().unwrap();
+
+    // Every console answer carries the CSP and friends; signed out, pages ask to sign in.
+    let (status, head, body) = http(&gw, "GET", "/", "", "");
+    assert_eq!(status, 200);
+    assert!(
+        head.contains("content-security-policy: default-src 'none'; script-src 'self'"),
+        "{head}"
+    );
+    assert!(
+        head.contains("x-frame-options: deny") && head.contains("referrer-policy: no-referrer"),
+        "{head}"
+    );
+    assert!(
+        body.contains("id=\"signin\"") && body.contains("development issuer"),
+        "{body}"
+    );
+    let (status, _, body) = http(&gw, "GET", "/approvals", "", "");
+    assert_eq!(status, 401);
+    assert!(body.contains("/auth/login?return_to=%2Fapprovals"), "{body}");
+    let (status, _, _) = http(&gw, "GET", "/sessions/s_0000", "", "");
+    assert_eq!(status, 401);
+    let (status, _, _) = http(&gw, "GET", "/approvals/pending", "", "");
+    assert_eq!(status, 401);
+    // A made-up session cookie is no session; a POST without one decides nothing.
+    let (status, _, _) = http(&gw, "GET", "/approvals", "Cookie: gh_session=made-up\r\n", "");
+    assert_eq!(status, 401);
+    let form = "Content-Type: application/x-www-form-urlencoded\r\n";
+    let (status, _, _) = http(
+        &gw,
+        "POST",
+        "/approvals/AAAA-BBBB-CCCC/approve",
+        form,
+        "csrf=x&reason=y",
+    );
+    assert_eq!(status, 401);
+
+    // The development issuer advertises the code flow and guards it.
+    let (_, _, doc) = http(&gw, "GET", "/dev/users/.well-known/openid-configuration", "", "");
+    let doc: serde_json::Value = serde_json::from_str(&doc).unwrap();
+    assert_eq!(
+        doc["authorization_endpoint"],
+        format!("{}/dev/users/authorize", gw.admin_url())
+    );
+    assert_eq!(doc["code_challenge_methods_supported"][0], "S256");
+    let (status, head, _) = http(&gw, "GET", "/auth/login", "", "");
+    assert_eq!(status, 303);
+    assert!(
+        head.contains("set-cookie: gh_login=") && head.contains("httponly"),
+        "{head}"
+    );
+    let location = head
+        .lines()
+        .find_map(|l| l.strip_prefix("location: "))
+        .unwrap()
+        .to_string();
+    assert!(location.contains("code_challenge_method=s256"), "{location}");
+    // The form only serves the console's own callback, with PKCE.
+    let evil = location.replace("redirect_uri=http", "redirect_uri=https%3a%2f%2fevil.example%2f");
+    let path = &evil[evil.find("/dev/users/authorize").unwrap()..];
+    let (status, _, body) = http(&gw, "GET", path, "", "");
+    assert_eq!(status, 400, "{body}");
+    assert!(body.contains("redirect_uri"), "{body}");
+    // A made-up code is refused the OAuth way.
+    let (status, _, body) = http(
+        &gw,
+        "POST",
+        "/dev/users/token",
+        form,
+        "grant_type=authorization_code&code=nope&client_id=gatehouse&code_verifier=x",
+    );
+    assert_eq!(status, 400);
+    assert!(body.contains("invalid_grant"), "{body}");
 }

@@ -143,10 +143,10 @@ impl LoginStore {
         let mut map = lock(&self.inner);
         let now = SystemTime::now();
         map.retain(|_, l| now.duration_since(l.started).unwrap_or_default() < LOGIN_TTL);
-        if map.len() >= MAX_LOGINS {
-            if let Some(oldest) = map.iter().min_by_key(|(_, l)| l.started).map(|(k, _)| k.clone()) {
-                map.remove(&oldest);
-            }
+        if map.len() >= MAX_LOGINS
+            && let Some(oldest) = map.iter().min_by_key(|(_, l)| l.started).map(|(k, _)| k.clone())
+        {
+            map.remove(&oldest);
         }
         map.insert(state, login);
     }
@@ -187,6 +187,7 @@ pub fn current(console: &Console, headers: &HeaderMap) -> Option<(String, Consol
 }
 
 /// The session, or the sign-in page (with a link back to `here`).
+#[allow(clippy::result_large_err)] // the error is the page to send; boxing it buys nothing here
 pub fn require(console: &Console, headers: &HeaderMap, here: &str) -> Result<ConsoleSession, Response> {
     match current(console, headers) {
         Some((_, s)) => Ok(s),
