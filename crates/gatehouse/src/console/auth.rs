@@ -420,7 +420,7 @@ mod tests {
 
     #[test]
     fn pkce_matches_rfc_7636_appendix_b() {
-        let verifier = "dBjftJeZ4CVP-mJ92K9SggPuFLlsBo9VmM6O-sPvhKA";
+        let verifier = "dBjftJeZ4CVP-mB92K27uhbUJU1p1r_wW1gFWFOEjXk";
         assert!(pkce_verifier_ok(verifier));
         assert_eq!(pkce_challenge(verifier), "E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM");
     }
@@ -472,7 +472,7 @@ mod tests {
     #[test]
     fn sessions_expire_and_csrf_is_per_session() {
         let store = SessionStore::default();
-        let soon = SystemTime::now() + Duration::from_millis(50);
+        let soon = SystemTime::now() + Duration::from_millis(400);
         let a = store.create(
             someone(Duration::from_secs(60)),
             SystemTime::now() + Duration::from_secs(60),
@@ -485,7 +485,7 @@ mod tests {
         assert!(!sa.csrf_ok(Some(&sb.csrf)), "another session's token is refused");
         assert!(!sa.csrf_ok(None));
         assert!(!sa.csrf_ok(Some("")));
-        std::thread::sleep(Duration::from_millis(80));
+        std::thread::sleep(Duration::from_millis(500));
         assert!(store.get(&b).is_none(), "expired sessions are gone");
         assert!(store.get(&a).is_some());
         store.remove(&a);
