@@ -12,7 +12,8 @@ setup:
     set -euo pipefail
     missing=()
     have_pkg() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q "install ok installed"; }
-    for pkg in libclang-dev openssh-server openssh-client sshpass postgresql-client; do
+    # chromium (Debian's, never a downloaded one) and node/npm drive the console test.
+    for pkg in libclang-dev openssh-server openssh-client sshpass postgresql-client chromium chromium-driver nodejs npm; do
         have_pkg "$pkg" || missing+=("$pkg")
     done
     # The PostgreSQL server binaries may come from Debian's postgresql-15 or an image's own install.
@@ -29,20 +30,32 @@ setup:
         python3 -m pip install --quiet --disable-pip-version-check 'paramiko>=3.4' \
             || python3 -m pip install --quiet --disable-pip-version-check --break-system-packages 'paramiko>=3.4'
     fi
-    if [ ${#missing[@]} -eq 0 ]; then
-        echo "setup: everything needed is installed"
-        exit 0
+    # node and npm may come from Debian or an image's own install.
+    if command -v node >/dev/null && command -v npm >/dev/null; then
+        kept=()
+        for pkg in "${missing[@]}"; do
+            case "$pkg" in nodejs|npm) ;; *) kept+=("$pkg") ;; esac
+        done
+        missing=("${kept[@]}")
     fi
-    if [ "$(id -u)" -eq 0 ]; then
-        echo "setup: installing ${missing[*]}"
-        export DEBIAN_FRONTEND=noninteractive
-        apt-get update -qq
-        apt-get install -y -qq --no-install-recommends "${missing[@]}"
-    else
-        echo "setup: missing packages; run:"
-        echo "  sudo apt-get install -y ${missing[*]}"
-        exit 1
+    if [ ${#missing[@]} -gt 0 ]; then
+        if [ "$(id -u)" -eq 0 ]; then
+            echo "setup: installing ${missing[*]}"
+            export DEBIAN_FRONTEND=noninteractive
+            apt-get update -qq
+            apt-get install -y -qq --no-install-recommends "${missing[@]}"
+        else
+            echo "setup: missing packages; run:"
+            echo "  sudo apt-get install -y ${missing[*]}"
+            exit 1
+        fi
     fi
+    # playwright-core for the console test, pinned by tests/console/package-lock.json; it
+    # drives /usr/bin/chromium and never downloads a browser.
+    if [ ! -d tests/console/node_modules/playwright-core ]; then
+        PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1 npm ci --prefix tests/console --no-audit --no-fund --loglevel=error
+    fi
+    echo "setup: everything needed is installed"
 
 # Build the gateway.
 build:

@@ -30,6 +30,7 @@ pub struct AdminState {
     dev: Option<Arc<DevIssuer>>,
     /// Signs `POST /api/ssh/cert`; absent without an `[ssh]` section.
     pub(crate) ssh_ca: Option<Arc<gatehouse_ssh::SshCa>>,
+    console: Option<Arc<crate::console::Console>>,
 }
 
 impl AdminState {
@@ -38,11 +39,18 @@ impl AdminState {
             gateway,
             dev,
             ssh_ca: None,
+            console: None,
         }
     }
 
     pub fn with_ssh_ca(mut self, ca: Option<Arc<gatehouse_ssh::SshCa>>) -> Self {
         self.ssh_ca = ca;
+        self
+    }
+
+    /// Also serve the web console (HTML pages at `/`, see `crate::console`).
+    pub fn with_console(mut self, console: Option<Arc<crate::console::Console>>) -> Self {
+        self.console = console;
         self
     }
 }
@@ -69,7 +77,12 @@ pub fn router(state: AdminState) -> Router {
             )
             .route("/dev/jwks.json", get(dev_jwks));
     }
-    router.with_state(state)
+    let console = state.console.clone();
+    let router = router.with_state(state);
+    match console {
+        Some(console) => router.merge(crate::console::router(console)),
+        None => router,
+    }
 }
 
 /// Serves the admin API on `listener` (TLS when `tls` is set) until `shutdown` turns true.
@@ -252,7 +265,16 @@ async fn metrics(State(state): State<AdminState>) -> Response {
 
 async fn dev_discovery_users(State(state): State<AdminState>) -> Response {
     match &state.dev {
-        Some(dev) => Json(dev.discovery_document(&dev.user_issuer())).into_response(),
+        Some(dev) => {
+            let mut doc = dev.discovery_document(&dev.user_issuer());
+            // With the console on, the user issuer is a real authorization server too.
+            if let (Some(console), Some(map)) = (&state.console, doc.as_object_mut())
+                && let serde_json::Value::Object(extra) = crate::console::dev_discovery_fields(&console.base_url)
+            {
+                map.extend(extra);
+            }
+            Json(doc).into_response()
+        }
         None => StatusCode::NOT_FOUND.into_response(),
     }
 }

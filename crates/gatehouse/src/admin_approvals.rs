@@ -152,11 +152,11 @@ fn decision_body(
 }
 
 /// Ids are printed in upper case with dashes; accept them typed in lower case too.
-fn normalise(id: &str) -> String {
+pub(crate) fn normalise(id: &str) -> String {
     id.trim().to_ascii_uppercase()
 }
 
-fn visible_to(request: &ApprovalRequest, identity: &Identity) -> bool {
+pub(crate) fn visible_to(request: &ApprovalRequest, identity: &Identity) -> bool {
     identity.same_person(&request.requester) || identity.groups.contains(&request.approver_group)
 }
 

@@ -26,6 +26,9 @@ pub struct Config {
     pub session: SessionConfig,
     #[serde(default)]
     pub approvals: ApprovalsConfig,
+    /// The web console on the admin listener.
+    #[serde(default)]
+    pub console: crate::console::ConsoleConfig,
     /// The PostgreSQL frontend; off when absent.
     pub postgres: Option<gatehouse_postgres::PostgresConfig>,
     /// The Kubernetes API frontend; off when absent.

@@ -14,6 +14,7 @@ mod cmd_replay;
 mod cmd_ssh_cert;
 mod cmd_token;
 mod config;
+mod console;
 mod serve;
 mod tls;
 mod webhooks;

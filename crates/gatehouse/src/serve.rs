@@ -182,7 +182,10 @@ async fn serve(config: Config, policy: PolicyEngine) -> anyhow::Result<()> {
         frontends.push(tokio::spawn(Arc::new(frontend).serve(listener, shutdown_rx.clone())));
     }
 
-    let state = AdminState::new(Arc::clone(&gateway), dev).with_ssh_ca(ssh_ca);
+    let console = crate::console::Console::new(&config, Arc::clone(&gateway), dev.clone())?;
+    let state = AdminState::new(Arc::clone(&gateway), dev)
+        .with_ssh_ca(ssh_ca)
+        .with_console(console);
     tracing::info!(admin = %config.admin_url(), policies = policy.policy_count(), "Gatehouse is serving.");
     let server = tokio::spawn(admin::serve(listener, tls, state, shutdown_rx));
 

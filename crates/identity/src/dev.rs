@@ -160,6 +160,12 @@ impl DevIssuer {
 
     /// Signs a token for the user or agent issuer.
     pub fn mint(&self, req: &MintRequest) -> Result<String, IdentityError> {
+        self.mint_with_nonce(req, None)
+    }
+
+    /// Signs a token that also carries the OIDC `nonce` its relying party sent to the
+    /// authorization endpoint (the console's sign-in).
+    pub fn mint_with_nonce(&self, req: &MintRequest, nonce: Option<&str>) -> Result<String, IdentityError> {
         if req.subject.is_empty() {
             return Err(IdentityError::DevIssuer("subject must not be empty".to_owned()));
         }
@@ -183,6 +189,9 @@ impl DevIssuer {
             if let Some(value) = value {
                 claims[name] = Value::String(value.clone());
             }
+        }
+        if let Some(nonce) = nonce {
+            claims["nonce"] = Value::String(nonce.to_owned());
         }
         let header = json!({"alg": "ES256", "typ": "JWT", "kid": self.kid});
         let signing_input = format!(
