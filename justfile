@@ -24,6 +24,11 @@ setup:
         python3 -m pip install --quiet --disable-pip-version-check 'psycopg[binary]>=3.1' \
             || python3 -m pip install --quiet --disable-pip-version-check --break-system-packages 'psycopg[binary]>=3.1'
     fi
+    # ... and the Kubernetes Python client (`kubernetes`, WebSocket exec through `stream`).
+    if ! python3 -c 'import kubernetes' 2>/dev/null; then
+        python3 -m pip install --quiet --disable-pip-version-check 'kubernetes>=31' \
+            || python3 -m pip install --quiet --disable-pip-version-check --break-system-packages 'kubernetes>=31'
+    fi
     if [ ${#missing[@]} -eq 0 ]; then
         echo "setup: everything needed is installed"
         exit 0
