@@ -30,6 +30,11 @@ setup:
         python3 -m pip install --quiet --disable-pip-version-check 'paramiko>=3.4' \
             || python3 -m pip install --quiet --disable-pip-version-check --break-system-packages 'paramiko>=3.4'
     fi
+    # ... and the Kubernetes Python client (`kubernetes`, WebSocket exec through `stream`).
+    if ! python3 -c 'import kubernetes' 2>/dev/null; then
+        python3 -m pip install --quiet --disable-pip-version-check 'kubernetes>=31' \
+            || python3 -m pip install --quiet --disable-pip-version-check --break-system-packages 'kubernetes>=31'
+    fi
     # node and npm may come from Debian or an image's own install.
     if command -v node >/dev/null && command -v npm >/dev/null; then
         kept=()

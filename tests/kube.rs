@@ -25,6 +25,8 @@ struct Setup {
     port: u16,
     certs: TestCerts,
     kubeconfig: PathBuf,
+    /// The same API server as cluster `prod` (labelled env = prod).
+    kubeconfig_prod: PathBuf,
     dir: tempfile::TempDir,
 }
 
@@ -53,6 +55,12 @@ name = "dev"
 kubeconfig = "{upstream}"
 context = "gatehouse"
 labels = {{ env = "dev" }}
+
+[[kube.clusters]]
+name = "prod"
+kubeconfig = "{upstream}"
+context = "gatehouse"
+labels = {{ env = "prod" }}
 "#,
             cert = certs.server_cert.display(),
             key = certs.server_key.display(),
@@ -60,27 +68,33 @@ labels = {{ env = "dev" }}
         ))
         .start()
         .unwrap();
-    let kubeconfig = dir.path().join("kubeconfig");
-    let out = gw
-        .cli(&[
-            "kubeconfig",
-            "--cluster",
-            "dev",
-            "--server",
-            &format!("https://127.0.0.1:{port}"),
-            "--ca-file",
-            certs.ca_cert.to_str().unwrap(),
-            "--output",
-            kubeconfig.to_str().unwrap(),
-        ])
-        .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let write = |cluster: &str| {
+        let path = dir.path().join(format!("kubeconfig-{cluster}"));
+        let out = gw
+            .cli(&[
+                "kubeconfig",
+                "--cluster",
+                cluster,
+                "--server",
+                &format!("https://127.0.0.1:{port}"),
+                "--ca-file",
+                certs.ca_cert.to_str().unwrap(),
+                "--output",
+                path.to_str().unwrap(),
+            ])
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        path
+    };
+    let kubeconfig = write("dev");
+    let kubeconfig_prod = write("prod");
     Setup {
         api,
         gw,
         port,
         certs,
         kubeconfig,
+        kubeconfig_prod,
         dir,
     }
 }
@@ -97,6 +111,40 @@ impl Setup {
             .args(args)
             .stdin(Stdio::null());
         cmd
+    }
+
+    /// kubectl against cluster `prod`.
+    fn kubectl_prod(&self, token: &str, args: &[&str]) -> Command {
+        let mut cmd = self.kubectl_command(token, args);
+        cmd.env("KUBECONFIG", &self.kubeconfig_prod);
+        cmd
+    }
+
+    /// `gatehouse approvals ARGS` as the holder of `token`.
+    fn approvals(&self, token: &str, args: &[&str]) -> Output {
+        Command::new(env!("CARGO_BIN_EXE_gatehouse"))
+            .arg("approvals")
+            .args(args)
+            .args(["--config", &self.gw.config_path().display().to_string()])
+            .env("GATEHOUSE_TOKEN", token)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap()
+    }
+
+    /// The pending approval requests, waiting until there are `n`.
+    fn pending(&self, token: &str, n: usize) -> Vec<serde_json::Value> {
+        let mut found = Vec::new();
+        let seen = self.gw.wait_for(Duration::from_secs(15), || {
+            let out = self.approvals(token, &["list", "--state", "pending", "--json"]);
+            found = serde_json::from_slice::<serde_json::Value>(&out.stdout)
+                .ok()
+                .and_then(|v| v.as_array().cloned())
+                .unwrap_or_default();
+            found.len() >= n
+        });
+        assert!(seen, "no pending approval appeared:\n{}", self.gw.log());
+        found
     }
 
     fn kubectl(&self, token: &str, args: &[&str]) -> Output {
@@ -378,7 +426,7 @@ fn impersonation_path_tricks_and_unknown_clusters_are_refused() {
     }
 
     // A bad token and an unknown cluster look the same.
-    let (code_a, _, unknown) = s.curl(Some(&token), "/clusters/prod/api/v1/pods", &[]);
+    let (code_a, _, unknown) = s.curl(Some(&token), "/clusters/staging/api/v1/pods", &[]);
     let (code_b, _, bad_token) = s.curl(Some("not-a-token"), "/clusters/dev/api/v1/pods", &[]);
     assert_eq!((code_a, code_b), (403, 403));
     assert_eq!(unknown, bad_token);
@@ -427,6 +475,24 @@ fn wait_line(rx: &mpsc::Receiver<String>, needle: &str, seen: &mut Vec<String>) 
 }
 
 struct Killed(Child);
+
+/// Waits for a spawned kubectl (its output is small: no pipe fills up).
+fn output_of(k: &mut Killed) -> Output {
+    use std::io::Read as _;
+    let (mut out, mut err) = (Vec::new(), Vec::new());
+    if let Some(mut o) = k.0.stdout.take() {
+        o.read_to_end(&mut out).unwrap();
+    }
+    if let Some(mut e) = k.0.stderr.take() {
+        e.read_to_end(&mut err).unwrap();
+    }
+    let status = k.0.wait().unwrap();
+    Output {
+        status,
+        stdout: out,
+        stderr: err,
+    }
+}
 
 impl Drop for Killed {
     fn drop(&mut self) {
@@ -481,35 +547,177 @@ fn watches_stream_events_as_they_happen_and_secrets_stay_masked() {
     assert!(!text.contains(SEEDED_SECRET_B64), "{text}");
 }
 
+/// kubectl with `stdin` as its standard input.
+fn kubectl_with_stdin(s: &Setup, token: &str, args: &[&str], stdin: &[u8]) -> Output {
+    use std::io::Write as _;
+    let mut child = s
+        .kubectl_command(token, args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(stdin).unwrap();
+    child.wait_with_output().unwrap()
+}
+
 #[test]
-fn exec_is_decided_before_anything_and_not_relayed_yet() {
+fn kubectl_exec_is_relayed_recorded_and_replayable() {
     let s = setup();
-    let exec = "/clusters/dev/api/v1/namespaces/shop/pods/web-0/exec?command=sh&stdin=true&tty=true";
-    let upgrade = [
+    let ops = s.gw.mint("olga", &["ops"], false).unwrap();
+    let out = s.kubectl(&ops, &["exec", "-n", "shop", "web-0", "--", "echo", "hi"]);
+    assert_eq!(stdout(&out), "hi\n", "{}", stderr(&out));
+    assert!(out.status.success(), "{}\n{}", stderr(&out), s.gw.log());
+
+    let out = s.kubectl(
+        &ops,
+        &[
+            "exec",
+            "-n",
+            "shop",
+            "web-0",
+            "--",
+            "sh",
+            "-c",
+            "echo to-stderr >&2; exit 3",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    assert!(stderr(&out).contains("to-stderr"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("command terminated with exit code 3"),
+        "{}",
+        stderr(&out)
+    );
+
+    let out = kubectl_with_stdin(
+        &s,
+        &ops,
+        &["exec", "-i", "-n", "shop", "web-0", "--", "tr", "a-z", "A-Z"],
+        b"piped through\n",
+    );
+    assert_eq!(stdout(&out), "PIPED THROUGH\n", "{}", stderr(&out));
+
+    // Every exec went upstream as a WebSocket upgrade with the gateway's credential.
+    let upgrades: Vec<_> = s
+        .api
+        .seen()
+        .into_iter()
+        .filter(|r| r.path_and_query.contains("/exec"))
+        .collect();
+    assert_eq!(upgrades.len(), 3, "{upgrades:?}");
+    for r in &upgrades {
+        assert_eq!(r.upgrade.as_deref(), Some("websocket"));
+        assert_eq!(
+            r.authorization.as_deref(),
+            Some(format!("Bearer {}", s.api.token()).as_str())
+        );
+        let protocols = r.protocols.as_deref().unwrap_or("");
+        assert!(protocols.contains("v5.channel.k8s.io"), "{protocols}");
+        assert!(!protocols.contains("base64"), "{protocols}");
+    }
+
+    // Audited when each stream closed: exit status, bytes, and one recording each.
+    let records = s.wait_audit(|r| r.iter().filter(|e| e["verb"] == "exec").count() >= 3);
+    let execs: Vec<_> = records.iter().filter(|e| e["verb"] == "exec").collect();
+    let reasons: Vec<_> = execs.iter().map(|e| e["reason"].as_str().unwrap_or("")).collect();
+    assert_eq!(reasons, ["exit 0", "exit 3", "exit 0"], "{execs:?}");
+    for e in &execs {
+        assert_eq!(e["status"], 101);
+        assert_eq!(e["decision"], "allow");
+        assert_eq!(e["policies"], serde_json::json!(["ops-kube-exec"]));
+        assert!(e["bytes"].as_u64().unwrap() > 0);
+    }
+    let session = execs[0]["session"].as_str().unwrap().to_string();
+    let audit = s.audit_text();
+    let written: Vec<serde_json::Value> = audit
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|r| r.to_string().contains("\"recording_written\""))
+        .collect();
+    assert_eq!(written.len(), 3, "{audit}");
+    let recordings = s.gw.dir().join("state/recordings");
+    for w in &written {
+        let path = std::path::Path::new(w["path"].as_str().unwrap());
+        assert!(path.starts_with(&recordings), "{path:?}");
+        let sum = Command::new("sha256sum").arg(path).output().unwrap();
+        let hex = stdout(&sum);
+        assert_eq!(w["sha256"], hex.split_whitespace().next().unwrap());
+    }
+    let last = std::fs::read_to_string(written[2]["path"].as_str().unwrap()).unwrap();
+    assert!(last.contains("\"i\",\"piped through\\n\""), "{last}");
+    assert!(last.contains("\"o\",\"PIPED THROUGH\\n\""), "{last}");
+    assert!(last.contains("\"m\",\"exit 0\""), "{last}");
+
+    let replay =
+        s.gw.cli(&["replay", &session, "--dir", recordings.to_str().unwrap(), "--no-delay"])
+            .unwrap();
+    assert!(replay.status.success(), "{}", stderr(&replay));
+    assert_eq!(stdout(&replay), "hi\nto-stderr\nPIPED THROUGH\n");
+}
+
+#[test]
+fn exec_refusals_spdy_and_broken_upgrades_never_open_a_stream() {
+    let s = setup();
+    let agent = s.gw.mint("agent-7", &[], true).unwrap();
+    let out = s.kubectl(&agent, &["exec", "-n", "shop", "web-0", "--", "echo", "hi"]);
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(err.contains("Error from server (Forbidden)"), "{err}");
+    assert!(err.contains("agent-kube-read-only"), "{err}");
+    assert!(s.api.seen().iter().all(|r| !r.path_and_query.contains("/exec")));
+
+    let ops = s.gw.mint("olga", &["ops"], false).unwrap();
+    let exec = "/clusters/dev/api/v1/namespaces/shop/pods/web-0/exec?command=sh&stdin=true&stdout=true";
+    let websocket = [
         "Connection: Upgrade",
         "Upgrade: websocket",
         "Sec-WebSocket-Version: 13",
         "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==",
+        "Sec-WebSocket-Protocol: v5.channel.k8s.io",
     ];
-    let agent = s.gw.mint("agent-7", &[], true).unwrap();
-    let (code, _, body) = s.curl(Some(&agent), exec, &upgrade);
-    assert_eq!(code, 403, "{body}");
-    assert!(body.contains("agent-kube-read-only"), "{body}");
-    let ops = s.gw.mint("olga", &["ops"], false).unwrap();
-    let (code, _, body) = s.curl(Some(&ops), exec, &upgrade);
-    assert_eq!(code, 403, "{body}");
-    assert!(body.contains("needs approval by group ops-leads"), "{body}");
-    assert!(s.api.seen().iter().all(|r| !r.path_and_query.contains("/exec")));
-    let records = s.wait_audit(|r| r.iter().filter(|e| e["verb"] == "exec").count() >= 2);
-    let decisions: Vec<_> = records
+    let (code, _, body) = s.curl(
+        Some(&ops),
+        exec,
+        &[
+            "Connection: Upgrade",
+            "Upgrade: SPDY/3.1",
+            "X-Stream-Protocol-Version: v4.channel.k8s.io",
+        ],
+    );
+    assert_eq!(code, 400, "{body}");
+    assert!(body.contains("use a client that speaks WebSocket"), "{body}");
+
+    let (code, _, body) = s.curl(
+        Some(&ops),
+        "/clusters/dev/api/v1/namespaces/shop/pods/web-0/exec?command=sh&stdout=true",
+        &[&websocket[..4], &["Sec-WebSocket-Protocol: v4.base64.channel.k8s.io"]].concat(),
+    );
+    assert_eq!(code, 400, "{body}");
+    assert!(body.contains("v5.channel.k8s.io, v4.channel.k8s.io"), "{body}");
+
+    // The API server's own refusal comes back as it is.
+    let (code, _, body) = s.curl(
+        Some(&ops),
+        "/clusters/dev/api/v1/namespaces/shop/pods/nope/exec?command=sh&stdout=true",
+        &websocket,
+    );
+    assert_eq!(code, 404, "{body}");
+    assert!(body.contains("NotFound") && body.contains("nope"), "{body}");
+
+    // An upgrade answered with 200 is an error, never a tunnel.
+    let (code, _, body) = s.curl(Some(&ops), &format!("{exec}&container=answers-200"), &websocket);
+    assert_eq!(code, 502, "{body}");
+    assert!(body.contains("not 101 Switching Protocols"), "{body}");
+    assert!(!body.contains("this is not a tunnel"), "{body}");
+
+    let records = s.wait_audit(|r| r.iter().filter(|e| e["verb"] == "exec").count() >= 6);
+    let statuses: Vec<_> = records
         .iter()
         .filter(|e| e["verb"] == "exec")
-        .map(|e| e["decision"].clone())
+        .map(|e| e["status"].as_u64().unwrap())
         .collect();
-    assert_eq!(
-        decisions,
-        [serde_json::json!("deny"), serde_json::json!("needs_approval")]
-    );
+    assert!(statuses.iter().all(|s| *s != 101), "{statuses:?}");
 }
 
 #[test]
@@ -568,4 +776,160 @@ fn check_config_loads_the_clusters_credentials() {
         "{}",
         stderr(&out)
     );
+}
+
+#[test]
+fn prod_writes_and_exec_wait_for_approval_and_go_through_exactly_as_approved() {
+    let s = setup();
+    let ops = s.gw.mint("olga", &["ops"], false).unwrap();
+    let lead = s.gw.mint("lena", &["ops-leads"], false).unwrap();
+    let manifest = s.dir.path().join("cm.yaml");
+    std::fs::write(
+        &manifest,
+        "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: release\n  namespace: shop\ndata:\n  version: \"42\"\n",
+    )
+    .unwrap();
+    let apply = Killed(
+        s.kubectl_prod(&ops, &["apply", "--validate=false", "-f", manifest.to_str().unwrap()])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let pending = s.pending(&lead, 1);
+    let request = &pending[0];
+    let shown = request["request"].as_str().unwrap();
+    assert!(
+        shown.starts_with("create configmaps in namespace shop on cluster prod: POST"),
+        "{shown}"
+    );
+    assert!(shown.contains("SHA-256"), "{shown}");
+    assert_eq!(request["approver_group"], "ops-leads");
+    // Nothing reached the API server while it waited.
+    assert!(s.api.object("configmaps", "shop", "release").is_none());
+    let id = request["id"].as_str().unwrap().to_string();
+    let out = s.approvals(&lead, &["approve", &id, "--reason", "release 42"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let mut apply = apply;
+    let out = output_of(&mut apply);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stdout(&out).contains("configmap/release created"), "{}", stdout(&out));
+    assert_eq!(
+        s.api.object("configmaps", "shop", "release").unwrap()["data"]["version"],
+        "42"
+    );
+
+    // Denied: kubectl prints the approver's reason as a Forbidden error.
+    let mut delete = Killed(
+        s.kubectl_prod(&ops, &["delete", "configmap", "release", "-n", "shop", "--wait=false"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let id = s.pending(&lead, 1)[0]["id"].as_str().unwrap().to_string();
+    let out = s.approvals(&lead, &["deny", &id, "--reason", "release freeze"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let out = output_of(&mut delete);
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("Error from server (Forbidden)"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(stderr(&out).contains("release freeze"), "{}", stderr(&out));
+    assert!(s.api.object("configmaps", "shop", "release").is_some());
+
+    // exec on prod waits too, and runs once approved.
+    let mut exec = Killed(
+        s.kubectl_prod(&ops, &["exec", "-n", "shop", "web-0", "--", "echo", "approved"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let pending = s.pending(&lead, 1);
+    assert!(
+        pending[0]["request"]
+            .as_str()
+            .unwrap()
+            .starts_with("exec pods/exec shop/web-0"),
+        "{pending:?}"
+    );
+    let id = pending[0]["id"].as_str().unwrap().to_string();
+    assert!(s.approvals(&lead, &["approve", &id]).status.success());
+    let out = output_of(&mut exec);
+    assert_eq!(stdout(&out), "approved\n", "{}", stderr(&out));
+
+    // A client that gives up withdraws its request; nothing is sent.
+    let gone = Killed(
+        s.kubectl_prod(&ops, &["delete", "configmap", "release", "-n", "shop", "--wait=false"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let id = s.pending(&lead, 1)[0]["id"].as_str().unwrap().to_string();
+    drop(gone);
+    let withdrawn = s.gw.wait_for(Duration::from_secs(10), || {
+        let out = s.approvals(&lead, &["show", &id, "--json"]);
+        serde_json::from_slice::<serde_json::Value>(&out.stdout).is_ok_and(|v| v["state"] == "withdrawn")
+    });
+    assert!(withdrawn, "{}", s.gw.log());
+    assert!(s.api.object("configmaps", "shop", "release").is_some());
+    assert!(s.gw.log().contains("waiting for approval"), "{}", s.gw.log());
+}
+
+/// The Python `kubernetes` client (PyPI), pointed at the gateway with a bearer token.
+const PYTHON_CLIENT: &str = r#"
+import json, os, sys
+from kubernetes import client
+from kubernetes.client.rest import ApiException
+from kubernetes.stream import stream
+
+def api(token):
+    cfg = client.Configuration()
+    cfg.host = os.environ["GW_URL"]
+    cfg.ssl_ca_cert = os.environ["GW_CA"]
+    cfg.api_key = {"authorization": "Bearer " + token}
+    return client.CoreV1Api(client.ApiClient(cfg))
+
+ops, agent = api(os.environ["OPS_TOKEN"]), api(os.environ["AGENT_TOKEN"])
+out = {}
+out["pods"] = [p.metadata.name for p in ops.list_namespaced_pod("shop").items]
+out["secret"] = ops.read_namespaced_secret("db", "shop").data
+try:
+    agent.delete_namespaced_pod("web-0", "shop")
+    out["delete"] = "allowed"
+except ApiException as e:
+    out["delete"] = {"status": e.status, "message": json.loads(e.body)["message"]}
+out["exec"] = stream(ops.connect_get_namespaced_pod_exec, "web-0", "shop",
+                     command=["sh", "-c", "echo hi from python"],
+                     stderr=True, stdin=False, stdout=True, tty=False)
+print(json.dumps(out))
+"#;
+
+#[test]
+fn the_python_client_lists_reads_masked_is_refused_and_execs() {
+    let s = setup();
+    let ops = s.gw.mint("olga", &["ops"], false).unwrap();
+    let agent = s.gw.mint("agent-7", &[], true).unwrap();
+    let out = Command::new("python3")
+        .args(["-c", PYTHON_CLIENT])
+        .env("GW_URL", format!("https://127.0.0.1:{}/clusters/dev", s.port))
+        .env("GW_CA", &s.certs.ca_cert)
+        .env("OPS_TOKEN", &ops)
+        .env("AGENT_TOKEN", &agent)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}\n{}", stderr(&out), s.gw.log());
+    let result: serde_json::Value = serde_json::from_str(stdout(&out).trim()).unwrap();
+    assert_eq!(result["pods"], serde_json::json!(["web-0"]));
+    assert_eq!(result["secret"]["password"], MASKED);
+    assert_eq!(result["delete"]["status"], 403);
+    let message = result["delete"]["message"].as_str().unwrap();
+    assert!(message.contains("agent-kube-read-only"), "{message}");
+    assert_eq!(result["exec"], "hi from python\n");
+    assert!(s.api.object("pods", "shop", "web-0").is_some());
 }

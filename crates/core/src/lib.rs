@@ -8,6 +8,7 @@ mod credentials;
 mod error;
 mod gateway;
 mod metrics;
+pub mod recording;
 mod session;
 mod throttle;
 

@@ -163,7 +163,7 @@ async fn serve(config: Config, policy: PolicyEngine) -> anyhow::Result<()> {
     }
 
     if let Some(kube) = &config.kube {
-        frontends.push(start_kube(&gateway, kube, shutdown_rx.clone()).await?);
+        frontends.push(start_kube(&gateway, kube, &config.recordings_dir(), shutdown_rx.clone()).await?);
     }
     let mut ssh_ca = None;
     if let Some(ssh) = &config.ssh {
@@ -209,13 +209,14 @@ async fn serve(config: Config, policy: PolicyEngine) -> anyhow::Result<()> {
 async fn start_kube(
     gateway: &Arc<Gateway>,
     kube: &gatehouse_kube::KubeConfig,
+    recordings: &std::path::Path,
     shutdown: watch::Receiver<bool>,
 ) -> anyhow::Result<tokio::task::JoinHandle<()>> {
     let tls = match (&kube.tls_cert, &kube.tls_key) {
         (Some(cert), Some(key)) => Some(crate::tls::server_config(cert, key, &[b"http/1.1"])?),
         _ => None,
     };
-    let frontend = gatehouse_kube::KubeFrontend::new(Arc::clone(gateway), kube, tls)
+    let frontend = gatehouse_kube::KubeFrontend::new(Arc::clone(gateway), kube, tls, recordings)
         .await
         .map_err(|message| ConfigError {
             path: "[kube]".into(),

@@ -7,7 +7,9 @@ pub mod config;
 pub mod secrets;
 pub mod server;
 pub mod status;
+pub mod tunnel;
 pub mod upstream;
+pub mod websocket;
 
 pub use attributes::{Attributes, PathError, PathKind};
 pub use config::{KubeCluster, KubeConfig};

@@ -5,6 +5,7 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
@@ -12,7 +13,8 @@ use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
 use gatehouse_audit::AuditEvent;
-use gatehouse_core::{Gateway, Protocol, Refusal, RefusalKind, Session};
+use gatehouse_core::recording::Recorder;
+use gatehouse_core::{Gateway, Protocol, Refusal, RefusalKind, Session, Verdict};
 use gatehouse_mask::{DataClass, MaskCounts};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Request, Response, StatusCode};
@@ -21,13 +23,14 @@ use http_body_util::{BodyExt as _, Full, Limited};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{Semaphore, watch};
+use tokio::sync::{Semaphore, oneshot, watch};
 use tokio_rustls::TlsAcceptor;
 
 use crate::attributes::{Attributes, PathKind};
 use crate::config::KubeConfig;
 use crate::secrets::{self, MaskError, WatchMasker};
 use crate::status::Status;
+use crate::tunnel::{self, TunnelEnd};
 use crate::upstream::{Body, BoxError, Upstream};
 
 /// Largest request head (request line and headers) a client may send.
@@ -61,7 +64,21 @@ pub struct KubeFrontend {
     limit: Arc<Semaphore>,
     max_request_body: usize,
     max_json_buffer: usize,
+    /// Where exec and attach recordings go (the gateway's `state_dir/recordings`).
+    recordings: PathBuf,
 }
+
+/// The WebSocket subprotocols relayed for exec and attach: the binary channel protocols,
+/// whose frames the recording reads. The base64 variants are not offered upstream.
+const CHANNEL_PROTOCOLS: [&str; 2] = ["v5.channel.k8s.io", "v4.channel.k8s.io"];
+/// The WebSocket subprotocols relayed for port-forward (not recorded: raw TCP bytes).
+/// kubectl 1.31+ tunnels SPDY inside WebSocket (`SPDY/3.1+portforward.k8s.io`); the frames
+/// are still WebSocket frames between the client and the API server.
+const PORTFORWARD_PROTOCOLS: [&str; 3] = [
+    "SPDY/3.1+portforward.k8s.io",
+    "v2.portforward.k8s.io",
+    "portforward.k8s.io",
+];
 
 /// Sessions by (token, cluster). HTTP carries the token in every request; authenticating
 /// and opening a session per request would make every API call a new audited session and
@@ -86,15 +103,27 @@ struct Record {
     policies: Vec<String>,
     reason: Option<String>,
     masked: Option<Arc<Mutex<MaskCounts>>>,
+    /// For exec, attach and port-forward: how the tunnel ended, once it has.
+    tunnel: Option<oneshot::Receiver<TunnelEnd>>,
 }
 
 impl KubeFrontend {
-    /// Loads every cluster's credential; `tls` is the listener's rustls config, if any.
+    /// Loads every cluster's credential; `tls` is the listener's rustls config, if any;
+    /// exec and attach recordings are written to `recordings` (created 0700 if missing).
     pub async fn new(
         gateway: Arc<Gateway>,
         config: &KubeConfig,
         tls: Option<Arc<rustls::ServerConfig>>,
+        recordings: &Path,
     ) -> Result<Self, String> {
+        {
+            use std::os::unix::fs::DirBuilderExt as _;
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(recordings)
+                .map_err(|e| format!("cannot create {}: {e}", recordings.display()))?;
+        }
         let mut clusters = HashMap::new();
         for cluster in &config.clusters {
             let upstream = Upstream::load(cluster).await?;
@@ -112,6 +141,7 @@ impl KubeFrontend {
             limit: Arc::new(Semaphore::new(config.max_connections)),
             max_request_body: config.max_request_body,
             max_json_buffer: config.max_json_buffer,
+            recordings: recordings.to_path_buf(),
         })
     }
 
@@ -177,7 +207,7 @@ impl KubeFrontend {
             .timer(TokioTimer::new())
             .header_read_timeout(Duration::from_secs(30))
             .max_buf_size(MAX_HEAD);
-        let conn = builder.serve_connection(TokioIo::new(stream), service);
+        let conn = builder.serve_connection(TokioIo::new(stream), service).with_upgrades();
         tokio::pin!(conn);
         tokio::select! {
             result = conn.as_mut() => {
@@ -209,6 +239,7 @@ impl KubeFrontend {
             policies: Vec::new(),
             reason: None,
             masked: None,
+            tunnel: None,
         };
         let (response, deadline) = match self.route(request, peer, &mut record).await {
             Ok(response) => {
@@ -284,6 +315,7 @@ impl KubeFrontend {
         }
         let attrs = Attributes::parse(request.method().as_str(), api_path, request.uri().query())
             .map_err(|e| Status::bad_request(format!("gatehouse: request refused: {e}")))?;
+        let mut request = request.map(|body| body.map_err(BoxError::from).boxed());
         record.path = attrs.path.clone();
         record.verb = attrs.action.to_string();
         record.attributes = attrs.context();
@@ -291,8 +323,16 @@ impl KubeFrontend {
         if attrs.kind == PathKind::Discovery {
             record.decision = "allow";
         } else {
-            let permit = match session.authorize(attrs.action, attrs.context()).await {
-                Ok(permit) => permit,
+            let verdict = session.decide(attrs.action, attrs.context()).await;
+            let permit = match verdict {
+                Ok(Verdict::Permit(permit)) => permit,
+                Ok(Verdict::NeedsApproval(needed)) => {
+                    let (permit, held) = self
+                        .wait_for_approval(request, &attrs, &session, needed, record)
+                        .await?;
+                    request = held;
+                    permit
+                }
                 Err(refusal) => {
                     record.request = refusal.request;
                     record.policies = refusal.policies.clone();
@@ -308,15 +348,16 @@ impl KubeFrontend {
             record.policies = permit.policies().to_vec();
             record.decision = "allow";
         }
-        if request.headers().contains_key(header::UPGRADE) {
-            return Err(Status::forbidden(
-                "gatehouse: exec, attach and port-forward streams are not relayed by this gateway yet",
-            ));
-        }
         let Some(upstream) = self.clusters.get(cluster) else {
             // The core knows the target, so config wiring guarantees an upstream for it.
             return Err(refusal_status(&Refusal::access_denied()));
         };
+        if request.headers().contains_key(header::UPGRADE) {
+            let client_upgrade = hyper::upgrade::on(&mut request);
+            return self
+                .open_tunnel(request, client_upgrade, &attrs, &session, upstream, record)
+                .await;
+        }
 
         let mask = attrs.may_carry_secrets() && session.masker().await.masks(DataClass::Secret);
         let forwarded = self.forward_request(request, &attrs, mask).await?;
@@ -360,12 +401,198 @@ impl KubeFrontend {
         Ok(self.sessions.insert(key, session).await)
     }
 
+    /// exec, attach and port-forward: a WebSocket upgrade relayed to the API server with the
+    /// gateway's credential. Only a `101` from the API server opens the tunnel; any other
+    /// answer goes back to the client as an error. exec and attach are recorded.
+    async fn open_tunnel(
+        &self,
+        request: Request<Body>,
+        client_upgrade: hyper::upgrade::OnUpgrade,
+        attrs: &Attributes,
+        session: &Session,
+        upstream: &crate::upstream::Upstream,
+        record: &mut Record,
+    ) -> Result<Response<Body>, Status> {
+        let kind = request
+            .headers()
+            .get(header::UPGRADE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_string();
+        if kind.to_ascii_lowercase().starts_with("spdy/") {
+            return Err(Status::bad_request(
+                "gatehouse: SPDY streams cannot be recorded, so the gateway does not relay them; use a client that speaks WebSocket (kubectl 1.30 or later, the Python kubernetes client's stream())",
+            ));
+        }
+        if !kind.eq_ignore_ascii_case("websocket") {
+            return Err(Status::bad_request(format!(
+                "gatehouse: only WebSocket upgrades are relayed, not {kind:?}"
+            )));
+        }
+        let recorded = matches!(attrs.subresource.as_deref(), Some("exec" | "attach"));
+        let allowed: &[&str] = match attrs.subresource.as_deref() {
+            Some("exec" | "attach") if attrs.resource == "pods" => &CHANNEL_PROTOCOLS,
+            Some("portforward") if attrs.resource == "pods" => &PORTFORWARD_PROTOCOLS,
+            _ => {
+                return Err(Status::bad_request(
+                    "gatehouse: upgrades are relayed only for pods/exec, pods/attach and pods/portforward",
+                ));
+            }
+        };
+        let offered: Vec<String> = request
+            .headers()
+            .get_all(header::SEC_WEBSOCKET_PROTOCOL)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .map(|p| p.trim().to_string())
+            .filter(|p| allowed.contains(&p.as_str()))
+            .collect();
+        if offered.is_empty() {
+            return Err(Status::bad_request(format!(
+                "gatehouse: offer one of the WebSocket subprotocols {} (Sec-WebSocket-Protocol)",
+                allowed.join(", ")
+            )));
+        }
+        let tty = request
+            .uri()
+            .query()
+            .unwrap_or("")
+            .split('&')
+            .any(|p| p == "tty=true" || p == "tty=1");
+        let mut forwarded = self.forward_request(request, attrs, false).await?;
+        let headers = forwarded.headers_mut();
+        headers.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
+        headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+        // Compressed frames could not be read for the recording.
+        headers.remove(header::SEC_WEBSOCKET_EXTENSIONS);
+        headers.remove(header::SEC_WEBSOCKET_PROTOCOL);
+        headers.insert(
+            header::SEC_WEBSOCKET_PROTOCOL,
+            HeaderValue::from_str(&offered.join(", "))
+                .map_err(|_| Status::bad_request("gatehouse: bad subprotocol"))?,
+        );
+        let cluster = record.target.clone();
+        let mut response = match tokio::time::timeout(UPSTREAM_HEAD_TIMEOUT, upstream.send(forwarded)).await {
+            Ok(Ok(response)) => response,
+            Ok(Err(error)) => {
+                tracing::warn!(session = %session.id(), cluster, %error, "Kubernetes API server upgrade failed.");
+                session
+                    .target_error(format!("API server request failed: {error}"))
+                    .await;
+                return Err(Status::unavailable(format!(
+                    "gatehouse: the API server of cluster {cluster} cannot be reached"
+                )));
+            }
+            Err(_) => {
+                return Err(Status::new(
+                    504,
+                    "Timeout",
+                    "gatehouse: the API server did not answer the upgrade in time",
+                ));
+            }
+        };
+        let code = response.status();
+        if code != StatusCode::SWITCHING_PROTOCOLS {
+            // Never a tunnel: the API server's own refusal goes back as it is; a success
+            // that is not a switch is a broken upgrade.
+            tracing::info!(session = %session.id(), cluster, status = code.as_u16(), "The API server refused an upgrade.");
+            if code.is_client_error() || code.is_server_error() {
+                return Ok(pass_through(response));
+            }
+            return Err(Status::bad_gateway(format!(
+                "gatehouse: the API server answered the upgrade with {code}, not 101 Switching Protocols; no stream was opened"
+            )));
+        }
+        let chosen = response
+            .headers()
+            .get(header::SEC_WEBSOCKET_PROTOCOL)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string);
+        let is_websocket = response
+            .headers()
+            .get(header::UPGRADE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.eq_ignore_ascii_case("websocket"));
+        if !is_websocket || !chosen.as_ref().is_some_and(|c| offered.contains(c)) {
+            return Err(Status::bad_gateway(
+                "gatehouse: the API server switched to a protocol the client did not offer; no stream was opened",
+            ));
+        }
+        let upstream_upgrade = hyper::upgrade::on(&mut response);
+        let recorder = if recorded {
+            let path = self
+                .recordings
+                .join(format!("{}-{}.cast", session.id(), record.request.unwrap_or(0)));
+            let title = format!(
+                "{} {} {}/{} on {} ({})",
+                session.identity().display_name(),
+                attrs.subresource.as_deref().unwrap_or(""),
+                attrs.namespace.as_deref().unwrap_or(""),
+                attrs.name.as_deref().unwrap_or(""),
+                cluster,
+                session.id()
+            );
+            match Recorder::create(&path, 80, 24, if tty { "xterm" } else { "dumb" }, &title) {
+                Ok(r) => Some(r),
+                Err(error) => {
+                    tracing::error!(%error, path = %path.display(), "Cannot create the exec recording; refusing the stream.");
+                    return Err(Status::unavailable(
+                        "gatehouse: the gateway cannot record this stream, so it is refused",
+                    ));
+                }
+            }
+        } else {
+            None
+        };
+        let mut answer = Response::new(Full::new(Bytes::new()).map_err(|never| match never {}).boxed());
+        *answer.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+        for name in [
+            header::UPGRADE,
+            header::CONNECTION,
+            header::SEC_WEBSOCKET_ACCEPT,
+            header::SEC_WEBSOCKET_PROTOCOL,
+        ] {
+            if let Some(value) = response.headers().get(&name) {
+                answer.headers_mut().insert(name, value.clone());
+            }
+        }
+        let (done, ended) = oneshot::channel();
+        record.tunnel = Some(ended);
+        let gateway = Arc::clone(&self.gateway);
+        let session = session.clone();
+        tokio::spawn(async move {
+            let (client, upstream) = match tokio::join!(client_upgrade, upstream_upgrade) {
+                (Ok(c), Ok(u)) => (c, u),
+                (c, u) => {
+                    let why = c.err().or(u.err()).map(|e| e.to_string()).unwrap_or_default();
+                    let _ = done.send(TunnelEnd {
+                        error: Some(format!("the upgrade did not complete: {why}")),
+                        ..TunnelEnd::default()
+                    });
+                    if let Some(r) = recorder {
+                        finish_recording(&gateway, &session, r).await;
+                    }
+                    return;
+                }
+            };
+            tracing::info!(session = %session.id(), "Kubernetes stream opened.");
+            let (end, recorder) = tunnel::relay(client, upstream, recorder, session.time_left()).await;
+            if let Some(r) = recorder {
+                finish_recording(&gateway, &session, r).await;
+            }
+            tracing::info!(session = %session.id(), bytes_in = end.bytes_in, bytes_out = end.bytes_out, exit = ?end.exit, "Kubernetes stream closed.");
+            let _ = done.send(end);
+        });
+        Ok(answer)
+    }
+
     /// The request the API server gets: canonical path, no caller credential, no
     /// impersonation, JSON-only `Accept` when Secrets may come back, and a write body that
     /// was checked for masking placeholders.
     async fn forward_request(
         &self,
-        request: Request<Incoming>,
+        request: Request<Body>,
         attrs: &Attributes,
         mask: bool,
     ) -> Result<Request<Body>, Status> {
@@ -385,40 +612,11 @@ impl KubeFrontend {
                 HeaderValue::from_str(&accept).unwrap_or(HeaderValue::from_static("application/json")),
             );
         }
-        let body: Body = if matches!(parts.method.as_str(), "POST" | "PUT" | "PATCH") {
-            if parts
-                .headers
-                .get(header::CONTENT_ENCODING)
-                .is_some_and(|e| e.as_bytes() != b"identity")
-            {
-                return Err(Status::new(
-                    415,
-                    "UnsupportedMediaType",
-                    "gatehouse: compressed request bodies are not accepted",
-                ));
-            }
-            let bytes = Limited::new(body, self.max_request_body)
-                .collect()
-                .await
-                .map_err(|_| {
-                    Status::new(
-                        413,
-                        "RequestEntityTooLarge",
-                        format!(
-                            "gatehouse: the request body is larger than {} bytes (kube.max_request_body)",
-                            self.max_request_body
-                        ),
-                    )
-                })?
-                .to_bytes();
-            if secrets::carries_placeholder(&bytes) {
-                return Err(Status::bad_request(
-                    "gatehouse: the request body carries the Secret masking placeholder; writing it would replace real Secret values with masked ones. Apply the real values from their source instead",
-                ));
-            }
+        let body: Body = if is_write(&parts.method) {
+            let bytes = self.read_write_body(&parts.headers, body).await?;
             Full::new(bytes).map_err(|never| match never {}).boxed()
         } else {
-            body.map_err(BoxError::from).boxed()
+            body
         };
         let mut forwarded = Request::new(body);
         *forwarded.method_mut() = parts.method;
@@ -428,6 +626,120 @@ impl KubeFrontend {
             .map_err(|_| Status::bad_request("gatehouse: the request path cannot be forwarded"))?;
         *forwarded.headers_mut() = headers;
         Ok(forwarded)
+    }
+
+    /// A create/update/patch body, read whole (bounded by `max_request_body`): refused when
+    /// compressed or when it carries the masking placeholder.
+    async fn read_write_body(&self, headers: &HeaderMap, body: Body) -> Result<Bytes, Status> {
+        if headers
+            .get(header::CONTENT_ENCODING)
+            .is_some_and(|e| e.as_bytes() != b"identity")
+        {
+            return Err(Status::new(
+                415,
+                "UnsupportedMediaType",
+                "gatehouse: compressed request bodies are not accepted",
+            ));
+        }
+        // Read frame by frame: `Limited` over a boxed error trips rustc's `Send` inference
+        // inside the hyper service.
+        let mut body = body;
+        let mut buf = Vec::new();
+        while let Some(frame) = body.frame().await {
+            let frame =
+                frame.map_err(|e| Status::bad_request(format!("gatehouse: reading the request body failed: {e}")))?;
+            if let Ok(data) = frame.into_data() {
+                if buf.len() + data.len() > self.max_request_body {
+                    return Err(Status::new(
+                        413,
+                        "RequestEntityTooLarge",
+                        format!(
+                            "gatehouse: the request body is larger than {} bytes (kube.max_request_body)",
+                            self.max_request_body
+                        ),
+                    ));
+                }
+                buf.extend_from_slice(&data);
+            }
+        }
+        let bytes = Bytes::from(buf);
+        if secrets::carries_placeholder(&bytes) {
+            return Err(Status::bad_request(
+                "gatehouse: the request body carries the Secret masking placeholder; writing it would replace real Secret values with masked ones. Apply the real values from their source instead",
+            ));
+        }
+        Ok(bytes)
+    }
+
+    /// Holds a request that policy wants approved: the approvers see its verb, object and
+    /// (for writes) the SHA-256 of its body, and the approval is bound to the exact method,
+    /// path, query and body. The client's HTTP request stays open meanwhile; once approved
+    /// the request is forwarded exactly as approved. A client that goes away drops this
+    /// future, which withdraws the approval request.
+    async fn wait_for_approval(
+        &self,
+        request: Request<Body>,
+        attrs: &Attributes,
+        session: &Session,
+        needed: gatehouse_core::ApprovalNeeded,
+        record: &mut Record,
+    ) -> Result<(gatehouse_core::Permit, Request<Body>), Status> {
+        record.request = Some(needed.request());
+        record.policies = needed.policies().to_vec();
+        record.decision = "needs_approval";
+        // Read whole before holding, whatever the method (a DELETE carries DeleteOptions):
+        // the approval binds it, and with nothing left to read the HTTP server notices a
+        // client that goes away while it waits.
+        let (parts, body) = request.into_parts();
+        let body = self.read_write_body(&parts.headers, body).await?;
+        let target = attrs.path_and_query();
+        let mut exact = format!("{} {target}\n", parts.method).into_bytes();
+        exact.extend_from_slice(&body);
+        let object = match (&attrs.namespace, &attrs.name) {
+            (Some(ns), Some(name)) => format!(" {ns}/{name}"),
+            (Some(ns), None) => format!(" in namespace {ns}"),
+            (None, Some(name)) => format!(" {name}"),
+            (None, None) => String::new(),
+        };
+        let resource = match &attrs.subresource {
+            Some(sub) => format!("{}/{sub}", attrs.resource),
+            None => attrs.resource.clone(),
+        };
+        let mut shown = format!(
+            "{verb} {resource}{object} on cluster {cluster}: {method} {target}",
+            verb = attrs.action,
+            cluster = record.target,
+            method = parts.method,
+        );
+        if !body.is_empty() {
+            let sha = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, &body);
+            let hex: String = sha.as_ref().iter().map(|b| format!("{b:02x}")).collect();
+            shown.push_str(&format!(" (body {} bytes, SHA-256 {hex})", body.len()));
+        }
+        let held = session.hold(vec![needed], &shown, &exact).await.map_err(|r| {
+            record.reason = Some(r.message.clone());
+            refusal_status(&r)
+        })?;
+        tracing::info!(session = %session.id(), approval = held.id(), request = %shown, "{}", held.notice());
+        match held.wait().await {
+            Ok(mut permits) => {
+                let Some(permit) = permits.pop() else {
+                    return Err(refusal_status(&Refusal::access_denied()));
+                };
+                record.decision = "allow";
+                record.request = Some(permit.request());
+                record.policies = permit.policies().to_vec();
+                let body = Full::new(body).map_err(|never| match never {}).boxed();
+                Ok((permit, Request::from_parts(parts, body)))
+            }
+            Err(refusal) => {
+                record.decision = match refusal.kind {
+                    RefusalKind::Denied => "deny",
+                    _ => "refused",
+                };
+                Err(refusal_status(&refusal))
+            }
+        }
     }
 
     /// A response that may carry Secrets: buffered and masked whole, or masked event by
@@ -634,11 +946,32 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
     }
 }
 
+async fn finish_recording(gateway: &Gateway, session: &Session, recorder: Recorder) {
+    match recorder.finish() {
+        Ok(written) => {
+            let event = AuditEvent::RecordingWritten {
+                session: session.id().into(),
+                path: written.path.display().to_string(),
+                bytes: written.bytes,
+                sha256: written.sha256,
+            };
+            if let Err(error) = gateway.audit().append(event).await {
+                tracing::error!(%error, "Audit write of a recording failed.");
+            }
+        }
+        Err(error) => tracing::error!(%error, "Closing the exec recording failed."),
+    }
+}
+
 /// A response that carries no Secrets: streamed as it comes (watch and logs unbuffered).
 fn pass_through(response: Response<Incoming>) -> Response<Body> {
     let (mut parts, body) = response.into_parts();
     strip_hop_by_hop(&mut parts.headers);
     Response::from_parts(parts, body.map_err(BoxError::from).boxed())
+}
+
+fn is_write(method: &http::Method) -> bool {
+    matches!(method.as_str(), "POST" | "PUT" | "PATCH")
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -719,11 +1052,26 @@ impl Metered {
         let bytes = self.bytes;
         let status = self.status;
         let duration_ms = u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX);
-        let reason = record.reason.clone().or_else(|| reason.map(str::to_string));
+        let mut reason = record.reason.clone().or_else(|| reason.map(str::to_string));
+        let started = self.started;
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
             return;
         };
         runtime.spawn(async move {
+            let mut record = record;
+            let (mut bytes, mut duration_ms) = (bytes, duration_ms);
+            if let Some(ended) = record.tunnel.take() {
+                // The request lasts as long as its stream: audited when the stream closes.
+                let end = ended.await.unwrap_or_default();
+                bytes += end.bytes_in + end.bytes_out;
+                duration_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
+                reason = match (end.exit, end.error) {
+                    (Some(exit), None) => Some(exit),
+                    (Some(exit), Some(error)) => Some(format!("{exit}; {error}")),
+                    (None, Some(error)) => Some(error),
+                    (None, None) => None,
+                };
+            }
             let counts = record.masked.as_ref().map(|c| lock(c).clone()).unwrap_or_default();
             if let (Some(session), Some(request)) = (&record.session, record.request) {
                 session.record_masking(request, &counts).await;

@@ -1,6 +1,7 @@
 //! A small Kubernetes API server for tests (no real one can be installed on these machines):
 //! HTTPS with its own CA, the real API shapes for discovery, namespaces, pods, secrets and
-//! configmaps (get, list, watch, create, update, merge patch, delete, Table output, gzip), and
+//! configmaps (get, list, watch, create, update, merge patch, delete, Table output, gzip),
+//! exec and attach over WebSocket running a real local process (see `kube_exec`), and
 //! a bearer token that only the gateway's kubeconfig holds. It records every request's
 //! credentials and `Accept` so that tests can prove what the gateway forwarded. Test-only:
 //! it lives in the testkit, never in the product.
@@ -40,6 +41,9 @@ pub struct SeenRequest {
     pub accept: Option<String>,
     /// Every `Impersonate-*` header, as `name: value`.
     pub impersonation: Vec<String>,
+    /// The `Upgrade` header and the offered `Sec-WebSocket-Protocol`s, for exec and friends.
+    pub upgrade: Option<String>,
+    pub protocols: Option<String>,
 }
 
 /// A running test API server; stopped on drop.
@@ -249,13 +253,14 @@ async fn serve(
             });
             let _ = hyper::server::conn::http1::Builder::new()
                 .serve_connection(TokioIo::new(stream), service)
+                .with_upgrades()
                 .await;
         });
     }
     tasks.abort_all();
 }
 
-type Body = http_body_util::combinators::BoxBody<Bytes, Infallible>;
+pub(crate) type Body = http_body_util::combinators::BoxBody<Bytes, Infallible>;
 
 fn json_response(code: u16, value: &Value) -> Response<Body> {
     bytes_response(code, "application/json", Bytes::from(value.to_string()))
@@ -404,10 +409,30 @@ impl State {
                 .filter(|(n, _)| n.as_str().starts_with("impersonate-"))
                 .map(|(n, v)| format!("{n}: {}", v.to_str().unwrap_or("?")))
                 .collect(),
+            upgrade: text("upgrade"),
+            protocols: text("sec-websocket-protocol"),
         };
         lock(&self.seen).push(seen.clone());
         if seen.authorization.as_deref() != Some(&format!("Bearer {}", self.token)) {
             return status(401, "Unauthorized", "Unauthorized");
+        }
+        if let [
+            "",
+            "api",
+            "v1",
+            "namespaces",
+            ns,
+            "pods",
+            pod,
+            sub @ ("exec" | "attach"),
+        ] = request.uri().path().split('/').collect::<Vec<_>>().as_slice()
+        {
+            let key = ("pods".to_string(), ns.to_string(), pod.to_string());
+            if !lock(&self.store).objects.contains_key(&key) {
+                return status(404, "NotFound", &format!("pods \"{pod}\" not found"));
+            }
+            let exec = crate::kube_exec::ExecRequest::parse(request.uri().query().unwrap_or(""), *sub == "attach");
+            return crate::kube_exec::upgrade(request, exec);
         }
         let accept = seen.accept.clone().unwrap_or_default();
         let query: BTreeMap<String, String> = request
@@ -718,7 +743,7 @@ fn encode_code(code: u16, value: &Value, format: &Format) -> Response<Body> {
     bytes_response(code, "application/json", text.into())
 }
 
-fn decode(s: &str) -> String {
+pub(crate) fn decode(s: &str) -> String {
     let s = s.replace('+', " ");
     let bytes = s.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());

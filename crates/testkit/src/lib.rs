@@ -3,6 +3,7 @@
 
 pub mod gateway;
 pub mod kube;
+mod kube_exec;
 pub mod postgres;
 pub mod sshd;
 pub mod tls;
