@@ -9,6 +9,11 @@
 # binaries, psql, pgbench and curl; pgbouncer (session mode) is compared when installed.
 # DURATION (seconds per run, default 15), SCALE (pgbench scale factor, default 10), CLIENTS
 # (default 8), THREADS (default 2) and MODES (default "simple extended prepared") tune it.
+#
+# CALLGRIND=1 instead counts the instructions the gateway (fsync=group) spends per
+# statement, under valgrind's callgrind: a figure that does not depend on what else the
+# machine is doing. It runs TXNS (default 1000) select-only transactions per client in
+# -M simple and prints the instructions of the connection tasks divided by the statements.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$(pwd)
@@ -194,21 +199,48 @@ password_file = "$work/bench.pw"
 tls = "disable"
 labels = { env = "dev" }
 TOML
-    "$gatehouse" serve --config "$dir/gatehouse.toml" >"$dir/gateway.log" 2>&1 &
+    if [ "${CALLGRIND:-0}" = 1 ]; then
+        valgrind --tool=callgrind --callgrind-out-file="$work/callgrind.out" \
+            "$gatehouse" serve --config "$dir/gatehouse.toml" >"$dir/gateway.log" 2>&1 &
+    else
+        "$gatehouse" serve --config "$dir/gatehouse.toml" >"$dir/gateway.log" 2>&1 &
+    fi
     pids+=($!)
     local pid=$!
-    for _ in $(seq 1 600); do
+    for _ in $(seq 1 3000); do
         kill -0 "$pid" 2>/dev/null || die "gateway $name exited: $(cat "$dir/gateway.log")"
         curl -fsS "http://127.0.0.1:$admin_port/healthz" >/dev/null 2>&1 && break
         sleep 0.05
     done
-    curl -fsS "http://127.0.0.1:$admin_port/healthz" >/dev/null 2>&1 || die "gateway $name not healthy after 30 s"
+    curl -fsS "http://127.0.0.1:$admin_port/healthz" >/dev/null 2>&1 || die "gateway $name not healthy after 150 s"
     wait_for "gateway $name postgres listener" bash -c "exec 3<>/dev/tcp/127.0.0.1/$listen_port"
     "$gatehouse" token mint --config "$dir/gatehouse.toml" --sub alice --groups dba --ttl 1h \
         >"$dir/token" 2>"$dir/mint.log" || die "token mint failed: $(cat "$dir/mint.log")"
     printf -v "${name//-/_}_port" '%s' "$listen_port"
 }
 start_gateway gw-group group
+
+if [ "${CALLGRIND:-0}" = 1 ]; then
+    command -v callgrind_annotate >/dev/null || die "CALLGRIND=1 needs valgrind (apt-get install valgrind)"
+    txns=${TXNS:-1000}
+    echo "pgbench.sh: $clients clients x $txns transactions through the gateway under callgrind ..."
+    PGPASSWORD="$(cat "$work/gw-group/token")" pgbench -S -M simple -c "$clients" -j "$threads" -t "$txns" \
+        -h 127.0.0.1 -p "$gw_group_port" -U alice bench >"$work/run.log" 2>&1 \
+        || die "pgbench through the gateway failed: $(tail -n 20 "$work/run.log")"
+    # SIGTERM: the gateway drains, and valgrind writes its profile as the process exits.
+    kill -TERM "${pids[-1]}"
+    for _ in $(seq 1 600); do kill -0 "${pids[-1]}" 2>/dev/null || break; sleep 0.1; done
+    statements=$((clients * txns))
+    callgrind_annotate --inclusive=yes "$work/callgrind.out" 2>/dev/null | awk -v n="$statements" '
+        /PostgresFrontend::serve::\{\{closure\}\}::\{\{closure\}\} \[/ && !tasks { gsub(",", "", $1); tasks = $1 }
+        /PolicyEngine::evaluate \[/ && !policy { gsub(",", "", $1); policy = $1 }
+        /AuditLog::append::\{\{closure\}\} \[/ && !audit { gsub(",", "", $1); audit = $1 }
+        END {
+            if (!tasks) { print "pgbench.sh: no connection tasks in the profile" > "/dev/stderr"; exit 1 }
+            printf "instructions per statement (%d statements): connection tasks %.0f, of which policy %.0f, audit %.0f\n", n, tasks / n, policy / n, audit / n
+        }'
+    exit 0
+fi
 start_gateway gw-always always
 
 # --- runs ---------------------------------------------------------------------------------
