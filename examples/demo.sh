@@ -171,6 +171,8 @@ Gatehouse: admin on http://127.0.0.1:8080, PostgreSQL with TLS on localhost:1543
   export GATEHOUSE_TOKEN=\$($bin token mint --config $config --sub dora --groups dba-leads)
   $bin approvals list --config $config
   $bin approvals approve XXXX-XXXX-XXXX --reason "ticket OPS-1" --config $config
+  # ... or in the web console: open http://127.0.0.1:8080/ , sign in on the development
+  # issuer's form as dora with group dba-leads, and approve it there with a reason
 
   $bin audit sessions --config $config
   $bin audit verify --config $config
