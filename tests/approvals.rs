@@ -9,7 +9,7 @@ use std::process::{Child, Command, Output, Stdio};
 use std::time::Duration;
 
 use gatehouse_testkit::gateway::{GatewayBuilder, TestGateway, free_port};
-use gatehouse_testkit::postgres::PgServer;
+use gatehouse_testkit::postgres::{GatewayRole, PgServer};
 use serde_json::Value;
 
 const PASSWORD: &str = "orders-gateway-secret";
@@ -18,7 +18,7 @@ struct Setup {
     gw: TestGateway,
     pg: PgServer,
     port: u16,
-    _secrets: tempfile::TempDir,
+    _role: GatewayRole,
 }
 
 fn setup() -> Setup {
@@ -28,43 +28,19 @@ fn setup() -> Setup {
 /// `extra`: more config (e.g. `[approvals]`).
 fn setup_with(extra: &str) -> Setup {
     let pg = PgServer::start().unwrap();
-    pg.create_role("gatehouse_orders", PASSWORD).unwrap();
-    pg.create_database("orders", "gatehouse_orders").unwrap();
-    let o = pg
-        .psql_as(
-            "gatehouse_orders",
-            PASSWORD,
-            "orders",
-            "CREATE TABLE customers (id int PRIMARY KEY, name text, email text);
-             INSERT INTO customers VALUES (1, 'Ada', 'ada@example.com'), (2, 'Bob', 'bob@example.org');",
-        )
-        .unwrap();
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    let secrets = tempfile::tempdir().unwrap();
-    let pw = secrets.path().join("orders.pw");
-    std::fs::write(&pw, PASSWORD).unwrap();
+    let role = pg.gateway_role("gatehouse_orders", PASSWORD).unwrap();
+    role.database(
+        &pg,
+        "orders",
+        "CREATE TABLE customers (id int PRIMARY KEY, name text, email text);
+         INSERT INTO customers VALUES (1, 'Ada', 'ada@example.com'), (2, 'Bob', 'bob@example.org');",
+    )
+    .unwrap();
     let port = free_port().unwrap();
     let gw = GatewayBuilder::new(env!("CARGO_BIN_EXE_gatehouse"))
         .config(&format!(
-            r#"
-[postgres]
-listen = "127.0.0.1:{port}"
-allow_plaintext = true
-
-[[postgres.targets]]
-name = "orders"
-host = "127.0.0.1"
-port = {pg_port}
-database = "orders"
-user = "gatehouse_orders"
-password_file = "{pw}"
-tls = "disable"
-labels = {{ env = "prod" }}
-
-{extra}
-"#,
-            pg_port = pg.port(),
-            pw = pw.display(),
+            "[postgres]\nlisten = \"127.0.0.1:{port}\"\nallow_plaintext = true\n{}\n{extra}\n",
+            role.target_toml("orders", "orders", "env = \"prod\""),
         ))
         .start()
         .unwrap();
@@ -72,7 +48,7 @@ labels = {{ env = "prod" }}
         gw,
         pg,
         port,
-        _secrets: secrets,
+        _role: role,
     }
 }
 
@@ -136,14 +112,7 @@ fn finish(mut child: Child, timeout: Duration) -> Output {
 }
 
 fn approvals(s: &Setup, token: &str, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_gatehouse"))
-        .arg("approvals")
-        .args(args)
-        .args(["--config", &s.gw.config_path().display().to_string()])
-        .env("GATEHOUSE_TOKEN", token)
-        .stdin(Stdio::null())
-        .output()
-        .unwrap()
+    s.gw.approvals(token, args).unwrap()
 }
 
 fn list(s: &Setup, token: &str, state: &str) -> Vec<Value> {

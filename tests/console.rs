@@ -148,22 +148,15 @@ fn approvers_and_auditors_work_in_the_browser() {
     );
 
     let pg = PgServer::start().unwrap();
-    pg.create_role("gatehouse_orders", PASSWORD).unwrap();
-    pg.create_database("orders", "gatehouse_orders").unwrap();
-    let o = pg
-        .psql_as(
-            "gatehouse_orders",
-            PASSWORD,
-            "orders",
-            "CREATE TABLE customers (id int PRIMARY KEY, name text, email text);
-             INSERT INTO customers VALUES (1, 'Ada', 'ada@example.com'), (2, 'Bob', 'bob@example.org');",
-        )
-        .unwrap();
-    assert!(o.status.success(), "{}", err(&o));
+    let role = pg.gateway_role("gatehouse_orders", PASSWORD).unwrap();
+    role.database(
+        &pg,
+        "orders",
+        "CREATE TABLE customers (id int PRIMARY KEY, name text, email text);
+         INSERT INTO customers VALUES (1, 'Ada', 'ada@example.com'), (2, 'Bob', 'bob@example.org');",
+    )
+    .unwrap();
     let sshd = SshServer::start().unwrap();
-    let secrets = tempfile::tempdir().unwrap();
-    let pw = secrets.path().join("orders.pw");
-    std::fs::write(&pw, PASSWORD).unwrap();
     let pg_port = free_port().unwrap();
     let ssh_port = free_port().unwrap();
     let gw = GatewayBuilder::new(env!("CARGO_BIN_EXE_gatehouse"))
@@ -176,35 +169,15 @@ auditor_groups = ["auditors"]
 listen = "127.0.0.1:{pg_port}"
 allow_plaintext = true
 
-[[postgres.targets]]
-name = "orders"
-host = "127.0.0.1"
-port = {pg_target}
-database = "orders"
-user = "gatehouse_orders"
-password_file = "{pw}"
-tls = "disable"
-labels = {{ env = "prod" }}
-
+{pg_target}
 [ssh]
 listen = "127.0.0.1:{ssh_port}"
 auth_timeout_secs = 10
 
-[[ssh.targets]]
-name = "web-1"
-host = "127.0.0.1"
-port = {sshd_port}
-login = "{login}"
-private_key_file = "{key}"
-known_hosts = "{known_hosts}"
-labels = {{ env = "prod" }}
+{ssh_target}
 "#,
-            pg_target = pg.port(),
-            pw = pw.display(),
-            sshd_port = sshd.port(),
-            login = sshd.login_user(),
-            key = sshd.client_key_path().display(),
-            known_hosts = sshd.known_hosts_path().display(),
+            pg_target = role.target_toml("orders", "orders", "env = \"prod\""),
+            ssh_target = sshd.target_toml("web-1", "env = \"prod\""),
         ))
         .start()
         .unwrap();

@@ -7,7 +7,7 @@ use std::process::{Command, Output};
 use std::time::Duration;
 
 use gatehouse_testkit::gateway::{GatewayBuilder, TestGateway, free_port};
-use gatehouse_testkit::postgres::PgServer;
+use gatehouse_testkit::postgres::{GatewayRole, PgServer};
 
 const ORDERS_PASSWORD: &str = "orders-gateway-secret";
 
@@ -16,6 +16,7 @@ struct Setup {
     pg: PgServer,
     port: u16,
     _secrets: tempfile::TempDir,
+    _role: GatewayRole,
 }
 
 fn setup() -> Setup {
@@ -25,55 +26,25 @@ fn setup() -> Setup {
 /// `listener` gives the `[postgres]` keys beyond `listen`, from the secrets dir.
 fn setup_with(listener: impl FnOnce(&std::path::Path) -> String) -> Setup {
     let pg = PgServer::start().unwrap();
-    pg.create_role("gatehouse_orders", ORDERS_PASSWORD).unwrap();
-    pg.create_database("orders", "gatehouse_orders").unwrap();
-    pg.create_database("scratch", "gatehouse_orders").unwrap();
-    let out = pg
-        .psql_as(
-            "gatehouse_orders",
-            ORDERS_PASSWORD,
-            "orders",
-            "CREATE TABLE customers (id int PRIMARY KEY, name text, email text, card text);
-             INSERT INTO customers VALUES
-               (1, 'Ada', 'ada@example.com', '4111 1111 1111 1111'),
-               (2, 'Bob', 'bob@example.org', '5500 0000 0000 0004');",
-        )
-        .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let role = pg.gateway_role("gatehouse_orders", ORDERS_PASSWORD).unwrap();
+    role.database(
+        &pg,
+        "orders",
+        "CREATE TABLE customers (id int PRIMARY KEY, name text, email text, card text);
+         INSERT INTO customers VALUES
+           (1, 'Ada', 'ada@example.com', '4111 1111 1111 1111'),
+           (2, 'Bob', 'bob@example.org', '5500 0000 0000 0004');",
+    )
+    .unwrap();
+    role.database(&pg, "scratch", "").unwrap();
     let secrets = tempfile::tempdir().unwrap();
-    let pw = secrets.path().join("orders.pw");
-    std::fs::write(&pw, format!("{ORDERS_PASSWORD}\n")).unwrap();
     let port = free_port().unwrap();
     let listener = listener(secrets.path());
     let gw = GatewayBuilder::new(env!("CARGO_BIN_EXE_gatehouse"))
         .config(&format!(
-            r#"
-[postgres]
-listen = "127.0.0.1:{port}"
-{listener}
-
-[[postgres.targets]]
-name = "orders"
-host = "127.0.0.1"
-port = {pg_port}
-database = "orders"
-user = "gatehouse_orders"
-password_file = "{pw}"
-tls = "disable"
-labels = {{ env = "prod" }}
-
-[[postgres.targets]]
-name = "scratch"
-host = "127.0.0.1"
-port = {pg_port}
-database = "scratch"
-user = "gatehouse_orders"
-password_file = "{pw}"
-tls = "disable"
-labels = {{ env = "dev" }}
-"#,
-            pg_port = pg.port(),
-            pw = pw.display(),
+            "[postgres]\nlisten = \"127.0.0.1:{port}\"\n{listener}\n{}{}",
+            role.target_toml("orders", "orders", "env = \"prod\""),
+            role.target_toml("scratch", "scratch", "env = \"dev\""),
         ))
         .start()
         .unwrap();
@@ -82,6 +53,7 @@ labels = {{ env = "dev" }}
         pg,
         port,
         _secrets: secrets,
+        _role: role,
     }
 }
 

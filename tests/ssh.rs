@@ -29,30 +29,12 @@ fn setup() -> Setup {
 fn setup_with(extra: &str) -> Setup {
     let sshd = SshServer::start().unwrap();
     let port = free_port().unwrap();
-    let target = |name: &str, env: &str| {
-        format!(
-            r#"
-[[ssh.targets]]
-name = "{name}"
-host = "127.0.0.1"
-port = {sshd_port}
-login = "{login}"
-private_key_file = "{key}"
-known_hosts = "{known_hosts}"
-labels = {{ env = "{env}" }}
-"#,
-            sshd_port = sshd.port(),
-            login = sshd.login_user(),
-            key = sshd.client_key_path().display(),
-            known_hosts = sshd.known_hosts_path().display(),
-        )
-    };
     let gw = GatewayBuilder::new(env!("CARGO_BIN_EXE_gatehouse"))
         .config(&format!(
             "[ssh]\nlisten = \"127.0.0.1:{port}\"\nauth_timeout_secs = 10\n{extra}\n{}{}{}",
-            target("web-1", "prod"),
-            target("vault", "secret"),
-            target("stage-1", "staging"),
+            sshd.target_toml("web-1", "env = \"prod\""),
+            sshd.target_toml("vault", "env = \"secret\""),
+            sshd.target_toml("stage-1", "env = \"staging\""),
         ))
         .start()
         .unwrap();
@@ -630,14 +612,7 @@ fn the_session_closes_when_its_credential_expires() {
 
 /// `gatehouse approvals ARGS` as the holder of `token`.
 fn approvals(s: &Setup, token: &str, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_gatehouse"))
-        .arg("approvals")
-        .args(args)
-        .args(["--config", &s.gw.config_path().display().to_string()])
-        .env("GATEHOUSE_TOKEN", token)
-        .stdin(Stdio::null())
-        .output()
-        .unwrap()
+    s.gw.approvals(token, args).unwrap()
 }
 
 /// The one pending approval request, once it shows up.

@@ -7,6 +7,7 @@ mod approvals;
 mod credentials;
 mod error;
 mod gateway;
+mod listener;
 mod metrics;
 pub mod recording;
 mod session;
@@ -19,6 +20,7 @@ pub use approvals::{
 pub use credentials::{CREDENTIAL_PREFIX, CredentialInfo, CredentialStore, IssuedCredential};
 pub use error::{CoreError, Refusal, RefusalKind};
 pub use gateway::{Gateway, GatewayParts, Protocol, Target};
+pub use listener::{check_listener_tls, serve_connections, stopped};
 pub use metrics::Metrics;
 pub use session::{ApprovalNeeded, HeldRequest, Permit, Session, Verdict};
 

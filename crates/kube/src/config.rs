@@ -94,18 +94,14 @@ impl KubeConfig {
 
     /// Checks that need no file system. Messages name the key.
     pub fn validate(&self) -> Result<(), String> {
-        if self.tls_cert.is_some() != self.tls_key.is_some() {
-            return Err("kube.tls_cert and kube.tls_key go together".into());
-        }
-        if self.allow_plaintext && !self.listen.ip().is_loopback() {
-            return Err(format!(
-                "kube.allow_plaintext: plaintext is allowed only on a loopback listener, not {}",
-                self.listen
-            ));
-        }
-        if self.tls_cert.is_none() && !self.allow_plaintext {
-            return Err("kube.tls_cert: clients send their token in every request, so the listener needs TLS (or allow_plaintext = true on loopback)".into());
-        }
+        gatehouse_core::check_listener_tls(
+            "kube",
+            self.listen,
+            self.tls_cert.as_deref(),
+            self.tls_key.as_deref(),
+            self.allow_plaintext,
+            "clients send their token in every request",
+        )?;
         if self.max_connections == 0 {
             return Err("kube.max_connections: must be at least 1".into());
         }

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant, SystemTime};
 use bytes::Bytes;
 use gatehouse_audit::AuditEvent;
 use gatehouse_core::recording::Recorder;
-use gatehouse_core::{Gateway, Protocol, Refusal, RefusalKind, Session, Verdict};
+use gatehouse_core::{Gateway, Protocol, Refusal, RefusalKind, Session, Verdict, serve_connections, stopped};
 use gatehouse_mask::{DataClass, MaskCounts};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Request, Response, StatusCode};
@@ -23,7 +23,7 @@ use http_body_util::{BodyExt as _, Full, Limited};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{Semaphore, oneshot, watch};
+use tokio::sync::{oneshot, watch};
 use tokio_rustls::TlsAcceptor;
 
 use crate::attributes::{Attributes, PathKind};
@@ -61,7 +61,7 @@ pub struct KubeFrontend {
     tls: Option<TlsAcceptor>,
     clusters: HashMap<String, Upstream>,
     sessions: SessionCache,
-    limit: Arc<Semaphore>,
+    max_connections: usize,
     max_request_body: usize,
     max_json_buffer: usize,
     /// Where exec and attach recordings go (the gateway's `state_dir/recordings`).
@@ -138,7 +138,7 @@ impl KubeFrontend {
                 entries: Mutex::new(HashMap::new()),
                 capacity: config.max_cached_sessions,
             },
-            limit: Arc::new(Semaphore::new(config.max_connections)),
+            max_connections: config.max_connections,
             max_request_body: config.max_request_body,
             max_json_buffer: config.max_json_buffer,
             recordings: recordings.to_path_buf(),
@@ -147,45 +147,35 @@ impl KubeFrontend {
 
     /// Serves `listener` until `shutdown` turns true, then drains open connections and ends
     /// the cached sessions.
-    pub async fn serve(self: Arc<Self>, listener: TcpListener, mut shutdown: watch::Receiver<bool>) {
-        let mut tasks = tokio::task::JoinSet::new();
-        let mut sweep = tokio::time::interval(Duration::from_secs(15));
-        loop {
-            let permit = tokio::select! {
-                p = Arc::clone(&self.limit).acquire_owned() => match p { Ok(p) => p, Err(_) => break },
-                _ = stopped(&mut shutdown) => break,
-            };
-            let accepted = tokio::select! {
-                a = listener.accept() => a,
-                _ = sweep.tick() => {
-                    self.sessions.sweep().await;
-                    continue;
-                }
-                _ = stopped(&mut shutdown) => break,
-            };
-            let (tcp, peer) = match accepted {
-                Ok(conn) => conn,
-                Err(error) => {
-                    tracing::warn!(%error, "Kubernetes accept failed.");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            };
+    pub async fn serve(self: Arc<Self>, listener: TcpListener, shutdown: watch::Receiver<bool>) {
+        // Cached sessions whose token expired are ended even when no request comes.
+        let sweeper = {
             let this = Arc::clone(&self);
-            let shutdown = shutdown.clone();
-            tasks.spawn(async move {
-                this.connection(tcp, peer, shutdown).await;
-                drop(permit);
-            });
-            while tasks.try_join_next().is_some() {}
-        }
-        drop(listener);
-        while tasks.join_next().await.is_some() {}
+            let mut shutdown = shutdown.clone();
+            tokio::spawn(async move {
+                let mut sweep = tokio::time::interval(Duration::from_secs(15));
+                loop {
+                    tokio::select! {
+                        _ = sweep.tick() => this.sessions.sweep().await,
+                        _ = stopped(&mut shutdown) => break,
+                    }
+                }
+            })
+        };
+        let this = Arc::clone(&self);
+        serve_connections(
+            "kube",
+            listener,
+            self.max_connections,
+            shutdown,
+            move |tcp, peer, shutdown| Arc::clone(&this).connection(tcp, peer, shutdown),
+        )
+        .await;
+        let _ = sweeper.await;
         self.sessions.end_all("gateway shutdown").await;
     }
 
     async fn connection(self: Arc<Self>, tcp: TcpStream, peer: SocketAddr, mut shutdown: watch::Receiver<bool>) {
-        let _ = tcp.set_nodelay(true);
         let stream: Box<dyn Stream> = match &self.tls {
             Some(acceptor) => match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await {
                 Ok(Ok(tls)) => Box::new(tls),
@@ -979,10 +969,6 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 /// Resolves once the shutdown flag turns true (or its sender is gone).
-async fn stopped(shutdown: &mut watch::Receiver<bool>) {
-    let _ = shutdown.wait_for(|s| *s).await;
-}
-
 /// A watch stream from the API server, masked event by event.
 struct WatchBody {
     inner: Incoming,

@@ -98,18 +98,14 @@ impl PostgresConfig {
 
     /// Checks that need no file system or environment. Messages name the key.
     pub fn validate(&self) -> Result<(), String> {
-        if self.tls_cert.is_some() != self.tls_key.is_some() {
-            return Err("postgres.tls_cert and postgres.tls_key go together".into());
-        }
-        if self.allow_plaintext && !self.listen.ip().is_loopback() {
-            return Err(format!(
-                "postgres.allow_plaintext: plaintext is allowed only on a loopback listener, not {}",
-                self.listen
-            ));
-        }
-        if self.tls_cert.is_none() && !self.allow_plaintext {
-            return Err("postgres.tls_cert: clients send their token as the password, so the listener needs TLS (or allow_plaintext = true on loopback)".into());
-        }
+        gatehouse_core::check_listener_tls(
+            "postgres",
+            self.listen,
+            self.tls_cert.as_deref(),
+            self.tls_key.as_deref(),
+            self.allow_plaintext,
+            "clients send their token as the password",
+        )?;
         if self.max_connections == 0 {
             return Err("postgres.max_connections: must be at least 1".into());
         }

@@ -11,11 +11,13 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::{BufMut, BytesMut};
-use gatehouse_core::{Gateway, HeldRequest, Protocol, Refusal as CoreRefusal, RefusalKind, Session, Verdict};
+use gatehouse_core::{
+    Gateway, HeldRequest, Protocol, Refusal as CoreRefusal, RefusalKind, Session, Verdict, serve_connections, stopped,
+};
 use gatehouse_mask::{MaskCounts, Masker};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{Semaphore, watch};
+use tokio::sync::watch;
 use tokio_rustls::TlsAcceptor;
 
 use crate::classify::{Statement, StatementKind};
@@ -52,7 +54,7 @@ pub struct PostgresFrontend {
     allow_plaintext: bool,
     upstreams: HashMap<String, UpstreamConfig>,
     cancels: Mutex<HashMap<(i32, i32), CancelTarget>>,
-    limit: Arc<Semaphore>,
+    max_connections: usize,
     auth_timeout: Duration,
 }
 
@@ -81,45 +83,25 @@ impl PostgresFrontend {
             allow_plaintext: config.allow_plaintext,
             upstreams,
             cancels: Mutex::new(HashMap::new()),
-            limit: Arc::new(Semaphore::new(config.max_connections)),
+            max_connections: config.max_connections,
             auth_timeout: Duration::from_secs(config.auth_timeout_secs),
         })
     }
 
     /// Serves `listener` until `shutdown` turns true, then waits for open sessions to end.
-    pub async fn serve(self: Arc<Self>, listener: TcpListener, mut shutdown: watch::Receiver<bool>) {
-        let mut tasks = tokio::task::JoinSet::new();
-        loop {
-            let permit = tokio::select! {
-                p = Arc::clone(&self.limit).acquire_owned() => match p { Ok(p) => p, Err(_) => break },
-                _ = stopped(&mut shutdown) => break,
-            };
-            let accepted = tokio::select! {
-                a = listener.accept() => a,
-                _ = stopped(&mut shutdown) => break,
-            };
-            let (tcp, peer) = match accepted {
-                Ok(conn) => conn,
-                Err(error) => {
-                    tracing::warn!(%error, "PostgreSQL accept failed.");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            };
-            let this = Arc::clone(&self);
-            let shutdown = shutdown.clone();
-            tasks.spawn(async move {
-                this.connection(tcp, peer, shutdown).await;
-                drop(permit);
-            });
-            while tasks.try_join_next().is_some() {}
-        }
-        drop(listener);
-        while tasks.join_next().await.is_some() {}
+    pub async fn serve(self: Arc<Self>, listener: TcpListener, shutdown: watch::Receiver<bool>) {
+        let this = Arc::clone(&self);
+        serve_connections(
+            "postgres",
+            listener,
+            self.max_connections,
+            shutdown,
+            move |tcp, peer, shutdown| Arc::clone(&this).connection(tcp, peer, shutdown),
+        )
+        .await;
     }
 
-    async fn connection(&self, tcp: TcpStream, peer: SocketAddr, shutdown: watch::Receiver<bool>) {
-        let _ = tcp.set_nodelay(true);
+    async fn connection(self: Arc<Self>, tcp: TcpStream, peer: SocketAddr, shutdown: watch::Receiver<bool>) {
         let mut stream: Box<dyn Io> = Box::new(tcp);
         let started = tokio::time::timeout(self.auth_timeout, self.startup(&mut stream, peer)).await;
         let (session, upstream_conn) = match started {
@@ -532,10 +514,6 @@ impl StatementGate for SessionGate {
 }
 
 /// Resolves once the shutdown flag turns true (or its sender is gone).
-async fn stopped(shutdown: &mut watch::Receiver<bool>) {
-    let _ = shutdown.wait_for(|s| *s).await;
-}
-
 async fn read_startup_packet(stream: &mut Box<dyn Io>) -> Result<(i32, Vec<u8>), StartupError> {
     let len = stream.read_i32().await?;
     let len = usize::try_from(len).map_err(|_| StartupError::Protocol("negative packet length".into()))?;

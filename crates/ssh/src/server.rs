@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use gatehouse_core::{Gateway, Protocol, Session};
+use gatehouse_core::{Gateway, Protocol, Session, serve_connections, stopped};
 use russh::keys::PrivateKey;
 use russh::server::{Auth, ChannelOpenHandle, Msg, Response};
 use russh::{Channel, ChannelId, ChannelOpenFailure, Disconnect, MethodKind, MethodSet, SshId};
@@ -36,7 +36,7 @@ pub struct SshFrontend {
     russh: Arc<russh::server::Config>,
     ca: Arc<SshCa>,
     targets: HashMap<String, UpstreamTarget>,
-    limit: Arc<Semaphore>,
+    max_connections: usize,
     auth_timeout: Duration,
     max_auth_attempts: usize,
     max_channels: usize,
@@ -87,7 +87,7 @@ impl SshFrontend {
             russh: Arc::new(russh),
             ca,
             targets,
-            limit: Arc::new(Semaphore::new(config.max_connections)),
+            max_connections: config.max_connections,
             auth_timeout: Duration::from_secs(config.auth_timeout_secs),
             max_auth_attempts: config.max_auth_attempts,
             max_channels: config.max_channels,
@@ -102,39 +102,19 @@ impl SshFrontend {
     }
 
     /// Serves `listener` until `shutdown` turns true, then waits for open sessions to end.
-    pub async fn serve(self: Arc<Self>, listener: TcpListener, mut shutdown: watch::Receiver<bool>) {
-        let mut tasks = tokio::task::JoinSet::new();
-        loop {
-            let permit = tokio::select! {
-                p = Arc::clone(&self.limit).acquire_owned() => match p { Ok(p) => p, Err(_) => break },
-                _ = stopped(&mut shutdown) => break,
-            };
-            let accepted = tokio::select! {
-                a = listener.accept() => a,
-                _ = stopped(&mut shutdown) => break,
-            };
-            let (tcp, peer) = match accepted {
-                Ok(conn) => conn,
-                Err(error) => {
-                    tracing::warn!(%error, "SSH accept failed.");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            };
-            let this = Arc::clone(&self);
-            let shutdown = shutdown.clone();
-            tasks.spawn(async move {
-                this.connection(tcp, peer, shutdown).await;
-                drop(permit);
-            });
-            while tasks.try_join_next().is_some() {}
-        }
-        drop(listener);
-        while tasks.join_next().await.is_some() {}
+    pub async fn serve(self: Arc<Self>, listener: TcpListener, shutdown: watch::Receiver<bool>) {
+        let this = Arc::clone(&self);
+        serve_connections(
+            "ssh",
+            listener,
+            self.max_connections,
+            shutdown,
+            move |tcp, peer, shutdown| Arc::clone(&this).connection(tcp, peer, shutdown),
+        )
+        .await;
     }
 
     async fn connection(self: Arc<Self>, tcp: TcpStream, peer: SocketAddr, mut shutdown: watch::Receiver<bool>) {
-        let _ = tcp.set_nodelay(true);
         let (authed_tx, mut authed_rx) = watch::channel(None);
         let upstream: Arc<UpstreamSlot> = Arc::new(OnceCell::new());
         let channels = Arc::new(Semaphore::new(self.max_channels));
@@ -590,10 +570,6 @@ pub(crate) fn load_or_create_key(path: &Path, comment: &str, what: &str) -> Resu
 fn create_private_dir(dir: &Path) -> std::io::Result<()> {
     use std::os::unix::fs::DirBuilderExt as _;
     std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir)
-}
-
-async fn stopped(shutdown: &mut watch::Receiver<bool>) {
-    let _ = shutdown.wait_for(|s| *s).await;
 }
 
 #[cfg(test)]

@@ -171,6 +171,18 @@ impl TestGateway {
         Ok(Command::new(&self.bin).args(args).stdin(Stdio::null()).output()?)
     }
 
+    /// Runs `gatehouse approvals ARGS` against this gateway as the holder of `token`.
+    pub fn approvals(&self, token: &str, args: &[&str]) -> anyhow::Result<Output> {
+        Ok(Command::new(&self.bin)
+            .arg("approvals")
+            .args(args)
+            .arg("--config")
+            .arg(&self.config)
+            .env("GATEHOUSE_TOKEN", token)
+            .stdin(Stdio::null())
+            .output()?)
+    }
+
     /// A development token for `sub` in `groups`; `agent` mints a workload token.
     pub fn mint(&self, sub: &str, groups: &[&str], agent: bool) -> anyhow::Result<String> {
         self.mint_for(sub, groups, agent, "10m")

@@ -158,6 +158,23 @@ impl PgServer {
         Ok(())
     }
 
+    /// The role the gateway logs in as: created with `password`, which is also written to a
+    /// password file for the gateway's config (`password_file`).
+    pub fn gateway_role(&self, name: &str, password: &str) -> anyhow::Result<GatewayRole> {
+        self.create_role(name, password)?;
+        let dir = tempfile::Builder::new().prefix("gatehouse-pg-secret").tempdir()?;
+        let password_file = dir.path().join(format!("{name}.pw"));
+        std::fs::write(&password_file, format!("{password}\n"))?;
+        Ok(GatewayRole {
+            name: name.to_owned(),
+            password: password.to_owned(),
+            host: self.host().to_owned(),
+            port: self.port,
+            password_file,
+            _dir: dir,
+        })
+    }
+
     /// Re-read `pg_hba.conf` and `postgresql.conf`.
     pub fn reload(&self) -> anyhow::Result<()> {
         self.psql("SELECT pg_reload_conf()")?;
@@ -186,6 +203,54 @@ impl PgServer {
             // Polling a starting server: a short pause between connection attempts.
             std::thread::sleep(Duration::from_millis(20));
         }
+    }
+}
+
+/// A role the gateway logs in as, with its password file; see [`PgServer::gateway_role`].
+pub struct GatewayRole {
+    /// The role's name.
+    pub name: String,
+    /// The role's password (tests use it to look at the target directly).
+    pub password: String,
+    host: String,
+    port: u16,
+    password_file: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl GatewayRole {
+    /// Creates database `name` owned by this role and runs `seed` in it as the role.
+    pub fn database(&self, pg: &PgServer, name: &str, seed: &str) -> anyhow::Result<()> {
+        pg.create_database(name, &self.name)?;
+        if !seed.is_empty() {
+            let out = pg.psql_as(&self.name, &self.password, name, seed)?;
+            if !out.status.success() {
+                bail!("seeding {name} failed: {}", String::from_utf8_lossy(&out.stderr));
+            }
+        }
+        Ok(())
+    }
+
+    /// The `[[postgres.targets]]` block for database `database` as target `target`, over
+    /// plain TCP on loopback, with `labels` (TOML inline-table body such as `env = "prod"`).
+    pub fn target_toml(&self, target: &str, database: &str, labels: &str) -> String {
+        format!(
+            r#"
+[[postgres.targets]]
+name = "{target}"
+host = "{host}"
+port = {port}
+database = "{database}"
+user = "{user}"
+password_file = "{pw}"
+tls = "disable"
+labels = {{ {labels} }}
+"#,
+            host = self.host,
+            port = self.port,
+            user = self.name,
+            pw = self.password_file.display(),
+        )
     }
 }
 

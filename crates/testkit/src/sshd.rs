@@ -132,6 +132,29 @@ impl SshServer {
         self.dir.path()
     }
 
+    /// The `[[ssh.targets]]` block that puts this sshd behind the gateway as `name`, with
+    /// the gateway logging in with the generated client key; `labels` is the body of a TOML
+    /// inline table such as `env = "prod"`.
+    pub fn target_toml(&self, name: &str, labels: &str) -> String {
+        format!(
+            r#"
+[[ssh.targets]]
+name = "{name}"
+host = "{host}"
+port = {port}
+login = "{login}"
+private_key_file = "{key}"
+known_hosts = "{known_hosts}"
+labels = {{ {labels} }}
+"#,
+            host = self.host(),
+            port = self.port(),
+            login = self.login_user(),
+            key = self.client_key_path().display(),
+            known_hosts = self.known_hosts_path().display(),
+        )
+    }
+
     /// What sshd wrote to stderr so far; for failure messages.
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.dir.path().join(LOG_FILE)).unwrap_or_default()
