@@ -933,3 +933,191 @@ fn the_python_client_lists_reads_masked_is_refused_and_execs() {
     assert_eq!(result["exec"], "hi from python\n");
     assert!(s.api.object("pods", "shop", "web-0").is_some());
 }
+
+/// A TCP server standing in for a pod's port: every byte comes back XOR 0xff (so an echo
+/// that skipped the server would show). Stopped on drop.
+struct FlipServer {
+    port: u16,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl FlipServer {
+    fn start() -> Self {
+        use std::io::{Read as _, Write as _};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let stopping = std::sync::Arc::clone(&stop);
+        let thread = std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                if stopping.load(std::sync::atomic::Ordering::SeqCst) {
+                    return;
+                }
+                let Ok(mut conn) = conn else { continue };
+                std::thread::spawn(move || {
+                    let mut buf = [0u8; 8192];
+                    while let Ok(n) = conn.read(&mut buf) {
+                        if n == 0 {
+                            return;
+                        }
+                        let flipped: Vec<u8> = buf[..n].iter().map(|b| b ^ 0xff).collect();
+                        if conn.write_all(&flipped).is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        Self {
+            port,
+            stop,
+            thread: Some(thread),
+        }
+    }
+}
+
+impl Drop for FlipServer {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        let _ = std::net::TcpStream::connect(("127.0.0.1", self.port));
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// The Python client's port-forward (`v4.channel.k8s.io`, ports in the query).
+const PYTHON_PORTFORWARD: &str = r#"
+import json, os
+from kubernetes import client
+from kubernetes.client.rest import ApiException
+from kubernetes.stream import portforward
+
+def api(token):
+    cfg = client.Configuration()
+    cfg.host = os.environ["GW_URL"]
+    cfg.ssl_ca_cert = os.environ["GW_CA"]
+    cfg.api_key = {"authorization": "Bearer " + token}
+    return client.CoreV1Api(client.ApiClient(cfg))
+
+port = int(os.environ["POD_PORT"])
+out = {}
+pf = portforward(api(os.environ["OPS_TOKEN"]).connect_get_namespaced_pod_portforward,
+                 "web-0", "shop", ports=str(port))
+sock = pf.socket(port)
+sock.setblocking(True)
+payload = bytes(range(256)) * 300
+sock.sendall(payload)
+got = b""
+while len(got) < len(payload):
+    chunk = sock.recv(65536)
+    if not chunk:
+        break
+    got += chunk
+out["sent"] = len(payload)
+out["flipped_back"] = got == bytes(b ^ 0xff for b in payload)
+sock.close()
+try:
+    portforward(api(os.environ["AGENT_TOKEN"]).connect_get_namespaced_pod_portforward,
+                "web-0", "shop", ports=str(port))
+    out["agent"] = "allowed"
+except Exception as e:
+    out["agent"] = str(e)
+print(json.dumps(out))
+"#;
+
+#[test]
+fn port_forward_relays_bytes_both_ways_unrecorded_and_kubectl_gets_a_clear_error() {
+    let s = setup();
+    let pod = FlipServer::start();
+    let ops = s.gw.mint("olga", &["ops"], false).unwrap();
+    let agent = s.gw.mint("agent-7", &[], true).unwrap();
+    let out = Command::new("python3")
+        .args(["-c", PYTHON_PORTFORWARD])
+        .env("GW_URL", format!("https://127.0.0.1:{}/clusters/dev", s.port))
+        .env("GW_CA", &s.certs.ca_cert)
+        .env("OPS_TOKEN", &ops)
+        .env("AGENT_TOKEN", &agent)
+        .env("POD_PORT", pod.port.to_string())
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}\n{}", stderr(&out), s.gw.log());
+    let result: serde_json::Value = serde_json::from_str(stdout(&out).trim()).unwrap();
+    assert_eq!(result["flipped_back"], true, "{result}");
+    let agent_error = result["agent"].as_str().unwrap();
+    assert!(agent_error.contains("403"), "{agent_error}");
+
+    // Decided as portforward with the port in context, audited with its bytes, not recorded.
+    let records = s.wait_audit(|r| {
+        r.iter()
+            .filter(|e| e["verb"] == "portforward" && e["status"] == 101)
+            .count()
+            >= 1
+    });
+    let forwarded = records
+        .iter()
+        .find(|e| e["verb"] == "portforward" && e["status"] == 101)
+        .unwrap();
+    assert_eq!(forwarded["decision"], "allow");
+    assert_eq!(forwarded["policies"], serde_json::json!(["ops-kube-exec"]));
+    assert_eq!(forwarded["attributes"]["ports"], serde_json::json!([pod.port]));
+    let sent = result["sent"].as_u64().unwrap();
+    assert!(forwarded["bytes"].as_u64().unwrap() >= 2 * sent, "{forwarded}");
+    let refused = records
+        .iter()
+        .find(|e| e["verb"] == "portforward" && e["decision"] == "deny")
+        .unwrap();
+    assert_eq!(refused["policies"], serde_json::json!(["agent-kube-read-only"]));
+    assert!(!s.audit_text().contains("\"recording_written\""));
+    let upstream = s
+        .api
+        .seen()
+        .into_iter()
+        .find(|r| r.path_and_query.contains("/portforward"))
+        .unwrap();
+    assert_eq!(upstream.protocols.as_deref(), Some("v4.channel.k8s.io"));
+
+    // kubectl 1.32 tunnels SPDY inside the WebSocket, which the test API server does not
+    // speak: kubectl must fail with a message, not hang.
+    let local = free_port().unwrap();
+    let started = std::time::Instant::now();
+    let mut kubectl = Killed(
+        s.kubectl_command(
+            &ops,
+            &[
+                "port-forward",
+                "-n",
+                "shop",
+                "pod/web-0",
+                &format!("{local}:{}", pod.port),
+            ],
+        )
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap(),
+    );
+    let out = output_of(&mut kubectl);
+    assert!(started.elapsed() < Duration::from_secs(20));
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(err.contains("error upgrading connection"), "{err}");
+    assert!(err.contains("port-forward is relayed over WebSocket only"), "{err}");
+    // kubectl's WebSocket attempt did reach the API server (which refused the SPDY tunnel);
+    // its SPDY fallback never did.
+    let tunnels: Vec<_> = s
+        .api
+        .seen()
+        .into_iter()
+        .filter(|r| r.path_and_query.contains("/portforward"))
+        .collect();
+    assert!(
+        tunnels
+            .iter()
+            .any(|r| r.protocols.as_deref() == Some("SPDY/3.1+portforward.k8s.io")),
+        "{tunnels:?}"
+    );
+    assert!(tunnels.iter().all(|r| r.upgrade.as_deref() == Some("websocket")));
+}

@@ -73,9 +73,12 @@ pub struct KubeFrontend {
 const CHANNEL_PROTOCOLS: [&str; 2] = ["v5.channel.k8s.io", "v4.channel.k8s.io"];
 /// The WebSocket subprotocols relayed for port-forward (not recorded: raw TCP bytes).
 /// kubectl 1.31+ tunnels SPDY inside WebSocket (`SPDY/3.1+portforward.k8s.io`); the frames
-/// are still WebSocket frames between the client and the API server.
-const PORTFORWARD_PROTOCOLS: [&str; 3] = [
+/// are still WebSocket frames between the client and the API server. The Python client and
+/// other WebSocket clients speak the kubelet's channel protocol (`v4.channel.k8s.io`: a data
+/// and an error channel per port of the `ports=` query).
+const PORTFORWARD_PROTOCOLS: [&str; 4] = [
     "SPDY/3.1+portforward.k8s.io",
+    "v4.channel.k8s.io",
     "v2.portforward.k8s.io",
     "portforward.k8s.io",
 ];
@@ -419,6 +422,11 @@ impl KubeFrontend {
             .and_then(|v| v.to_str().ok())
             .unwrap_or("")
             .to_string();
+        if kind.to_ascii_lowercase().starts_with("spdy/") && attrs.action == "portforward" {
+            return Err(Status::bad_request(
+                "gatehouse: port-forward is relayed over WebSocket only, not as a bare SPDY upgrade; kubectl 1.31 and later tunnel it in WebSocket (SPDY/3.1+portforward.k8s.io) when the API server supports that (Kubernetes 1.30+), other clients use v4.channel.k8s.io",
+            ));
+        }
         if kind.to_ascii_lowercase().starts_with("spdy/") {
             return Err(Status::bad_request(
                 "gatehouse: SPDY streams cannot be recorded, so the gateway does not relay them; use a client that speaks WebSocket (kubectl 1.30 or later, the Python kubernetes client's stream())",
