@@ -1121,3 +1121,68 @@ fn port_forward_relays_bytes_both_ways_unrecorded_and_kubectl_gets_a_clear_error
     );
     assert!(tunnels.iter().all(|r| r.upgrade.as_deref() == Some("websocket")));
 }
+
+#[test]
+fn open_exec_streams_are_closed_recorded_and_audited_at_shutdown() {
+    let mut s = setup();
+    let ops = s.gw.mint("olga", &["ops"], false).unwrap();
+    let mut exec = Killed(
+        s.kubectl_command(
+            &ops,
+            &[
+                "exec",
+                "-n",
+                "shop",
+                "web-0",
+                "--",
+                "sh",
+                "-c",
+                "echo started; sleep 60",
+            ],
+        )
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap(),
+    );
+    let rx = lines_of(&mut exec.0);
+    let mut seen = Vec::new();
+    assert!(wait_line(&rx, "started", &mut seen), "{seen:?}\n{}", s.gw.log());
+
+    let began = std::time::Instant::now();
+    let status = s.gw.terminate(Duration::from_secs(15)).unwrap();
+    assert!(status.success(), "{status}\n{}", s.gw.log());
+    // The stream got its grace period, then was closed: not cut at once, not left hanging.
+    let took = began.elapsed();
+    assert!(took >= Duration::from_secs(2), "{took:?}");
+    let mut exited = false;
+    for _ in 0..100 {
+        if exec.0.try_wait().unwrap().is_some() {
+            exited = true;
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(exited, "kubectl still running after the gateway closed its stream");
+
+    // The request's record and the finished recording, with a hash matching the file.
+    let audit = s.audit_text();
+    let records: Vec<serde_json::Value> = audit.lines().filter_map(|l| serde_json::from_str(l).ok()).collect();
+    let exec_record = records
+        .iter()
+        .find(|r| r.to_string().contains("\"kube_request\"") && r["verb"] == "exec")
+        .unwrap_or_else(|| panic!("no exec record:\n{audit}"));
+    assert_eq!(exec_record["status"], 101);
+    let reason = exec_record["reason"].as_str().unwrap();
+    assert!(reason.contains("the gateway shut down"), "{reason}");
+    let written = records
+        .iter()
+        .find(|r| r.to_string().contains("\"recording_written\""))
+        .unwrap_or_else(|| panic!("no recording:\n{audit}"));
+    let path = written["path"].as_str().unwrap();
+    let sum = Command::new("sha256sum").arg(path).output().unwrap();
+    assert_eq!(written["sha256"], stdout(&sum).split_whitespace().next().unwrap());
+    let cast = std::fs::read_to_string(path).unwrap();
+    assert!(cast.contains("started"), "{cast}");
+    assert!(audit.contains("\"session_ended\""), "{audit}");
+}

@@ -66,6 +66,8 @@ pub struct KubeFrontend {
     max_json_buffer: usize,
     /// Where exec and attach recordings go (the gateway's `state_dir/recordings`).
     recordings: PathBuf,
+    /// Open exec, attach and port-forward streams, closed cleanly at shutdown.
+    tunnels: tunnel::Tunnels,
 }
 
 /// The WebSocket subprotocols relayed for exec and attach: the binary channel protocols,
@@ -108,6 +110,8 @@ struct Record {
     masked: Option<Arc<Mutex<MaskCounts>>>,
     /// For exec, attach and port-forward: how the tunnel ended, once it has.
     tunnel: Option<oneshot::Receiver<TunnelEnd>>,
+    /// Keeps shutdown waiting until this record is written.
+    _tunnel_guard: Option<tunnel::TunnelGuard>,
 }
 
 impl KubeFrontend {
@@ -145,6 +149,7 @@ impl KubeFrontend {
             max_request_body: config.max_request_body,
             max_json_buffer: config.max_json_buffer,
             recordings: recordings.to_path_buf(),
+            tunnels: tunnel::Tunnels::default(),
         })
     }
 
@@ -184,11 +189,13 @@ impl KubeFrontend {
         }
         drop(listener);
         while tasks.join_next().await.is_some() {}
+        self.tunnels.drained().await;
         self.sessions.end_all("gateway shutdown").await;
     }
 
     async fn connection(self: Arc<Self>, tcp: TcpStream, peer: SocketAddr, mut shutdown: watch::Receiver<bool>) {
         let _ = tcp.set_nodelay(true);
+        self.tunnels.observe(&shutdown);
         let stream: Box<dyn Stream> = match &self.tls {
             Some(acceptor) => match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await {
                 Ok(Ok(tls)) => Box::new(tls),
@@ -243,6 +250,7 @@ impl KubeFrontend {
             reason: None,
             masked: None,
             tunnel: None,
+            _tunnel_guard: None,
         };
         let (response, deadline) = match self.route(request, peer, &mut record).await {
             Ok(response) => {
@@ -567,6 +575,8 @@ impl KubeFrontend {
         }
         let (done, ended) = oneshot::channel();
         record.tunnel = Some(ended);
+        let (guard, shutdown) = self.tunnels.enter();
+        record._tunnel_guard = Some(guard);
         let gateway = Arc::clone(&self.gateway);
         let session = session.clone();
         tokio::spawn(async move {
@@ -585,7 +595,7 @@ impl KubeFrontend {
                 }
             };
             tracing::info!(session = %session.id(), "Kubernetes stream opened.");
-            let (end, recorder) = tunnel::relay(client, upstream, recorder, session.time_left()).await;
+            let (end, recorder) = tunnel::relay(client, upstream, recorder, session.time_left(), shutdown).await;
             if let Some(r) = recorder {
                 finish_recording(&gateway, &session, r).await;
             }

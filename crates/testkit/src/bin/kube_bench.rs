@@ -92,12 +92,11 @@ fn main() -> anyhow::Result<()> {
         let b = runtime.block_on(run(&gateway, path, seconds, concurrency))?;
         println!(
             "{name:<18} direct {:>8.1} req/s  gateway {:>8.1} req/s  ratio {:.2}x",
-            a.0, b.0, b.0 / a.0
+            a.0,
+            b.0,
+            b.0 / a.0
         );
-        println!(
-            "{:<18} (response bytes: direct {}, gateway {})",
-            "", a.1, b.1
-        );
+        println!("{:<18} (response bytes: direct {}, gateway {})", "", a.1, b.1);
     }
     drop(gw);
     drop(api);
@@ -113,7 +112,9 @@ async fn run(target: &Target, path: &str, seconds: u64, concurrency: usize) -> a
     for _ in 0..concurrency {
         let (target, stop, done, size) = (target.clone(), stop.clone(), done.clone(), size.clone());
         let path = format!("{}{path}", target.prefix);
-        workers.push(tokio::spawn(async move { worker(target, path, stop, done, size).await }));
+        workers.push(tokio::spawn(
+            async move { worker(target, path, stop, done, size).await },
+        ));
     }
     // A warm-up second (connections, TLS, the gateway's session cache), then the measurement.
     tokio::time::sleep(Duration::from_secs(1)).await;
