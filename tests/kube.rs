@@ -306,12 +306,15 @@ fn protobuf_is_never_passed_through_for_secrets() {
         .unwrap();
     assert_eq!(upstream.accept.as_deref(), Some("application/json"));
 
-    // Pods carry no Secrets: the client's protobuf preference goes through unchanged.
+    // Pods carry env values that the content detectors read: JSON too.
     let (code, ct, _) = s.curl(
         Some(&token),
         "/clusters/dev/api/v1/namespaces/shop/pods/web-0",
         &[protobuf],
     );
+    assert_eq!((code, ct.as_str()), (200, "application/json"));
+    // Namespaces carry neither: the client's protobuf preference goes through unchanged.
+    let (code, ct, _) = s.curl(Some(&token), "/clusters/dev/api/v1/namespaces/shop", &[protobuf]);
     assert_eq!((code, ct.as_str()), (200, "application/vnd.kubernetes.protobuf"));
 }
 
@@ -1185,4 +1188,69 @@ fn open_exec_streams_are_closed_recorded_and_audited_at_shutdown() {
     let cast = std::fs::read_to_string(path).unwrap();
     assert!(cast.contains("started"), "{cast}");
     assert!(audit.contains("\"session_ended\""), "{audit}");
+}
+
+#[test]
+fn config_map_data_and_env_values_pass_through_the_content_detectors() {
+    let s = setup();
+    s.api
+        .put(
+            "configmaps",
+            "shop",
+            serde_json::json!({"metadata": {"name": "contacts"},
+                "data": {"owner": "lena@example.com", "billing": "card 4111 1111 1111 1111", "mode": "fast"}}),
+        )
+        .unwrap();
+    s.api
+        .put(
+            "pods",
+            "shop",
+            serde_json::json!({"metadata": {"name": "mailer"},
+                "spec": {"containers": [{"name": "mailer", "image": "mailer:1",
+                    "env": [{"name": "ADMIN", "value": "lena@example.com"}, {"name": "MODE", "value": "fast"}]}]},
+                "status": {"phase": "Running"}}),
+        )
+        .unwrap();
+    let alice = s.gw.mint("alice", &[], false).unwrap();
+    let yaml = ok(&s.kubectl(&alice, &["get", "configmap", "contacts", "-n", "shop", "-o", "yaml"]));
+    assert!(!yaml.contains("lena@example.com"), "{yaml}");
+    assert!(!yaml.contains("4111 1111 1111 1111"), "{yaml}");
+    assert!(yaml.contains("mode: fast") && yaml.contains("name: contacts"), "{yaml}");
+    let json = ok(&s.kubectl(&alice, &["get", "configmaps", "-n", "shop", "-o", "json"]));
+    assert!(
+        !json.contains("lena@example.com") && json.contains("\"settings\""),
+        "{json}"
+    );
+    let pod = ok(&s.kubectl(&alice, &["get", "pod", "mailer", "-n", "shop", "-o", "yaml"]));
+    assert!(!pod.contains("lena@example.com"), "{pod}");
+    assert!(pod.contains("value: fast"), "{pod}");
+    // A watch masks event by event.
+    let (code, _, body) = s.curl(
+        Some(&alice),
+        "/clusters/dev/api/v1/namespaces/shop/configmaps?watch=1&resourceVersion=1&timeoutSeconds=1",
+        &[],
+    );
+    assert_eq!(code, 200, "{body}");
+    assert!(
+        body.contains("contacts") && !body.contains("lena@example.com"),
+        "{body}"
+    );
+
+    // Group support-leads may see e-mail addresses (masking.cedar); cards stay masked.
+    let lead = s.gw.mint("sam", &["support-leads"], false).unwrap();
+    let yaml = ok(&s.kubectl(&lead, &["get", "configmap", "contacts", "-n", "shop", "-o", "yaml"]));
+    assert!(yaml.contains("owner: lena@example.com"), "{yaml}");
+    assert!(!yaml.contains("4111 1111 1111 1111"), "{yaml}");
+    let pod = ok(&s.kubectl(&lead, &["get", "pod", "mailer", "-n", "shop", "-o", "yaml"]));
+    assert!(pod.contains("lena@example.com"), "{pod}");
+
+    // The API server holds the real values; the audit counts, never shows them.
+    assert_eq!(
+        s.api.object("configmaps", "shop", "contacts").unwrap()["data"]["owner"],
+        "lena@example.com"
+    );
+    s.wait_audit(|r| r.len() >= 6);
+    let audit = s.audit_text();
+    assert!(audit.contains("\"masking_applied\""), "{audit}");
+    assert!(!audit.contains("4111 1111 1111 1111"));
 }

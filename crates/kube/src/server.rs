@@ -28,7 +28,8 @@ use tokio_rustls::TlsAcceptor;
 
 use crate::attributes::{Attributes, PathKind};
 use crate::config::KubeConfig;
-use crate::secrets::{self, MaskError, WatchMasker};
+use crate::detect;
+use crate::secrets::{self, MaskError, Masking, WatchMasker};
 use crate::status::Status;
 use crate::tunnel::{self, TunnelEnd};
 use crate::upstream::{Body, BoxError, Upstream};
@@ -370,8 +371,21 @@ impl KubeFrontend {
                 .await;
         }
 
-        let mask = attrs.may_carry_secrets() && session.masker().await.masks(DataClass::Secret);
-        let forwarded = self.forward_request(request, &attrs, mask).await?;
+        let masking = {
+            let masker = session.masker().await;
+            if attrs.may_carry_secrets() && masker.masks(DataClass::Secret) {
+                Some(Masking::Secrets)
+            } else if attrs.kind == PathKind::Resource
+                && matches!(attrs.subresource.as_deref(), None | Some("status"))
+                && detect::carries_detected_values(&attrs.api_group, &attrs.resource)
+                && !masker.is_noop()
+            {
+                Some(Masking::Detect(masker.clone()))
+            } else {
+                None
+            }
+        };
+        let forwarded = self.forward_request(request, &attrs, masking.is_some()).await?;
         let response = match tokio::time::timeout(UPSTREAM_HEAD_TIMEOUT, upstream.send(forwarded)).await {
             Ok(Ok(response)) => response,
             Ok(Err(error)) => {
@@ -392,10 +406,11 @@ impl KubeFrontend {
                 ));
             }
         };
-        if mask {
+        if let Some(masking) = masking {
             let counts = Arc::new(Mutex::new(MaskCounts::default()));
             record.masked = Some(Arc::clone(&counts));
-            self.masked_response(response, attrs.action == "watch", counts).await
+            self.masked_response(response, attrs.action == "watch", masking, counts)
+                .await
         } else {
             Ok(pass_through(response))
         }
@@ -766,6 +781,7 @@ impl KubeFrontend {
         &self,
         response: Response<Incoming>,
         watch: bool,
+        masking: Masking,
         counts: Arc<Mutex<MaskCounts>>,
     ) -> Result<Response<Body>, Status> {
         let (mut parts, body) = response.into_parts();
@@ -792,7 +808,7 @@ impl KubeFrontend {
             }
             let body = WatchBody {
                 inner: body,
-                masker: WatchMasker::new(self.max_json_buffer),
+                masker: WatchMasker::new(self.max_json_buffer, masking),
                 counts,
                 done: false,
             };
@@ -819,7 +835,7 @@ impl KubeFrontend {
             other => mask_failed(other),
         })?;
         let mut local = MaskCounts::default();
-        let masked = secrets::mask_document(&plain, &mut local).map_err(mask_failed)?;
+        let masked = secrets::mask_document(&plain, &masking, &mut local).map_err(mask_failed)?;
         lock(&counts).merge(&local);
         parts
             .headers

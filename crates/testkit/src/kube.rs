@@ -678,27 +678,35 @@ impl State {
             line.push(b'\n');
             Bytes::from(line)
         };
+        // `timeoutSeconds` ends the watch, as the API server does.
+        let timeout = query
+            .get("timeoutSeconds")
+            .and_then(|t| t.parse::<u64>().ok())
+            .map_or(std::time::Duration::MAX / 4, std::time::Duration::from_secs);
         tokio::spawn(async move {
-            for event in initial {
-                if tx.send(render(event)).await.is_err() {
-                    return;
-                }
-            }
-            loop {
-                match events.recv().await {
-                    Ok((version, r, ns, event)) => {
-                        if version <= replayed {
-                            continue;
-                        }
-                        replayed = version;
-                        if matches(&r, &ns, &event["object"]) && tx.send(render(event)).await.is_err() {
-                            return;
-                        }
+            let _ = tokio::time::timeout(timeout, async move {
+                for event in initial {
+                    if tx.send(render(event)).await.is_err() {
+                        return;
                     }
-                    Err(broadcast::error::RecvError::Lagged(_)) => continue,
-                    Err(broadcast::error::RecvError::Closed) => return,
                 }
-            }
+                loop {
+                    match events.recv().await {
+                        Ok((version, r, ns, event)) => {
+                            if version <= replayed {
+                                continue;
+                            }
+                            replayed = version;
+                            if matches(&r, &ns, &event["object"]) && tx.send(render(event)).await.is_err() {
+                                return;
+                            }
+                        }
+                        Err(broadcast::error::RecvError::Lagged(_)) => continue,
+                        Err(broadcast::error::RecvError::Closed) => return,
+                    }
+                }
+            })
+            .await;
         });
         let mut response = Response::new(ChannelBody(rx).boxed());
         response.headers_mut().insert(
