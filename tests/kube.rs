@@ -36,8 +36,28 @@ fn setup() -> Setup {
 
 /// `listener` gives more `[kube]` keys.
 fn setup_with(listener: &str) -> Setup {
+    setup_upstream(listener, None)
+}
+
+/// The cluster of `GATEHOUSE_TEST_KUBECONFIG` (context `GATEHOUSE_TEST_CONTEXT`, or its
+/// current context) behind the gateway when set, else the testkit's API server.
+fn setup_real_or_testkit() -> (Setup, bool) {
+    match std::env::var_os("GATEHOUSE_TEST_KUBECONFIG") {
+        Some(path) => {
+            let context = std::env::var("GATEHOUSE_TEST_CONTEXT").ok();
+            (setup_upstream("", Some((PathBuf::from(path), context))), true)
+        }
+        None => (setup(), false),
+    }
+}
+
+fn setup_upstream(listener: &str, real: Option<(PathBuf, Option<String>)>) -> Setup {
     let api = KubeApiServer::start().unwrap();
-    let upstream = api.write_kubeconfig().unwrap();
+    let (upstream, context) = match real {
+        Some((path, context)) => (path, context),
+        None => (api.write_kubeconfig().unwrap(), Some("gatehouse".to_string())),
+    };
+    let context = context.map(|c| format!("context = \"{c}\"")).unwrap_or_default();
     let dir = tempfile::tempdir().unwrap();
     let certs = TestCerts::generate(dir.path()).unwrap();
     let port = free_port().unwrap();
@@ -53,13 +73,13 @@ tls_key = "{key}"
 [[kube.clusters]]
 name = "dev"
 kubeconfig = "{upstream}"
-context = "gatehouse"
+{context}
 labels = {{ env = "dev" }}
 
 [[kube.clusters]]
 name = "prod"
 kubeconfig = "{upstream}"
-context = "gatehouse"
+{context}
 labels = {{ env = "prod" }}
 "#,
             cert = certs.server_cert.display(),
@@ -1253,4 +1273,58 @@ fn config_map_data_and_env_values_pass_through_the_content_detectors() {
     let audit = s.audit_text();
     assert!(audit.contains("\"masking_applied\""), "{audit}");
     assert!(!audit.contains("4111 1111 1111 1111"));
+}
+
+/// The subset that makes sense on a real cluster, run against `GATEHOUSE_TEST_KUBECONFIG`
+/// when it is set (see docs/kube.md) and against the testkit's API server otherwise:
+/// `GATEHOUSE_TEST_NAMESPACE` (default `default`) and, for exec, `GATEHOUSE_TEST_POD`
+/// (a running pod with `echo` in that namespace; `web-0` in `shop` on the testkit).
+#[test]
+fn a_cluster_lists_masks_refuses_and_execs_through_the_gateway() {
+    let (s, real) = setup_real_or_testkit();
+    let namespace = if real {
+        std::env::var("GATEHOUSE_TEST_NAMESPACE").unwrap_or_else(|_| "default".into())
+    } else {
+        "shop".into()
+    };
+    let pod = if real {
+        std::env::var("GATEHOUSE_TEST_POD").ok()
+    } else {
+        Some("web-0".into())
+    };
+    let ns = namespace.as_str();
+    let ops = s.gw.mint("olga", &["ops"], false).unwrap();
+    let agent = s.gw.mint("agent-7", &[], true).unwrap();
+    ok(&s.kubectl(&ops, &["get", "pods", "-n", ns]));
+
+    // A Secret created through the gateway comes back masked; the cluster holds the value.
+    let name = format!("gatehouse-test-{}", std::process::id());
+    let manifest = s.dir.path().join("secret.yaml");
+    std::fs::write(
+        &manifest,
+        format!(
+            "apiVersion: v1\nkind: Secret\nmetadata:\n  name: {name}\n  namespace: {ns}\ntype: Opaque\ndata:\n  password: aHVudGVyMi1yZWFsLWNsdXN0ZXI=\n"
+        ),
+    )
+    .unwrap();
+    ok(&s.kubectl(&ops, &["apply", "--validate=false", "-f", manifest.to_str().unwrap()]));
+    let yaml = s.kubectl(&ops, &["get", "secret", &name, "-n", ns, "-o", "yaml"]);
+    let deleted = s.kubectl(&ops, &["delete", "secret", &name, "-n", ns, "--wait=false"]);
+    let yaml = ok(&yaml);
+    assert!(yaml.contains(&format!("password: {MASKED}")), "{yaml}");
+    assert!(!yaml.contains("aHVudGVyMi1yZWFsLWNsdXN0ZXI="), "{yaml}");
+    ok(&deleted);
+
+    let out = s.kubectl(&agent, &["delete", "secret", "anything", "-n", ns, "--wait=false"]);
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("agent-kube-read-only"), "{}", stderr(&out));
+
+    if let Some(pod) = pod {
+        let out = s.kubectl(&ops, &["exec", "-n", ns, &pod, "--", "echo", "through the gateway"]);
+        assert_eq!(stdout(&out), "through the gateway\n", "{}", stderr(&out));
+        let records = s.wait_audit(|r| r.iter().any(|e| e["verb"] == "exec"));
+        let exec = records.iter().find(|e| e["verb"] == "exec").unwrap();
+        assert_eq!(exec["reason"], "exit 0");
+        assert!(s.audit_text().contains("\"recording_written\""));
+    }
 }
