@@ -208,13 +208,19 @@ where
             _ = &mut grace, if stopping => {
                 let _ = close_tx.send(true);
                 end.error = Some("the gateway shut down; the stream was closed".into());
-                // Each direction finishes what it has read, then stops.
-                let (i, o) = tokio::join!(
-                    async { match done_in.take() { Some(p) => p, None => (&mut inbound).await } },
-                    async { match done_out.take() { Some(p) => p, None => (&mut outbound).await } },
-                );
-                done_in = Some(i);
-                done_out = Some(o);
+                // Each direction finishes what it has read, then stops; one that cannot (a
+                // peer that reads nothing) is cut off without a close frame.
+                let stopped = tokio::time::timeout(Duration::from_secs(2), async {
+                    tokio::join!(
+                        async { match done_in.take() { Some(p) => p, None => (&mut inbound).await } },
+                        async { match done_out.take() { Some(p) => p, None => (&mut outbound).await } },
+                    )
+                })
+                .await;
+                if let Ok((i, o)) = stopped {
+                    done_in = Some(i);
+                    done_out = Some(o);
+                }
                 break;
             }
         }
