@@ -85,12 +85,14 @@ lint:
 # Criterion benchmarks (policy decision, masking, SQL classification), then pgbench through
 # the gateway as ratios to a direct connection and a bare copy relay (DURATION=secs per run),
 # then SSH throughput (SIZE, default 1G) and connection set-up against direct, a copy relay
-# and an OpenSSH bastion.
+# and an OpenSSH bastion; then Kubernetes API requests per second (GET of a pod, LIST of
+# 1,000 masked Secrets) through the gateway against the test API server directly.
 bench: setup
     cargo bench --workspace -- --warm-up-time 1 --measurement-time 3
     cargo build --release -p gatehouse -p gatehouse-testkit
     bash bench/pgbench.sh
     bash bench/ssh.sh
+    bash bench/kube.sh
 
 # Fuzz the parsers that read client bytes (needs cargo-fuzz; runs each target for SECONDS).
 fuzz seconds="30":

@@ -36,8 +36,28 @@ fn setup() -> Setup {
 
 /// `listener` gives more `[kube]` keys.
 fn setup_with(listener: &str) -> Setup {
+    setup_upstream(listener, None)
+}
+
+/// The cluster of `GATEHOUSE_TEST_KUBECONFIG` (context `GATEHOUSE_TEST_CONTEXT`, or its
+/// current context) behind the gateway when set, else the testkit's API server.
+fn setup_real_or_testkit() -> (Setup, bool) {
+    match std::env::var_os("GATEHOUSE_TEST_KUBECONFIG") {
+        Some(path) => {
+            let context = std::env::var("GATEHOUSE_TEST_CONTEXT").ok();
+            (setup_upstream("", Some((PathBuf::from(path), context))), true)
+        }
+        None => (setup(), false),
+    }
+}
+
+fn setup_upstream(listener: &str, real: Option<(PathBuf, Option<String>)>) -> Setup {
     let api = KubeApiServer::start().unwrap();
-    let upstream = api.write_kubeconfig().unwrap();
+    let (upstream, context) = match real {
+        Some((path, context)) => (path, context),
+        None => (api.write_kubeconfig().unwrap(), Some("gatehouse".to_string())),
+    };
+    let context = context.map(|c| format!("context = \"{c}\"")).unwrap_or_default();
     let dir = tempfile::tempdir().unwrap();
     let certs = TestCerts::generate(dir.path()).unwrap();
     let port = free_port().unwrap();
@@ -53,13 +73,13 @@ tls_key = "{key}"
 [[kube.clusters]]
 name = "dev"
 kubeconfig = "{upstream}"
-context = "gatehouse"
+{context}
 labels = {{ env = "dev" }}
 
 [[kube.clusters]]
 name = "prod"
 kubeconfig = "{upstream}"
-context = "gatehouse"
+{context}
 labels = {{ env = "prod" }}
 "#,
             cert = certs.server_cert.display(),
@@ -306,12 +326,15 @@ fn protobuf_is_never_passed_through_for_secrets() {
         .unwrap();
     assert_eq!(upstream.accept.as_deref(), Some("application/json"));
 
-    // Pods carry no Secrets: the client's protobuf preference goes through unchanged.
+    // Pods carry env values that the content detectors read: JSON too.
     let (code, ct, _) = s.curl(
         Some(&token),
         "/clusters/dev/api/v1/namespaces/shop/pods/web-0",
         &[protobuf],
     );
+    assert_eq!((code, ct.as_str()), (200, "application/json"));
+    // Namespaces carry neither: the client's protobuf preference goes through unchanged.
+    let (code, ct, _) = s.curl(Some(&token), "/clusters/dev/api/v1/namespaces/shop", &[protobuf]);
     assert_eq!((code, ct.as_str()), (200, "application/vnd.kubernetes.protobuf"));
 }
 
@@ -932,4 +955,376 @@ fn the_python_client_lists_reads_masked_is_refused_and_execs() {
     assert!(message.contains("agent-kube-read-only"), "{message}");
     assert_eq!(result["exec"], "hi from python\n");
     assert!(s.api.object("pods", "shop", "web-0").is_some());
+}
+
+/// A TCP server standing in for a pod's port: every byte comes back XOR 0xff (so an echo
+/// that skipped the server would show). Stopped on drop.
+struct FlipServer {
+    port: u16,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl FlipServer {
+    fn start() -> Self {
+        use std::io::{Read as _, Write as _};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let stopping = std::sync::Arc::clone(&stop);
+        let thread = std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                if stopping.load(std::sync::atomic::Ordering::SeqCst) {
+                    return;
+                }
+                let Ok(mut conn) = conn else { continue };
+                std::thread::spawn(move || {
+                    let mut buf = [0u8; 8192];
+                    while let Ok(n) = conn.read(&mut buf) {
+                        if n == 0 {
+                            return;
+                        }
+                        let flipped: Vec<u8> = buf[..n].iter().map(|b| b ^ 0xff).collect();
+                        if conn.write_all(&flipped).is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        Self {
+            port,
+            stop,
+            thread: Some(thread),
+        }
+    }
+}
+
+impl Drop for FlipServer {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        let _ = std::net::TcpStream::connect(("127.0.0.1", self.port));
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// The Python client's port-forward (`v4.channel.k8s.io`, ports in the query).
+const PYTHON_PORTFORWARD: &str = r#"
+import json, os
+from kubernetes import client
+from kubernetes.client.rest import ApiException
+from kubernetes.stream import portforward
+
+def api(token):
+    cfg = client.Configuration()
+    cfg.host = os.environ["GW_URL"]
+    cfg.ssl_ca_cert = os.environ["GW_CA"]
+    cfg.api_key = {"authorization": "Bearer " + token}
+    return client.CoreV1Api(client.ApiClient(cfg))
+
+port = int(os.environ["POD_PORT"])
+out = {}
+pf = portforward(api(os.environ["OPS_TOKEN"]).connect_get_namespaced_pod_portforward,
+                 "web-0", "shop", ports=str(port))
+sock = pf.socket(port)
+sock.setblocking(True)
+payload = bytes(range(256)) * 300
+sock.sendall(payload)
+got = b""
+while len(got) < len(payload):
+    chunk = sock.recv(65536)
+    if not chunk:
+        break
+    got += chunk
+out["sent"] = len(payload)
+out["flipped_back"] = got == bytes(b ^ 0xff for b in payload)
+sock.close()
+try:
+    portforward(api(os.environ["AGENT_TOKEN"]).connect_get_namespaced_pod_portforward,
+                "web-0", "shop", ports=str(port))
+    out["agent"] = "allowed"
+except Exception as e:
+    out["agent"] = str(e)
+print(json.dumps(out))
+"#;
+
+#[test]
+fn port_forward_relays_bytes_both_ways_unrecorded_and_kubectl_gets_a_clear_error() {
+    let s = setup();
+    let pod = FlipServer::start();
+    let ops = s.gw.mint("olga", &["ops"], false).unwrap();
+    let agent = s.gw.mint("agent-7", &[], true).unwrap();
+    let out = Command::new("python3")
+        .args(["-c", PYTHON_PORTFORWARD])
+        .env("GW_URL", format!("https://127.0.0.1:{}/clusters/dev", s.port))
+        .env("GW_CA", &s.certs.ca_cert)
+        .env("OPS_TOKEN", &ops)
+        .env("AGENT_TOKEN", &agent)
+        .env("POD_PORT", pod.port.to_string())
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}\n{}", stderr(&out), s.gw.log());
+    let result: serde_json::Value = serde_json::from_str(stdout(&out).trim()).unwrap();
+    assert_eq!(result["flipped_back"], true, "{result}");
+    let agent_error = result["agent"].as_str().unwrap();
+    assert!(agent_error.contains("403"), "{agent_error}");
+
+    // Decided as portforward with the port in context, audited with its bytes, not recorded.
+    let records = s.wait_audit(|r| {
+        r.iter()
+            .filter(|e| e["verb"] == "portforward" && e["status"] == 101)
+            .count()
+            >= 1
+    });
+    let forwarded = records
+        .iter()
+        .find(|e| e["verb"] == "portforward" && e["status"] == 101)
+        .unwrap();
+    assert_eq!(forwarded["decision"], "allow");
+    assert_eq!(forwarded["policies"], serde_json::json!(["ops-kube-exec"]));
+    assert_eq!(forwarded["attributes"]["ports"], serde_json::json!([pod.port]));
+    let sent = result["sent"].as_u64().unwrap();
+    assert!(forwarded["bytes"].as_u64().unwrap() >= 2 * sent, "{forwarded}");
+    let refused = records
+        .iter()
+        .find(|e| e["verb"] == "portforward" && e["decision"] == "deny")
+        .unwrap();
+    assert_eq!(refused["policies"], serde_json::json!(["agent-kube-read-only"]));
+    assert!(!s.audit_text().contains("\"recording_written\""));
+    let upstream = s
+        .api
+        .seen()
+        .into_iter()
+        .find(|r| r.path_and_query.contains("/portforward"))
+        .unwrap();
+    assert_eq!(upstream.protocols.as_deref(), Some("v4.channel.k8s.io"));
+
+    // kubectl 1.32 tunnels SPDY inside the WebSocket, which the test API server does not
+    // speak: kubectl must fail with a message, not hang.
+    let local = free_port().unwrap();
+    let started = std::time::Instant::now();
+    let mut kubectl = Killed(
+        s.kubectl_command(
+            &ops,
+            &[
+                "port-forward",
+                "-n",
+                "shop",
+                "pod/web-0",
+                &format!("{local}:{}", pod.port),
+            ],
+        )
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap(),
+    );
+    let out = output_of(&mut kubectl);
+    assert!(started.elapsed() < Duration::from_secs(20));
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(err.contains("error upgrading connection"), "{err}");
+    assert!(err.contains("port-forward is relayed over WebSocket only"), "{err}");
+    // kubectl's WebSocket attempt did reach the API server (which refused the SPDY tunnel);
+    // its SPDY fallback never did.
+    let tunnels: Vec<_> = s
+        .api
+        .seen()
+        .into_iter()
+        .filter(|r| r.path_and_query.contains("/portforward"))
+        .collect();
+    assert!(
+        tunnels
+            .iter()
+            .any(|r| r.protocols.as_deref() == Some("SPDY/3.1+portforward.k8s.io")),
+        "{tunnels:?}"
+    );
+    assert!(tunnels.iter().all(|r| r.upgrade.as_deref() == Some("websocket")));
+}
+
+#[test]
+fn open_exec_streams_are_closed_recorded_and_audited_at_shutdown() {
+    let mut s = setup();
+    let ops = s.gw.mint("olga", &["ops"], false).unwrap();
+    let mut exec = Killed(
+        s.kubectl_command(
+            &ops,
+            &[
+                "exec",
+                "-n",
+                "shop",
+                "web-0",
+                "--",
+                "sh",
+                "-c",
+                "echo started; sleep 60",
+            ],
+        )
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap(),
+    );
+    let rx = lines_of(&mut exec.0);
+    let mut seen = Vec::new();
+    assert!(wait_line(&rx, "started", &mut seen), "{seen:?}\n{}", s.gw.log());
+
+    let began = std::time::Instant::now();
+    let status = s.gw.terminate(Duration::from_secs(15)).unwrap();
+    assert!(status.success(), "{status}\n{}", s.gw.log());
+    // The stream got its grace period, then was closed: not cut at once, not left hanging.
+    let took = began.elapsed();
+    assert!(took >= Duration::from_secs(2), "{took:?}");
+    let mut exited = false;
+    for _ in 0..100 {
+        if exec.0.try_wait().unwrap().is_some() {
+            exited = true;
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(exited, "kubectl still running after the gateway closed its stream");
+
+    // The request's record and the finished recording, with a hash matching the file.
+    let audit = s.audit_text();
+    let records: Vec<serde_json::Value> = audit.lines().filter_map(|l| serde_json::from_str(l).ok()).collect();
+    let exec_record = records
+        .iter()
+        .find(|r| r.to_string().contains("\"kube_request\"") && r["verb"] == "exec")
+        .unwrap_or_else(|| panic!("no exec record:\n{audit}"));
+    assert_eq!(exec_record["status"], 101);
+    let reason = exec_record["reason"].as_str().unwrap();
+    assert!(reason.contains("the gateway shut down"), "{reason}");
+    let written = records
+        .iter()
+        .find(|r| r.to_string().contains("\"recording_written\""))
+        .unwrap_or_else(|| panic!("no recording:\n{audit}"));
+    let path = written["path"].as_str().unwrap();
+    let sum = Command::new("sha256sum").arg(path).output().unwrap();
+    assert_eq!(written["sha256"], stdout(&sum).split_whitespace().next().unwrap());
+    let cast = std::fs::read_to_string(path).unwrap();
+    assert!(cast.contains("started"), "{cast}");
+    assert!(audit.contains("\"session_ended\""), "{audit}");
+}
+
+#[test]
+fn config_map_data_and_env_values_pass_through_the_content_detectors() {
+    let s = setup();
+    s.api
+        .put(
+            "configmaps",
+            "shop",
+            serde_json::json!({"metadata": {"name": "contacts"},
+                "data": {"owner": "lena@example.com", "billing": "card 4111 1111 1111 1111", "mode": "fast"}}),
+        )
+        .unwrap();
+    s.api
+        .put(
+            "pods",
+            "shop",
+            serde_json::json!({"metadata": {"name": "mailer"},
+                "spec": {"containers": [{"name": "mailer", "image": "mailer:1",
+                    "env": [{"name": "ADMIN", "value": "lena@example.com"}, {"name": "MODE", "value": "fast"}]}]},
+                "status": {"phase": "Running"}}),
+        )
+        .unwrap();
+    let alice = s.gw.mint("alice", &[], false).unwrap();
+    let yaml = ok(&s.kubectl(&alice, &["get", "configmap", "contacts", "-n", "shop", "-o", "yaml"]));
+    assert!(!yaml.contains("lena@example.com"), "{yaml}");
+    assert!(!yaml.contains("4111 1111 1111 1111"), "{yaml}");
+    assert!(yaml.contains("mode: fast") && yaml.contains("name: contacts"), "{yaml}");
+    let json = ok(&s.kubectl(&alice, &["get", "configmaps", "-n", "shop", "-o", "json"]));
+    assert!(
+        !json.contains("lena@example.com") && json.contains("\"settings\""),
+        "{json}"
+    );
+    let pod = ok(&s.kubectl(&alice, &["get", "pod", "mailer", "-n", "shop", "-o", "yaml"]));
+    assert!(!pod.contains("lena@example.com"), "{pod}");
+    assert!(pod.contains("value: fast"), "{pod}");
+    // A watch masks event by event.
+    let (code, _, body) = s.curl(
+        Some(&alice),
+        "/clusters/dev/api/v1/namespaces/shop/configmaps?watch=1&resourceVersion=1&timeoutSeconds=1",
+        &[],
+    );
+    assert_eq!(code, 200, "{body}");
+    assert!(
+        body.contains("contacts") && !body.contains("lena@example.com"),
+        "{body}"
+    );
+
+    // Group support-leads may see e-mail addresses (masking.cedar); cards stay masked.
+    let lead = s.gw.mint("sam", &["support-leads"], false).unwrap();
+    let yaml = ok(&s.kubectl(&lead, &["get", "configmap", "contacts", "-n", "shop", "-o", "yaml"]));
+    assert!(yaml.contains("owner: lena@example.com"), "{yaml}");
+    assert!(!yaml.contains("4111 1111 1111 1111"), "{yaml}");
+    let pod = ok(&s.kubectl(&lead, &["get", "pod", "mailer", "-n", "shop", "-o", "yaml"]));
+    assert!(pod.contains("lena@example.com"), "{pod}");
+
+    // The API server holds the real values; the audit counts, never shows them.
+    assert_eq!(
+        s.api.object("configmaps", "shop", "contacts").unwrap()["data"]["owner"],
+        "lena@example.com"
+    );
+    s.wait_audit(|r| r.len() >= 6);
+    let audit = s.audit_text();
+    assert!(audit.contains("\"masking_applied\""), "{audit}");
+    assert!(!audit.contains("4111 1111 1111 1111"));
+}
+
+/// The subset that makes sense on a real cluster, run against `GATEHOUSE_TEST_KUBECONFIG`
+/// when it is set (see docs/kube.md) and against the testkit's API server otherwise:
+/// `GATEHOUSE_TEST_NAMESPACE` (default `default`) and, for exec, `GATEHOUSE_TEST_POD`
+/// (a running pod with `echo` in that namespace; `web-0` in `shop` on the testkit).
+#[test]
+fn a_cluster_lists_masks_refuses_and_execs_through_the_gateway() {
+    let (s, real) = setup_real_or_testkit();
+    let namespace = if real {
+        std::env::var("GATEHOUSE_TEST_NAMESPACE").unwrap_or_else(|_| "default".into())
+    } else {
+        "shop".into()
+    };
+    let pod = if real {
+        std::env::var("GATEHOUSE_TEST_POD").ok()
+    } else {
+        Some("web-0".into())
+    };
+    let ns = namespace.as_str();
+    let ops = s.gw.mint("olga", &["ops"], false).unwrap();
+    let agent = s.gw.mint("agent-7", &[], true).unwrap();
+    ok(&s.kubectl(&ops, &["get", "pods", "-n", ns]));
+
+    // A Secret created through the gateway comes back masked; the cluster holds the value.
+    let name = format!("gatehouse-test-{}", std::process::id());
+    let manifest = s.dir.path().join("secret.yaml");
+    std::fs::write(
+        &manifest,
+        format!(
+            "apiVersion: v1\nkind: Secret\nmetadata:\n  name: {name}\n  namespace: {ns}\ntype: Opaque\ndata:\n  password: aHVudGVyMi1yZWFsLWNsdXN0ZXI=\n"
+        ),
+    )
+    .unwrap();
+    ok(&s.kubectl(&ops, &["apply", "--validate=false", "-f", manifest.to_str().unwrap()]));
+    let yaml = s.kubectl(&ops, &["get", "secret", &name, "-n", ns, "-o", "yaml"]);
+    let deleted = s.kubectl(&ops, &["delete", "secret", &name, "-n", ns, "--wait=false"]);
+    let yaml = ok(&yaml);
+    assert!(yaml.contains(&format!("password: {MASKED}")), "{yaml}");
+    assert!(!yaml.contains("aHVudGVyMi1yZWFsLWNsdXN0ZXI="), "{yaml}");
+    ok(&deleted);
+
+    let out = s.kubectl(&agent, &["delete", "secret", "anything", "-n", ns, "--wait=false"]);
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("agent-kube-read-only"), "{}", stderr(&out));
+
+    if let Some(pod) = pod {
+        let out = s.kubectl(&ops, &["exec", "-n", ns, &pod, "--", "echo", "through the gateway"]);
+        assert_eq!(stdout(&out), "through the gateway\n", "{}", stderr(&out));
+        let records = s.wait_audit(|r| r.iter().any(|e| e["verb"] == "exec"));
+        let exec = records.iter().find(|e| e["verb"] == "exec").unwrap();
+        assert_eq!(exec["reason"], "exit 0");
+        assert!(s.audit_text().contains("\"recording_written\""));
+    }
 }

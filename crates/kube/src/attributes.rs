@@ -30,6 +30,8 @@ pub enum PathError {
     NamedWatch,
     #[error("the HTTP method {0} has no Kubernetes verb")]
     Method(String),
+    #[error("the port-forward port {0:?} is not a port number (1-65535)")]
+    BadPort(String),
 }
 
 /// What kind of path a request addresses.
@@ -63,6 +65,9 @@ pub struct Attributes {
     pub path: String,
     /// The query exactly as the client sent it (forwarded unchanged once checked).
     pub query: Option<String>,
+    /// For `pods/portforward`: the ports of its `ports=` query (WebSocket clients name them
+    /// there; kubectl's SPDY tunnel names them only inside the stream, so they are unknown).
+    pub ports: Vec<u16>,
 }
 
 /// Characters re-encoded when the canonical path is forwarded: everything Go's
@@ -121,6 +126,7 @@ impl Attributes {
             name: None,
             path,
             query: raw_query.filter(|q| !q.is_empty()).map(str::to_string),
+            ports: Vec::new(),
         };
         let mut verb = method_verb(method)?;
         let parts: Vec<&str> = segments.iter().map(String::as_str).collect();
@@ -193,6 +199,9 @@ impl Attributes {
         {
             attrs.action = action;
         }
+        if attrs.action == "portforward" {
+            attrs.ports = query.ports()?;
+        }
         Ok(attrs)
     }
 
@@ -218,6 +227,9 @@ impl Attributes {
             "path": self.path,
             "non_resource": self.kind != PathKind::Resource,
         });
+        if !self.ports.is_empty() {
+            context["ports"] = self.ports.iter().map(|p| Value::from(*p)).collect();
+        }
         for (key, value) in [
             ("subresource", &self.subresource),
             ("namespace", &self.namespace),
@@ -318,6 +330,8 @@ fn check_encoding(segment: &str) -> Result<(), PathError> {
 struct Query {
     watch: Option<bool>,
     field_selector_name: Option<String>,
+    /// Every `ports` value as sent (the kubelet splits each at commas).
+    ports: Vec<String>,
 }
 
 impl Query {
@@ -342,10 +356,31 @@ impl Query {
                     seen_selector = true;
                     query.field_selector_name = exact_name(&value);
                 }
+                "ports" => query.ports.push(value),
                 _ => {}
             }
         }
         Ok(query)
+    }
+}
+
+impl Query {
+    /// The port-forward ports, parsed as the kubelet does (`ports=80,443` or `ports=80&ports=443`),
+    /// without repeats; a value that is not a port refuses the request.
+    fn ports(&self) -> Result<Vec<u16>, PathError> {
+        let mut ports = Vec::new();
+        for raw in self.ports.iter().flat_map(|v| v.split(',')) {
+            let port = raw
+                .trim()
+                .parse::<u16>()
+                .ok()
+                .filter(|p| *p != 0)
+                .ok_or_else(|| PathError::BadPort(raw.chars().take(20).collect()))?;
+            if !ports.contains(&port) {
+                ports.push(port);
+            }
+        }
+        Ok(ports)
     }
 }
 

@@ -4,6 +4,7 @@
 
 pub mod attributes;
 pub mod config;
+pub mod detect;
 pub mod secrets;
 pub mod server;
 pub mod status;

@@ -6,8 +6,27 @@
 use std::io::Read as _;
 
 use bytes::{Buf as _, Bytes, BytesMut};
-use gatehouse_mask::{KUBE_MASKED_DATA, KUBE_MASKED_STRING, MaskCounts, mask_kube_secret};
+use gatehouse_mask::{KUBE_MASKED_DATA, KUBE_MASKED_STRING, MaskCounts, Masker, mask_kube_secret};
 use serde_json::Value;
+
+/// What a response that must be read is masked for.
+#[derive(Clone, Debug)]
+pub enum Masking {
+    /// Secret `data` and `stringData` values, by structure.
+    Secrets,
+    /// ConfigMap data and env values, through the content detectors (see `crate::detect`).
+    Detect(Masker),
+}
+
+impl Masking {
+    /// Masks one document (object, list, Table or watch event); true if anything changed.
+    pub fn apply(&self, v: &mut Value, counts: &mut MaskCounts) -> bool {
+        match self {
+            Masking::Secrets => mask_kube_secret(v, counts),
+            Masking::Detect(masker) => crate::detect::mask_detected(v, masker, counts),
+        }
+    }
+}
 
 /// Why a response could not be masked; the client gets a `Status` instead of the data.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -79,12 +98,12 @@ pub fn is_json(content_type: Option<&str>) -> bool {
 }
 
 /// Masks one whole JSON document (an object, a list page, a Table, a Status).
-pub fn mask_document(body: &[u8], counts: &mut MaskCounts) -> Result<Bytes, MaskError> {
+pub fn mask_document(body: &[u8], masking: &Masking, counts: &mut MaskCounts) -> Result<Bytes, MaskError> {
     if body.iter().all(u8::is_ascii_whitespace) {
         return Ok(Bytes::copy_from_slice(body));
     }
     let mut value: Value = serde_json::from_slice(body).map_err(|e| MaskError::BadJson(e.to_string()))?;
-    if !mask_kube_secret(&mut value, counts) {
+    if !masking.apply(&mut value, counts) {
         return Ok(Bytes::copy_from_slice(body));
     }
     Ok(Bytes::from(value.to_string()))
@@ -95,14 +114,16 @@ pub fn mask_document(body: &[u8], counts: &mut MaskCounts) -> Result<Bytes, Mask
 pub struct WatchMasker {
     buffer: BytesMut,
     limit: usize,
+    masking: Masking,
 }
 
 impl WatchMasker {
     /// `limit` bounds one event.
-    pub fn new(limit: usize) -> Self {
+    pub fn new(limit: usize, masking: Masking) -> Self {
         Self {
             buffer: BytesMut::new(),
             limit,
+            masking,
         }
     }
 
@@ -117,7 +138,7 @@ impl WatchMasker {
                 Some(Ok(mut event)) => {
                     let used = events.byte_offset();
                     self.buffer.advance(used);
-                    mask_kube_secret(&mut event, counts);
+                    self.masking.apply(&mut event, counts);
                     out.extend_from_slice(event.to_string().as_bytes());
                     out.extend_from_slice(b"\n");
                 }
@@ -179,7 +200,7 @@ mod tests {
         let compressed = Bytes::from(gz.finish().unwrap());
         let plain = decode(compressed.clone(), Some("gzip"), 1 << 20).unwrap();
         let mut counts = MaskCounts::default();
-        let masked = mask_document(&plain, &mut counts).unwrap();
+        let masked = mask_document(&plain, &Masking::Secrets, &mut counts).unwrap();
         assert!(!String::from_utf8_lossy(&masked).contains("aHVudGVyMg"));
         assert_eq!(counts.get(DataClass::Secret), 2);
         assert_eq!(decode(compressed, Some("gzip"), 10), Err(MaskError::TooLarge(10)));
@@ -188,7 +209,7 @@ mod tests {
             Err(MaskError::Encoding(_))
         ));
         assert!(matches!(
-            mask_document(b"k8s\0proto", &mut counts),
+            mask_document(b"k8s\0proto", &Masking::Secrets, &mut counts),
             Err(MaskError::BadJson(_))
         ));
         assert!(is_json(Some("application/json;as=Table;v=v1;g=meta.k8s.io")));
@@ -201,7 +222,7 @@ mod tests {
         let second = json!({"type": "MODIFIED", "object": secret("b")}).to_string();
         let stream = format!("{first}\n{second}\n");
         let (head, tail) = stream.as_bytes().split_at(first.len() + 10);
-        let mut watch = WatchMasker::new(1 << 20);
+        let mut watch = WatchMasker::new(1 << 20, Masking::Secrets);
         let mut counts = MaskCounts::default();
         let out1 = watch.push(head, &mut counts).unwrap();
         let text1 = String::from_utf8(out1.to_vec()).unwrap();
@@ -213,16 +234,16 @@ mod tests {
         watch.finish().unwrap();
         assert_eq!(counts.get(DataClass::Secret), 2);
 
-        let mut small = WatchMasker::new(8);
+        let mut small = WatchMasker::new(8, Masking::Secrets);
         assert_eq!(
             small.push(b"{\"type\":\"ADDED\",", &mut counts),
             Err(MaskError::TooLarge(8))
         );
-        let mut cut = WatchMasker::new(100);
+        let mut cut = WatchMasker::new(100, Masking::Secrets);
         cut.push(b"{\"type\":", &mut counts).unwrap();
         assert!(cut.finish().is_err());
         assert!(matches!(
-            WatchMasker::new(100).push(b"]]", &mut counts),
+            WatchMasker::new(100, Masking::Secrets).push(b"]]", &mut counts),
             Err(MaskError::BadJson(_))
         ));
     }

@@ -28,7 +28,8 @@ use tokio_rustls::TlsAcceptor;
 
 use crate::attributes::{Attributes, PathKind};
 use crate::config::KubeConfig;
-use crate::secrets::{self, MaskError, WatchMasker};
+use crate::detect;
+use crate::secrets::{self, MaskError, Masking, WatchMasker};
 use crate::status::Status;
 use crate::tunnel::{self, TunnelEnd};
 use crate::upstream::{Body, BoxError, Upstream};
@@ -66,6 +67,8 @@ pub struct KubeFrontend {
     max_json_buffer: usize,
     /// Where exec and attach recordings go (the gateway's `state_dir/recordings`).
     recordings: PathBuf,
+    /// Open exec, attach and port-forward streams, closed cleanly at shutdown.
+    tunnels: tunnel::Tunnels,
 }
 
 /// The WebSocket subprotocols relayed for exec and attach: the binary channel protocols,
@@ -73,9 +76,12 @@ pub struct KubeFrontend {
 const CHANNEL_PROTOCOLS: [&str; 2] = ["v5.channel.k8s.io", "v4.channel.k8s.io"];
 /// The WebSocket subprotocols relayed for port-forward (not recorded: raw TCP bytes).
 /// kubectl 1.31+ tunnels SPDY inside WebSocket (`SPDY/3.1+portforward.k8s.io`); the frames
-/// are still WebSocket frames between the client and the API server.
-const PORTFORWARD_PROTOCOLS: [&str; 3] = [
+/// are still WebSocket frames between the client and the API server. The Python client and
+/// other WebSocket clients speak the kubelet's channel protocol (`v4.channel.k8s.io`: a data
+/// and an error channel per port of the `ports=` query).
+const PORTFORWARD_PROTOCOLS: [&str; 4] = [
     "SPDY/3.1+portforward.k8s.io",
+    "v4.channel.k8s.io",
     "v2.portforward.k8s.io",
     "portforward.k8s.io",
 ];
@@ -105,6 +111,8 @@ struct Record {
     masked: Option<Arc<Mutex<MaskCounts>>>,
     /// For exec, attach and port-forward: how the tunnel ended, once it has.
     tunnel: Option<oneshot::Receiver<TunnelEnd>>,
+    /// Keeps shutdown waiting until this record is written.
+    _tunnel_guard: Option<tunnel::TunnelGuard>,
 }
 
 impl KubeFrontend {
@@ -142,6 +150,7 @@ impl KubeFrontend {
             max_request_body: config.max_request_body,
             max_json_buffer: config.max_json_buffer,
             recordings: recordings.to_path_buf(),
+            tunnels: tunnel::Tunnels::default(),
         })
     }
 
@@ -172,10 +181,12 @@ impl KubeFrontend {
         )
         .await;
         let _ = sweeper.await;
+        self.tunnels.drained().await;
         self.sessions.end_all("gateway shutdown").await;
     }
 
     async fn connection(self: Arc<Self>, tcp: TcpStream, peer: SocketAddr, mut shutdown: watch::Receiver<bool>) {
+        self.tunnels.observe(&shutdown);
         let stream: Box<dyn Stream> = match &self.tls {
             Some(acceptor) => match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await {
                 Ok(Ok(tls)) => Box::new(tls),
@@ -230,6 +241,7 @@ impl KubeFrontend {
             reason: None,
             masked: None,
             tunnel: None,
+            _tunnel_guard: None,
         };
         let (response, deadline) = match self.route(request, peer, &mut record).await {
             Ok(response) => {
@@ -349,8 +361,21 @@ impl KubeFrontend {
                 .await;
         }
 
-        let mask = attrs.may_carry_secrets() && session.masker().await.masks(DataClass::Secret);
-        let forwarded = self.forward_request(request, &attrs, mask).await?;
+        let masking = {
+            let masker = session.masker().await;
+            if attrs.may_carry_secrets() && masker.masks(DataClass::Secret) {
+                Some(Masking::Secrets)
+            } else if attrs.kind == PathKind::Resource
+                && matches!(attrs.subresource.as_deref(), None | Some("status"))
+                && detect::carries_detected_values(&attrs.api_group, &attrs.resource)
+                && !masker.is_noop()
+            {
+                Some(Masking::Detect(masker.clone()))
+            } else {
+                None
+            }
+        };
+        let forwarded = self.forward_request(request, &attrs, masking.is_some()).await?;
         let response = match tokio::time::timeout(UPSTREAM_HEAD_TIMEOUT, upstream.send(forwarded)).await {
             Ok(Ok(response)) => response,
             Ok(Err(error)) => {
@@ -371,10 +396,11 @@ impl KubeFrontend {
                 ));
             }
         };
-        if mask {
+        if let Some(masking) = masking {
             let counts = Arc::new(Mutex::new(MaskCounts::default()));
             record.masked = Some(Arc::clone(&counts));
-            self.masked_response(response, attrs.action == "watch", counts).await
+            self.masked_response(response, attrs.action == "watch", masking, counts)
+                .await
         } else {
             Ok(pass_through(response))
         }
@@ -409,6 +435,11 @@ impl KubeFrontend {
             .and_then(|v| v.to_str().ok())
             .unwrap_or("")
             .to_string();
+        if kind.to_ascii_lowercase().starts_with("spdy/") && attrs.action == "portforward" {
+            return Err(Status::bad_request(
+                "gatehouse: port-forward is relayed over WebSocket only, not as a bare SPDY upgrade; kubectl 1.31 and later tunnel it in WebSocket (SPDY/3.1+portforward.k8s.io) when the API server supports that (Kubernetes 1.30+), other clients use v4.channel.k8s.io",
+            ));
+        }
         if kind.to_ascii_lowercase().starts_with("spdy/") {
             return Err(Status::bad_request(
                 "gatehouse: SPDY streams cannot be recorded, so the gateway does not relay them; use a client that speaks WebSocket (kubectl 1.30 or later, the Python kubernetes client's stream())",
@@ -549,6 +580,8 @@ impl KubeFrontend {
         }
         let (done, ended) = oneshot::channel();
         record.tunnel = Some(ended);
+        let (guard, shutdown) = self.tunnels.enter();
+        record._tunnel_guard = Some(guard);
         let gateway = Arc::clone(&self.gateway);
         let session = session.clone();
         tokio::spawn(async move {
@@ -567,7 +600,7 @@ impl KubeFrontend {
                 }
             };
             tracing::info!(session = %session.id(), "Kubernetes stream opened.");
-            let (end, recorder) = tunnel::relay(client, upstream, recorder, session.time_left()).await;
+            let (end, recorder) = tunnel::relay(client, upstream, recorder, session.time_left(), shutdown).await;
             if let Some(r) = recorder {
                 finish_recording(&gateway, &session, r).await;
             }
@@ -738,6 +771,7 @@ impl KubeFrontend {
         &self,
         response: Response<Incoming>,
         watch: bool,
+        masking: Masking,
         counts: Arc<Mutex<MaskCounts>>,
     ) -> Result<Response<Body>, Status> {
         let (mut parts, body) = response.into_parts();
@@ -764,7 +798,7 @@ impl KubeFrontend {
             }
             let body = WatchBody {
                 inner: body,
-                masker: WatchMasker::new(self.max_json_buffer),
+                masker: WatchMasker::new(self.max_json_buffer, masking),
                 counts,
                 done: false,
             };
@@ -791,7 +825,7 @@ impl KubeFrontend {
             other => mask_failed(other),
         })?;
         let mut local = MaskCounts::default();
-        let masked = secrets::mask_document(&plain, &mut local).map_err(mask_failed)?;
+        let masked = secrets::mask_document(&plain, &masking, &mut local).map_err(mask_failed)?;
         lock(&counts).merge(&local);
         parts
             .headers

@@ -3,14 +3,20 @@
 //! read as frames and written to the session recording before it is forwarded, so nothing
 //! reaches the program or the client unrecorded. A recording that cannot be written, or bytes
 //! that are not WebSocket frames, end the tunnel.
+//!
+//! At gateway shutdown an open tunnel gets a grace period ([`SHUTDOWN_GRACE`]) to end by
+//! itself; then each direction stops at the next frame boundary, both sides get a WebSocket
+//! close frame (1001, going away), the recording is finished and the request audited, and
+//! [`Tunnels::drained`] lets the listener wait for all of that before the process exits.
 
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use gatehouse_core::recording::Recorder;
 use hyper::upgrade::Upgraded;
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _};
+use tokio::sync::watch;
 
 use crate::websocket::{Direction, Event, FrameReader};
 
@@ -31,6 +37,80 @@ pub struct TunnelEnd {
 struct Pumped {
     bytes: u64,
     error: Option<String>,
+    /// Stopped by shutdown, with everything read forwarded; `true` when that ended at a
+    /// frame boundary (so a close frame may follow).
+    stopped: Option<bool>,
+}
+
+/// Time an open stream gets to end by itself once the gateway shuts down.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
+
+/// The open tunnels of one listener: they observe the gateway's shutdown, and the listener
+/// waits until each has closed, finished its recording and written its audit record.
+pub struct Tunnels {
+    shutdown: OnceLock<watch::Receiver<bool>>,
+    open: watch::Sender<usize>,
+}
+
+/// Held by a tunnel's request until its audit record is written.
+pub struct TunnelGuard(watch::Sender<usize>);
+
+impl Drop for TunnelGuard {
+    fn drop(&mut self) {
+        self.0.send_modify(|n| *n = n.saturating_sub(1));
+    }
+}
+
+impl Default for Tunnels {
+    fn default() -> Self {
+        Self {
+            shutdown: OnceLock::new(),
+            open: watch::channel(0).0,
+        }
+    }
+}
+
+impl Tunnels {
+    /// Remembers the gateway's shutdown flag (the first call wins; every connection passes
+    /// the same one).
+    pub fn observe(&self, shutdown: &watch::Receiver<bool>) {
+        let _ = self.shutdown.get_or_init(|| shutdown.clone());
+    }
+
+    /// Counts a new tunnel; returns its guard and the shutdown flag it watches.
+    pub fn enter(&self) -> (TunnelGuard, watch::Receiver<bool>) {
+        self.open.send_modify(|n| *n += 1);
+        let shutdown = self
+            .shutdown
+            .get()
+            .cloned()
+            // Not observed yet (no connection has passed one): a flag that never turns.
+            .unwrap_or_else(|| watch::channel(false).1);
+        (TunnelGuard(self.open.clone()), shutdown)
+    }
+
+    /// Resolves once every tunnel has closed and been audited.
+    pub async fn drained(&self) {
+        let mut open = self.open.subscribe();
+        let _ = open.wait_for(|n| *n == 0).await;
+    }
+}
+
+/// Resolves once `flag` is true, or never if its sender is gone while false.
+async fn turned(flag: &mut watch::Receiver<bool>) {
+    if flag.wait_for(|s| *s).await.is_err() {
+        std::future::pending::<()>().await;
+    }
+}
+
+/// A close frame with status 1001 (going away), as a server sends it (unmasked).
+const CLOSE_FROM_SERVER: [u8; 4] = [0x88, 0x02, 0x03, 0xe9];
+
+/// The same as a client sends it: masked (with a fixed key; masking protects proxies from
+/// chosen plaintext, and these two bytes are no one's choice).
+fn close_from_client() -> [u8; 8] {
+    let key = [0x5a, 0x17, 0xc3, 0x2e];
+    [0x88, 0x82, key[0], key[1], key[2], key[3], 0x03 ^ key[0], 0xe9 ^ key[1]]
 }
 
 /// A recording shared by both directions, with what the status channel said.
@@ -42,20 +122,59 @@ struct Shared {
 /// Time the other direction gets to finish once one has ended (the close handshake).
 const LINGER: Duration = Duration::from_secs(5);
 
-/// Relays until both sides close, `deadline` passes (the session's token expires), or the
-/// recording fails. Returns the recorder for closing, with the outcome.
+/// Relays until both sides close, `deadline` passes (the session's token expires), the
+/// recording fails, or `shutdown` turns true and [`SHUTDOWN_GRACE`] passes. Returns the
+/// recorder for closing, with the outcome.
 pub async fn relay(
     client: Upgraded,
     upstream: Upgraded,
     recorder: Option<Recorder>,
     deadline: Duration,
+    shutdown: watch::Receiver<bool>,
 ) -> (TunnelEnd, Option<Recorder>) {
+    relay_io(
+        TokioIo::new(client),
+        TokioIo::new(upstream),
+        recorder,
+        deadline,
+        shutdown,
+    )
+    .await
+}
+
+async fn relay_io<C, U>(
+    client: C,
+    upstream: U,
+    recorder: Option<Recorder>,
+    deadline: Duration,
+    mut shutdown: watch::Receiver<bool>,
+) -> (TunnelEnd, Option<Recorder>)
+where
+    C: AsyncRead + AsyncWrite + Unpin,
+    U: AsyncRead + AsyncWrite + Unpin,
+{
     let shared = recorder.map(|recorder| Arc::new(Mutex::new(Shared { recorder, exit: None })));
-    let (client_read, client_write) = tokio::io::split(TokioIo::new(client));
-    let (upstream_read, upstream_write) = tokio::io::split(TokioIo::new(upstream));
-    let inbound = pump(client_read, upstream_write, Direction::FromClient, shared.clone());
-    let outbound = pump(upstream_read, client_write, Direction::FromServer, shared.clone());
-    tokio::pin!(inbound, outbound);
+    let (mut client_read, mut client_write) = tokio::io::split(client);
+    let (mut upstream_read, mut upstream_write) = tokio::io::split(upstream);
+    // Turned true when the grace period is over: each direction stops at its next read.
+    let (close_tx, close_rx) = watch::channel(false);
+    let mut inbound = Box::pin(pump(
+        &mut client_read,
+        &mut upstream_write,
+        Direction::FromClient,
+        shared.clone(),
+        close_rx.clone(),
+    ));
+    let mut outbound = Box::pin(pump(
+        &mut upstream_read,
+        &mut client_write,
+        Direction::FromServer,
+        shared.clone(),
+        close_rx,
+    ));
+    let grace = tokio::time::sleep(Duration::MAX / 4);
+    tokio::pin!(grace);
+    let mut stopping = false;
     let expired = tokio::time::sleep(deadline);
     tokio::pin!(expired);
     let mut end = TunnelEnd::default();
@@ -81,12 +200,50 @@ pub async fn relay(
                 break;
             }
             _ = &mut linger, if lingering => break,
+            _ = turned(&mut shutdown), if !stopping => {
+                stopping = true;
+                grace.as_mut().reset(tokio::time::Instant::now() + SHUTDOWN_GRACE);
+                continue;
+            }
+            _ = &mut grace, if stopping => {
+                let _ = close_tx.send(true);
+                end.error = Some("the gateway shut down; the stream was closed".into());
+                // Each direction finishes what it has read, then stops; one that cannot (a
+                // peer that reads nothing) is cut off without a close frame.
+                let stopped = tokio::time::timeout(Duration::from_secs(2), async {
+                    tokio::join!(
+                        async { match done_in.take() { Some(p) => p, None => (&mut inbound).await } },
+                        async { match done_out.take() { Some(p) => p, None => (&mut outbound).await } },
+                    )
+                })
+                .await;
+                if let Ok((i, o)) = stopped {
+                    done_in = Some(i);
+                    done_out = Some(o);
+                }
+                break;
+            }
         }
         if !lingering {
             lingering = true;
             linger.as_mut().reset(tokio::time::Instant::now() + LINGER);
         }
     }
+    let at_boundary = |p: &Option<Pumped>| p.as_ref().and_then(|p| p.stopped) == Some(true);
+    let (close_client, close_upstream) = (at_boundary(&done_out), at_boundary(&done_in));
+    drop(inbound);
+    drop(outbound);
+    if close_client {
+        let _ = client_write.write_all(&CLOSE_FROM_SERVER).await;
+    }
+    if close_upstream {
+        let _ = upstream_write.write_all(&close_from_client()).await;
+    }
+    let _ = tokio::time::timeout(Duration::from_secs(1), async {
+        let _ = client_write.shutdown().await;
+        let _ = upstream_write.shutdown().await;
+    })
+    .await;
     for (pumped, bytes) in [(done_in, &mut end.bytes_in), (done_out, &mut end.bytes_out)] {
         if let Some(p) = pumped {
             *bytes = p.bytes;
@@ -103,33 +260,54 @@ pub async fn relay(
     (end, recorder)
 }
 
-async fn pump<R, W>(mut from: R, mut to: W, direction: Direction, shared: Option<Arc<Mutex<Shared>>>) -> Pumped
+/// One direction. Every stream's frames are read (to know where a close frame may go at
+/// shutdown); only a recorded stream's are written down.
+async fn pump<R, W>(
+    from: &mut R,
+    to: &mut W,
+    direction: Direction,
+    shared: Option<Arc<Mutex<Shared>>>,
+    mut close: watch::Receiver<bool>,
+) -> Pumped
 where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
 {
-    let mut frames = shared.as_ref().map(|_| FrameReader::new(direction));
+    let mut frames = FrameReader::new(direction);
     let mut buf = vec![0u8; 32 * 1024];
     let mut bytes = 0u64;
     let failed = |bytes, error: String| Pumped {
         bytes,
         error: Some(error),
+        stopped: None,
+    };
+    let ended = |bytes| Pumped {
+        bytes,
+        error: None,
+        stopped: None,
     };
     loop {
-        let n = match from.read(&mut buf).await {
+        let read = tokio::select! {
+            read = from.read(&mut buf) => read,
+            _ = turned(&mut close) => {
+                return Pumped { bytes, error: None, stopped: Some(frames.at_boundary()) };
+            }
+        };
+        let n = match read {
             Ok(0) => {
                 let _ = to.shutdown().await;
-                return Pumped { bytes, error: None };
+                return ended(bytes);
             }
             Ok(n) => n,
             // A peer that drops the connection ends its direction; not the gateway's failure.
-            Err(_) => return Pumped { bytes, error: None },
+            Err(_) => return ended(bytes),
         };
-        if let (Some(frames), Some(shared)) = (frames.as_mut(), shared.as_ref()) {
-            let events = match frames.push(&buf[..n]) {
-                Ok(events) => events,
-                Err(e) => return failed(bytes, format!("the stream could not be recorded: {e}")),
-            };
+        let events = match frames.push(&buf[..n]) {
+            Ok(events) => events,
+            Err(e) if shared.is_some() => return failed(bytes, format!("the stream could not be recorded: {e}")),
+            Err(e) => return failed(bytes, format!("the stream is not WebSocket frames: {e}")),
+        };
+        if let Some(shared) = shared.as_ref() {
             let mut s = shared.lock().unwrap_or_else(|p| p.into_inner());
             for event in events {
                 if let Err(e) = record(&mut s, direction, event) {
@@ -139,7 +317,7 @@ where
             }
         }
         if to.write_all(&buf[..n]).await.is_err() {
-            return Pumped { bytes, error: None };
+            return ended(bytes);
         }
         bytes += n as u64;
     }

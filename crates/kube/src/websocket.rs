@@ -71,6 +71,12 @@ impl FrameReader {
         }
     }
 
+    /// True when the bytes so far end exactly at a frame's end (a control frame, such as a
+    /// close, may be written next without breaking the stream).
+    pub fn at_boundary(&self) -> bool {
+        self.header.is_empty() && self.frame.is_none()
+    }
+
     /// Reads `bytes` (any split), returning what they completed or continued.
     pub fn push(&mut self, mut bytes: &[u8]) -> Result<Vec<Event>, FrameError> {
         let mut events = Vec::new();

@@ -278,6 +278,31 @@ impl TestGateway {
         Ok(())
     }
 
+    /// Sends SIGTERM (graceful shutdown) and waits up to `timeout` for the process to exit;
+    /// returns its exit status (kills it when it does not exit in time, and fails).
+    pub fn terminate(&mut self, timeout: Duration) -> anyhow::Result<std::process::ExitStatus> {
+        let status = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.child.id().to_string())
+            .status()?;
+        anyhow::ensure!(status.success(), "kill -TERM failed");
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.child.try_wait()? {
+                return Ok(status);
+            }
+            if Instant::now() > deadline {
+                let _ = self.child.kill();
+                let _ = self.child.wait();
+                bail!(
+                    "the gateway did not exit within {timeout:?} of SIGTERM:\n{}",
+                    self.log()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(25));
+        }
+    }
+
     /// Polls `check` every 25 ms until it returns true or `timeout` passes.
     pub fn wait_for(&self, timeout: Duration, mut check: impl FnMut() -> bool) -> bool {
         let deadline = Instant::now() + timeout;
@@ -293,6 +318,10 @@ impl TestGateway {
 
 impl Drop for TestGateway {
     fn drop(&mut self) {
+        // Already exited (terminate): its pid may belong to someone else by now.
+        if let Ok(Some(_)) = self.child.try_wait() {
+            return;
+        }
         // SIGTERM first so the gateway drains and flushes; then make sure it is gone.
         let _ = Command::new("kill")
             .arg("-TERM")

@@ -1,7 +1,8 @@
 //! A small Kubernetes API server for tests (no real one can be installed on these machines):
 //! HTTPS with its own CA, the real API shapes for discovery, namespaces, pods, secrets and
 //! configmaps (get, list, watch, create, update, merge patch, delete, Table output, gzip),
-//! exec and attach over WebSocket running a real local process (see `kube_exec`), and
+//! exec and attach over WebSocket running a real local process (see `kube_exec`),
+//! port-forward over WebSocket to a local TCP port (see `kube_portforward`), and
 //! a bearer token that only the gateway's kubeconfig holds. It records every request's
 //! credentials and `Accept` so that tests can prove what the gateway forwarded. Test-only:
 //! it lives in the testkit, never in the product.
@@ -424,12 +425,15 @@ impl State {
             ns,
             "pods",
             pod,
-            sub @ ("exec" | "attach"),
+            sub @ ("exec" | "attach" | "portforward"),
         ] = request.uri().path().split('/').collect::<Vec<_>>().as_slice()
         {
             let key = ("pods".to_string(), ns.to_string(), pod.to_string());
             if !lock(&self.store).objects.contains_key(&key) {
                 return status(404, "NotFound", &format!("pods \"{pod}\" not found"));
+            }
+            if *sub == "portforward" {
+                return crate::kube_portforward::upgrade(request);
             }
             let exec = crate::kube_exec::ExecRequest::parse(request.uri().query().unwrap_or(""), *sub == "attach");
             return crate::kube_exec::upgrade(request, exec);
@@ -448,7 +452,10 @@ impl State {
             .collect();
         let format = Format {
             table: accept.split(',').next().unwrap_or("").contains("as=Table"),
-            protobuf: accept.trim_start().starts_with("application/vnd.kubernetes.protobuf"),
+            // The stand-in envelope is not real protobuf: real clients (kubectl port-forward
+            // asks for protobuf first) get JSON, which their Accept also lists.
+            protobuf: accept.trim_start().starts_with("application/vnd.kubernetes.protobuf")
+                && !text("user-agent").is_some_and(|ua| ua.starts_with("kubectl")),
             include_object: query.get("includeObject").cloned().unwrap_or_else(|| "Metadata".into()),
             gzip: text("accept-encoding").is_some_and(|e| e.contains("gzip")),
         };
@@ -671,27 +678,35 @@ impl State {
             line.push(b'\n');
             Bytes::from(line)
         };
+        // `timeoutSeconds` ends the watch, as the API server does.
+        let timeout = query
+            .get("timeoutSeconds")
+            .and_then(|t| t.parse::<u64>().ok())
+            .map_or(std::time::Duration::MAX / 4, std::time::Duration::from_secs);
         tokio::spawn(async move {
-            for event in initial {
-                if tx.send(render(event)).await.is_err() {
-                    return;
-                }
-            }
-            loop {
-                match events.recv().await {
-                    Ok((version, r, ns, event)) => {
-                        if version <= replayed {
-                            continue;
-                        }
-                        replayed = version;
-                        if matches(&r, &ns, &event["object"]) && tx.send(render(event)).await.is_err() {
-                            return;
-                        }
+            let _ = tokio::time::timeout(timeout, async move {
+                for event in initial {
+                    if tx.send(render(event)).await.is_err() {
+                        return;
                     }
-                    Err(broadcast::error::RecvError::Lagged(_)) => continue,
-                    Err(broadcast::error::RecvError::Closed) => return,
                 }
-            }
+                loop {
+                    match events.recv().await {
+                        Ok((version, r, ns, event)) => {
+                            if version <= replayed {
+                                continue;
+                            }
+                            replayed = version;
+                            if matches(&r, &ns, &event["object"]) && tx.send(render(event)).await.is_err() {
+                                return;
+                            }
+                        }
+                        Err(broadcast::error::RecvError::Lagged(_)) => continue,
+                        Err(broadcast::error::RecvError::Closed) => return,
+                    }
+                }
+            })
+            .await;
         });
         let mut response = Response::new(ChannelBody(rx).boxed());
         response.headers_mut().insert(

@@ -124,7 +124,7 @@ pub(crate) fn upgrade(mut request: Request<Incoming>, exec: ExecRequest) -> Resp
     response
 }
 
-fn plain(code: u16, reason: &str, message: &str) -> Response<Body> {
+pub(crate) fn plain(code: u16, reason: &str, message: &str) -> Response<Body> {
     let status = json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
                       "message": message, "reason": reason, "code": code});
     let mut response = Response::new(body(Bytes::from(status.to_string())));
@@ -136,7 +136,7 @@ fn plain(code: u16, reason: &str, message: &str) -> Response<Body> {
     response
 }
 
-fn body(bytes: Bytes) -> Body {
+pub(crate) fn body(bytes: Bytes) -> Body {
     Full::new(bytes).boxed()
 }
 

@@ -4,6 +4,7 @@
 pub mod gateway;
 pub mod kube;
 mod kube_exec;
+mod kube_portforward;
 pub mod postgres;
 pub mod sshd;
 pub mod tls;

@@ -120,6 +120,25 @@ fn exec_class_subresources_are_their_own_actions_whatever_the_method() {
 }
 
 #[test]
+fn port_forward_ports_come_from_the_query() {
+    let a = ok(
+        "GET",
+        "/api/v1/namespaces/x/pods/web/portforward?ports=8080,5432&ports=8080",
+    );
+    assert_eq!(a.ports, [8080, 5432]);
+    assert_eq!(a.context()["ports"], serde_json::json!([8080, 5432]));
+    // kubectl's SPDY tunnel names its ports inside the stream: unknown here.
+    let a = ok("POST", "/api/v1/namespaces/x/pods/web/portforward");
+    assert!(a.ports.is_empty() && a.context().get("ports").is_none());
+    for bad in ["0", "65536", "http", "80,", "-1"] {
+        let refused = parse("GET", &format!("/api/v1/namespaces/x/pods/web/portforward?ports={bad}"));
+        assert!(matches!(refused, Err(PathError::BadPort(_))), "{bad}: {refused:?}");
+    }
+    // Only port-forward reads them.
+    assert!(ok("GET", "/api/v1/namespaces/x/pods?ports=x").ports.is_empty());
+}
+
+#[test]
 fn discovery_and_non_resource_paths() {
     for target in [
         "/api",

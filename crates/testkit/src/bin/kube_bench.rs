@@ -1,0 +1,168 @@
+//! `bench/kube.sh`: requests per second through the Kubernetes gateway against the same
+//! requests sent directly to the testkit's API server, with the same client for both.
+//!
+//! Usage: `kube-bench GATEHOUSE_BIN [SECONDS] [CONCURRENCY]`. Starts the test API server
+//! (seeded with 1,000 Secrets in namespace `bulk`) and a `gatehouse serve`, then for each of
+//! GET of one pod and LIST of the 1,000 Secrets (masked through the gateway) runs CONCURRENCY
+//! keep-alive HTTPS connections, each sending one request after another for SECONDS, direct
+//! and then through the gateway. Prints one line per case and the ratio.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, bail};
+use bytes::Bytes;
+use gatehouse_testkit::gateway::{GatewayBuilder, free_port};
+use gatehouse_testkit::kube::KubeApiServer;
+use gatehouse_testkit::tls::TestCerts;
+use http_body_util::{BodyExt as _, Empty};
+use hyper_util::rt::TokioIo;
+use rustls_pki_types::pem::PemObject as _;
+
+/// Where to send and as whom.
+#[derive(Clone)]
+struct Target {
+    port: u16,
+    prefix: String,
+    token: String,
+    roots: Arc<rustls::RootCertStore>,
+}
+
+fn main() -> anyhow::Result<()> {
+    let mut args = std::env::args().skip(1);
+    let Some(bin) = args.next() else {
+        bail!("usage: kube-bench GATEHOUSE_BIN [SECONDS] [CONCURRENCY]");
+    };
+    let seconds: u64 = args.next().map(|s| s.parse()).transpose()?.unwrap_or(10);
+    let concurrency: usize = args.next().map(|s| s.parse()).transpose()?.unwrap_or(8);
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+
+    let api = KubeApiServer::start()?;
+    for i in 0..1000 {
+        api.put(
+            "secrets",
+            "bulk",
+            serde_json::json!({"metadata": {"name": format!("secret-{i:04}")}, "type": "Opaque",
+                "data": {"password": "aHVudGVyMi1wcm9kLXNlY3JldA==", "user": "YWRtaW4="}}),
+        )?;
+    }
+    let upstream = api.write_kubeconfig()?;
+    let dir = tempfile::tempdir()?;
+    let certs = TestCerts::generate(dir.path())?;
+    let port = free_port()?;
+    let gw = GatewayBuilder::new(PathBuf::from(bin))
+        .config(&format!(
+            "[kube]\nlisten = \"127.0.0.1:{port}\"\ntls_cert = \"{}\"\ntls_key = \"{}\"\n\n[[kube.clusters]]\nname = \"dev\"\nkubeconfig = \"{}\"\nlabels = {{ env = \"dev\" }}\n",
+            certs.server_cert.display(),
+            certs.server_key.display(),
+            upstream.display()
+        ))
+        .start()?;
+    let token = gw.mint("bench", &[], false)?;
+    let roots = |ca: &std::path::Path| -> anyhow::Result<Arc<rustls::RootCertStore>> {
+        let mut store = rustls::RootCertStore::empty();
+        for cert in rustls_pki_types::CertificateDer::pem_file_iter(ca)? {
+            store.add(cert?)?;
+        }
+        Ok(Arc::new(store))
+    };
+    let api_port: u16 = api.url().rsplit(':').next().unwrap_or("0").parse()?;
+    let direct = Target {
+        port: api_port,
+        prefix: String::new(),
+        token: api.token().to_string(),
+        roots: roots(api.ca_cert())?,
+    };
+    let gateway = Target {
+        port,
+        prefix: "/clusters/dev".into(),
+        token,
+        roots: roots(&certs.ca_cert)?,
+    };
+
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    println!("kube-bench: {seconds} s per run, {concurrency} connections, keep-alive");
+    for (name, path) in [
+        ("GET pod", "/api/v1/namespaces/shop/pods/web-0"),
+        ("LIST 1000 secrets", "/api/v1/namespaces/bulk/secrets"),
+    ] {
+        let a = runtime.block_on(run(&direct, path, seconds, concurrency))?;
+        let b = runtime.block_on(run(&gateway, path, seconds, concurrency))?;
+        println!(
+            "{name:<18} direct {:>8.1} req/s  gateway {:>8.1} req/s  ratio {:.2}x",
+            a.0,
+            b.0,
+            b.0 / a.0
+        );
+        println!("{:<18} (response bytes: direct {}, gateway {})", "", a.1, b.1);
+    }
+    drop(gw);
+    drop(api);
+    Ok(())
+}
+
+/// Requests per second over `seconds`, and the size of the last response body.
+async fn run(target: &Target, path: &str, seconds: u64, concurrency: usize) -> anyhow::Result<(f64, u64)> {
+    let stop = Arc::new(AtomicBool::new(false));
+    let done = Arc::new(AtomicU64::new(0));
+    let size = Arc::new(AtomicU64::new(0));
+    let mut workers = Vec::new();
+    for _ in 0..concurrency {
+        let (target, stop, done, size) = (target.clone(), stop.clone(), done.clone(), size.clone());
+        let path = format!("{}{path}", target.prefix);
+        workers.push(tokio::spawn(
+            async move { worker(target, path, stop, done, size).await },
+        ));
+    }
+    // A warm-up second (connections, TLS, the gateway's session cache), then the measurement.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let start_count = done.load(Ordering::SeqCst);
+    let started = Instant::now();
+    tokio::time::sleep(Duration::from_secs(seconds)).await;
+    let count = done.load(Ordering::SeqCst) - start_count;
+    let elapsed = started.elapsed().as_secs_f64();
+    stop.store(true, Ordering::SeqCst);
+    for w in workers {
+        w.await.context("worker panicked")??;
+    }
+    Ok((count as f64 / elapsed, size.load(Ordering::SeqCst)))
+}
+
+async fn worker(
+    target: Target,
+    path: String,
+    stop: Arc<AtomicBool>,
+    done: Arc<AtomicU64>,
+    size: Arc<AtomicU64>,
+) -> anyhow::Result<()> {
+    let config = rustls::ClientConfig::builder()
+        .with_root_certificates(target.roots.clone())
+        .with_no_client_auth();
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", target.port)).await?;
+    tcp.set_nodelay(true)?;
+    let name = rustls_pki_types::ServerName::try_from("localhost")?;
+    let tls = connector.connect(name, tcp).await?;
+    let (mut send, conn) = hyper::client::conn::http1::handshake::<_, Empty<Bytes>>(TokioIo::new(tls)).await?;
+    tokio::spawn(conn);
+    let auth = format!("Bearer {}", target.token);
+    while !stop.load(Ordering::SeqCst) {
+        let request = http::Request::get(path.as_str())
+            .header(http::header::HOST, "localhost")
+            .header(http::header::AUTHORIZATION, auth.as_str())
+            .header(http::header::ACCEPT, "application/json")
+            .body(Empty::new())?;
+        send.ready().await?;
+        let response = send.send_request(request).await?;
+        let status = response.status();
+        let body = response.into_body().collect().await?.to_bytes();
+        if !status.is_success() {
+            bail!("{path}: {status}: {}", String::from_utf8_lossy(&body));
+        }
+        size.store(body.len() as u64, Ordering::SeqCst);
+        done.fetch_add(1, Ordering::SeqCst);
+    }
+    Ok(())
+}
