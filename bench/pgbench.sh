@@ -10,6 +10,14 @@
 # DURATION (seconds per run, default 15), SCALE (pgbench scale factor, default 10), CLIENTS
 # (default 8), THREADS (default 2) and MODES (default "simple extended prepared") tune it.
 #
+# After the throughput runs, for each mode, one client (`pgbench -S -c 1 -j 1`) direct,
+# through the copy relay and through the gateway (fsync=group): the latency each adds over
+# direct, and the gateway's added latency as a multiple of the relay's (LATENCY=0 skips it).
+# Then a ROWS-row result (default 1,000,000) with an email column streamed with psql to
+# /dev/null, direct and through a fresh gateway, as `SELECT` (DataRows, masked by column
+# name and content) and as `COPY (SELECT ...) TO STDOUT` (masked by content): MB/s and the
+# gateway's peak resident memory (VmHWM) (STREAM=0 skips it).
+#
 # CALLGRIND=1 instead counts the instructions the gateway (fsync=group) spends per
 # statement, under valgrind's callgrind: a figure that does not depend on what else the
 # machine is doing. It runs TXNS (default 1000) select-only transactions per client in
@@ -271,15 +279,103 @@ for mode in ${MODES:-simple extended prepared}; do
     done
 done
 
+load_after_tps=$(cut -d' ' -f1-3 /proc/loadavg)
+
+# --- one client: added latency ------------------------------------------------------------
+latencies="$work/latencies"
+: >"$latencies"
+if [ "${LATENCY:-1}" = 1 ]; then
+    for mode in ${MODES:-simple extended prepared}; do
+        for row in "${rows[@]}"; do
+            IFS='|' read -r label port user pass db <<<"$row"
+            case "$label" in direct | copy-relay | "gatehouse fsync=group") ;; *) continue ;; esac
+            echo "pgbench.sh: 1 client, $label, -M $mode, ${duration}s ..."
+            out="$work/run.log"
+            PGPASSWORD="$pass" pgbench -S -M "$mode" -c 1 -j 1 -T "$duration" \
+                -h 127.0.0.1 -p "$port" -U "$user" "$db" >"$out" 2>&1 \
+                || die "1-client pgbench through $label (-M $mode) failed: $(tail -n 20 "$out")"
+            lat=$(awk '/^latency average = / { print $4; exit }' "$out")
+            [ -n "$lat" ] || die "cannot parse pgbench output for $label: $(cat "$out")"
+            printf '%s|%s|%s\n' "$mode" "$label" "$lat" >>"$latencies"
+        done
+    done
+fi
+
+# --- streaming a large masked result ------------------------------------------------------
+streams="$work/streams"
+: >"$streams"
+if [ "${STREAM:-1}" = 1 ]; then
+    rows_n=${ROWS:-1000000}
+    echo "pgbench.sh: a $rows_n-row table with emails ..."
+    PGPASSWORD="$password" psql -X -q -v ON_ERROR_STOP=1 -h 127.0.0.1 -p "$pg_port" -U bench -d bench <<SQL
+CREATE TABLE people AS
+    SELECT i AS id, 'user' || i || '@example.com' AS email, md5(i::text) AS note
+    FROM generate_series(1, $rows_n) AS i;
+SQL
+    start_gateway gw-stream group
+    stream_pid=${pids[-1]}
+    rss_before=$(awk '/^VmRSS/ { print $2 }' "/proc/$stream_pid/status")
+    gw_token=$(cat "$work/gw-stream/token")
+    for kind in select copy; do
+        case "$kind" in
+            select) sql="SELECT id, email, note FROM people" ;;
+            copy) sql="COPY (SELECT id, email, note FROM people) TO STDOUT" ;;
+        esac
+        for path in direct gatehouse direct gatehouse; do
+            if [ "$path" = direct ]; then port=$pg_port user=bench pass=$password; else port=$gw_stream_port user=alice pass=$gw_token; fi
+            echo "pgbench.sh: stream ($kind) $path ..."
+            start=$(date +%s.%N)
+            bytes=$(PGPASSWORD="$pass" psql -X -q -A -t -v ON_ERROR_STOP=1 -h 127.0.0.1 -p "$port" -U "$user" -d bench \
+                -c "$sql" | wc -c) || die "streaming through $path failed"
+            end=$(date +%s.%N)
+            printf '%s|%s|%s|%s\n' "$kind" "$path" "$bytes" "$(echo "$end - $start" | bc -l)" >>"$streams"
+        done
+    done
+    hwm=$(awk '/^VmHWM/ { print $2 }' "/proc/$stream_pid/status")
+fi
+
 # --- report -------------------------------------------------------------------------------
 echo
-echo "pgbench -S -c $clients -j $threads -T $duration, scale $scale, $(nproc) CPUs, load $(cut -d' ' -f1-3 /proc/loadavg) after the runs"
+echo "pgbench -S -c $clients -j $threads -T $duration, scale $scale, $(nproc) CPUs, load $load_after_tps after the runs"
 awk -F'|' '
     { mode[NR] = $1; label[NR] = $2; tps[NR] = $3; lat[NR] = $4
       if ($2 == "direct") direct[$1] = $3
-      if ($2 == "copy-relay") relay[$1] = $3 }
+      if ($2 == "copy-relay") relay[$1] = $3
+      if ($2 == "pgbouncer session") bouncer[$1] = $3 }
     END {
-        printf "%-9s %-24s %12s %12s %10s %14s\n", "protocol", "path", "tps", "latency ms", "vs direct", "vs copy-relay"
-        for (i = 1; i <= NR; i++)
-            printf "%-9s %-24s %12.0f %12.3f %10.2f %14.2f\n", mode[i], label[i], tps[i], lat[i], tps[i] / direct[mode[i]], tps[i] / relay[mode[i]]
+        printf "%-9s %-24s %12s %12s %10s %14s %14s\n", "protocol", "path", "tps", "latency ms", "vs direct", "vs copy-relay", "vs pgbouncer"
+        for (i = 1; i <= NR; i++) {
+            vb = bouncer[mode[i]] ? sprintf("%14.2f", tps[i] / bouncer[mode[i]]) : sprintf("%14s", "-")
+            printf "%-9s %-24s %12.0f %12.3f %10.2f %14.2f %s\n", mode[i], label[i], tps[i], lat[i], tps[i] / direct[mode[i]], tps[i] / relay[mode[i]], vb
+        }
     }' "$results"
+if [ -s "$latencies" ]; then
+    echo
+    echo "1 client (pgbench -S -c 1 -j 1 -T $duration): average latency and what each path adds over direct"
+    awk -F'|' '
+        { mode[NR] = $1; label[NR] = $2; lat[NR] = $3
+          if ($2 == "direct") direct[$1] = $3
+          if ($2 == "copy-relay") relay[$1] = $3 }
+        END {
+            printf "%-9s %-24s %12s %12s %18s\n", "protocol", "path", "latency us", "added us", "vs relay added"
+            for (i = 1; i <= NR; i++) {
+                added = (lat[i] - direct[mode[i]]) * 1000
+                radded = (relay[mode[i]] - direct[mode[i]]) * 1000
+                ratio = (label[i] == "direct" || radded <= 0) ? "-" : sprintf("%.2fx", added / radded)
+                printf "%-9s %-24s %12.1f %12.1f %18s\n", mode[i], label[i], lat[i] * 1000, added, ratio
+            }
+        }' "$latencies"
+fi
+if [ -s "$streams" ]; then
+    echo
+    echo "streaming $rows_n rows (id, email, note) with psql -A -t to wc -c, two runs each, alternating"
+    awk -F'|' '
+        { kind[NR] = $1; path[NR] = $2; bytes[NR] = $3; secs[NR] = $4
+          if ($2 == "direct" && (!best[$1] || $4 < best[$1])) best[$1] = $4 }
+        END {
+            printf "%-7s %-10s %12s %10s %10s %10s\n", "query", "path", "bytes", "seconds", "MB/s", "vs direct"
+            for (i = 1; i <= NR; i++)
+                printf "%-7s %-10s %12d %10.2f %10.1f %10.2f\n", kind[i], path[i], bytes[i], secs[i], bytes[i] / secs[i] / 1e6, best[kind[i]] / secs[i]
+        }' "$streams"
+    echo "gateway memory: VmRSS $((rss_before / 1024)) MiB after start, peak (VmHWM) $((hwm / 1024)) MiB after the streams"
+fi

@@ -2,7 +2,7 @@
 //! decisions never wait for a reload, and turns Cedar's answer into the gateway's
 //! `Decision` (approval annotations, fail-closed on any evaluation error).
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -113,6 +113,13 @@ impl PolicyEngine {
         self.current.load().generation
     }
 
+    /// The context attributes the policies in force read by name (`None`: some policy
+    /// uses the context as a whole, and decisions are not remembered).
+    #[cfg(test)]
+    pub(crate) fn current_context_reads(&self) -> Option<Vec<String>> {
+        self.current.load().context_reads.clone()
+    }
+
     /// Number of policies in force.
     pub fn policy_count(&self) -> usize {
         self.current.load().policies.num_of_policies()
@@ -143,8 +150,27 @@ impl PolicyEngine {
         let action =
             EntityUid::from_type_name_and_id(store.names.action(req.namespace).clone(), EntityId::new(req.action));
         let policies = store.by_action.get(&action).unwrap_or(&store.policies);
+        // A session asks the same questions with different values that no policy reads:
+        // the decision is remembered per action, context shape and the values of the
+        // attributes policies read (see `memo_key`), for this generation's entities.
+        let memo = cache.and_then(|cache| {
+            let entities = cache.entities(&store, req).ok()?;
+            let key = memo_key(&store, req)?;
+            Some((entities, key))
+        });
+        if let Some((entities, key)) = &memo
+            && let Some(decision) = entities.remembered(key)
+        {
+            return decision;
+        }
         match self.evaluate(&store, req, policies, cache) {
-            Ok(evaluation) => decide(&store, evaluation),
+            Ok(evaluation) => {
+                let decision = decide(&store, evaluation);
+                if let Some((entities, key)) = memo {
+                    entities.remember(key, &decision);
+                }
+                decision
+            }
             Err(reason) => Decision::deny_request(reason),
         }
     }
@@ -360,7 +386,12 @@ struct SessionEntities {
     entities: Entities,
     /// Shapes of context ([`context_shape`]) already checked against this generation's schema.
     checked_shapes: Mutex<HashSet<String>>,
+    /// Decisions of this generation by [`memo_key`], at most [`MAX_MEMO`] of them.
+    memo: Mutex<HashMap<String, Decision>>,
 }
+
+/// How many decisions a session remembers; past that, new keys are evaluated every time.
+const MAX_MEMO: usize = 256;
 
 /// How many context shapes a session remembers; past that, every context is checked.
 const MAX_CHECKED_SHAPES: usize = 64;
@@ -384,6 +415,7 @@ impl SessionEntities {
             resource: resource_uid,
             entities,
             checked_shapes: Mutex::new(HashSet::new()),
+            memo: Mutex::new(HashMap::new()),
         })
     }
 
@@ -394,12 +426,48 @@ impl SessionEntities {
             .contains(shape)
     }
 
+    fn remembered(&self, key: &str) -> Option<Decision> {
+        self.memo
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(key)
+            .cloned()
+    }
+
+    fn remember(&self, key: String, decision: &Decision) {
+        let mut memo = self.memo.lock().unwrap_or_else(PoisonError::into_inner);
+        if memo.len() < MAX_MEMO {
+            memo.insert(key, decision.clone());
+        }
+    }
+
     fn remember_shape(&self, shape: String) {
         let mut shapes = self.checked_shapes.lock().unwrap_or_else(PoisonError::into_inner);
         if shapes.len() < MAX_CHECKED_SHAPES {
             shapes.insert(shape);
         }
     }
+}
+
+/// What a decision of one session's entities depends on besides them: the action, the
+/// context's shape (which decides whether it converts to Cedar values and passes the
+/// schema) and the values of the context attributes some policy reads, in JSON. `None`
+/// when the policy set reads the context in a way that is not by attribute name, or the
+/// shape is not one [`context_shape`] describes: such requests are always evaluated.
+fn memo_key(store: &PolicyStore, req: &AuthzRequest<'_>) -> Option<String> {
+    let reads = store.context_reads.as_ref()?;
+    let mut key = context_shape(req.action, &req.context)?;
+    if let serde_json::Value::Object(map) = &req.context {
+        for name in reads {
+            if let Some(value) = map.get(name) {
+                key.push('\0');
+                key.push_str(name);
+                key.push('=');
+                key.push_str(&serde_json::to_string(value).ok()?);
+            }
+        }
+    }
+    Some(key)
 }
 
 /// The action and the types of a context, without its values: what schema validation of a
@@ -412,8 +480,10 @@ fn context_shape(action: &str, context: &serde_json::Value) -> Option<String> {
         match value {
             serde_json::Value::Null => out.push('n'),
             serde_json::Value::Bool(_) => out.push('b'),
-            // Numbers Cedar cannot hold fail in `context_from_json` before this matters.
-            serde_json::Value::Number(_) => out.push('i'),
+            // A number Cedar cannot hold fails in `context_from_json`: no shape, so a
+            // remembered decision never stands in for that failure.
+            serde_json::Value::Number(n) if n.as_i64().is_some() => out.push('i'),
+            serde_json::Value::Number(_) => return None,
             serde_json::Value::String(_) => out.push('s'),
             serde_json::Value::Array(items) => {
                 // A set's type is its elements' type: the same for one element or a thousand.

@@ -66,6 +66,11 @@ pub(crate) struct PolicyStore {
     pub(crate) files: Vec<PathBuf>,
     pub(crate) warnings: Vec<Problem>,
     pub(crate) generation: u64,
+    /// The context attributes any policy reads (`context.x`, `context["x"]`,
+    /// `context has x`), sorted; `None` when some policy uses `context` otherwise (as a
+    /// whole value), so that no attribute can be called unread. A decision depends on
+    /// the context only through these attributes, and the shape of the whole context.
+    pub(crate) context_reads: Option<Vec<String>>,
 }
 
 /// Names, sizes and modification times of the files a load reads: cheap to compute
@@ -206,6 +211,7 @@ impl PolicyStore {
             problems: vec![Problem::in_file(&schema_rel, message)],
         })?;
         let actions = action_entities.iter().map(|e| (e.uid(), e.clone())).collect();
+        let context_reads = context_reads(&policies);
 
         Ok(Self {
             schema,
@@ -218,8 +224,56 @@ impl PolicyStore {
             files,
             warnings,
             generation,
+            context_reads,
         })
     }
+}
+
+/// The context attributes the policies read by name, from each policy's JSON form; `None`
+/// when any policy uses `context` in any other way, or cannot be turned into JSON.
+pub(crate) fn context_reads(policies: &PolicySet) -> Option<Vec<String>> {
+    /// Collects `attr` of every `.`/`has` whose left side is the `context` variable;
+    /// false when `context` appears anywhere else.
+    fn walk(value: &serde_json::Value, reads: &mut Vec<String>) -> bool {
+        match value {
+            serde_json::Value::Object(map) => {
+                if map.len() == 1 && map.get("Var").and_then(serde_json::Value::as_str) == Some("context") {
+                    return false;
+                }
+                for (key, child) in map {
+                    if (key == "." || key == "has")
+                        && let Some(access) = child.as_object()
+                        && access.len() == 2
+                        && let (Some(left), Some(attr)) = (access.get("left"), access.get("attr"))
+                        && left.as_object().is_some_and(|l| l.len() == 1)
+                        && left.get("Var").and_then(serde_json::Value::as_str) == Some("context")
+                    {
+                        let Some(attr) = attr.as_str() else {
+                            return false;
+                        };
+                        reads.push(attr.to_owned());
+                        continue;
+                    }
+                    if !walk(child, reads) {
+                        return false;
+                    }
+                }
+                true
+            }
+            serde_json::Value::Array(items) => items.iter().all(|item| walk(item, reads)),
+            _ => true,
+        }
+    }
+    let mut reads = Vec::new();
+    for policy in policies.policies() {
+        let json = policy.to_json().ok()?;
+        if !walk(&json, &mut reads) {
+            return None;
+        }
+    }
+    reads.sort();
+    reads.dedup();
+    Some(reads)
 }
 
 /// For each action, the policies whose action scope admits it (itself or an action group

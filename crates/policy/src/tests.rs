@@ -1022,3 +1022,153 @@ fn a_cached_session_still_checks_every_new_shape_of_context() {
     }
     assert!(ask_cached(statement("SELECT", true)).is_allow());
 }
+
+#[test]
+fn context_reads_are_the_attributes_policies_name() {
+    let reads = |text: &str| crate::store::context_reads(&text.parse().expect("policy text"));
+    assert_eq!(
+        reads(
+            r#"permit (principal, action, resource) when { context has statement && context["tables"].contains("t") };
+               forbid (principal, action, resource) when { context.has_where == false };"#
+        ),
+        Some(vec![
+            "has_where".to_owned(),
+            "statement".to_owned(),
+            "tables".to_owned()
+        ])
+    );
+    assert_eq!(reads("permit (principal, action, resource);"), Some(Vec::new()));
+    // `context` as a whole value: any attribute may matter, so nothing is remembered.
+    assert_eq!(
+        reads(r#"permit (principal, action, resource) when { context == {"has_where": true} };"#),
+        None
+    );
+    assert_eq!(
+        reads(r#"permit (principal, action, resource) when { [context].contains(context) };"#),
+        None
+    );
+    // The example set reads only these, so every PostgreSQL statement of one kind and
+    // `has_where` shares one remembered decision.
+    let engine = PolicyEngine::load(&examples()).expect("load examples");
+    assert_eq!(
+        engine.current_context_reads(),
+        Some(
+            [
+                "command",
+                "data_class",
+                "has_where",
+                "requester_subject",
+                "uses_shell_syntax"
+            ]
+            .map(str::to_owned)
+            .to_vec()
+        )
+    );
+}
+
+#[test]
+fn a_remembered_decision_still_follows_every_attribute_a_policy_reads() {
+    let dir = temp_policies(&[(
+        "statements.cedar",
+        r#"@id("dba-reads")
+permit (principal in Group::"dba", action == Postgres::Action::"read", resource);
+@id("no-secret-literals")
+forbid (principal, action == Postgres::Action::"read", resource)
+when { context.statement like "*'secret'*" };
+"#,
+    )]);
+    let engine = PolicyEngine::load(dir.path()).expect("load");
+    let cache = EntityCache::default();
+    let dba = identity(PrincipalKind::User, "alice", &["dba"]);
+    let ask_cached = |text: &str| {
+        let mut context = statement("SELECT", true);
+        context["statement"] = json!(text);
+        engine.authorize_cached(
+            &AuthzRequest {
+                principal: &dba,
+                namespace: Namespace::Postgres,
+                action: "read",
+                resource: &prod_db(),
+                context,
+            },
+            &cache,
+        )
+    };
+    for _ in 0..2 {
+        assert!(ask_cached("SELECT * FROM t WHERE k = 'public'").is_allow());
+        assert_eq!(
+            ask_cached("SELECT * FROM t WHERE k = 'secret'").policies(),
+            ["no-secret-literals"],
+            "two statements that differ only in a literal the policy reads"
+        );
+    }
+}
+
+#[test]
+fn a_remembered_decision_ends_with_its_generation_and_matches_a_fresh_one() {
+    let dir = temp_policies(&[(
+        "dba.cedar",
+        "@id(\"dba-writes\")\npermit (principal in Group::\"dba\", action == Postgres::Action::\"write\", resource);\n",
+    )]);
+    let engine = PolicyEngine::load(dir.path()).expect("load");
+    let cache = EntityCache::default();
+    let dba = identity(PrincipalKind::User, "alice", &["dba"]);
+    let db = prod_db();
+    let request = |n: i64| AuthzRequest {
+        principal: &dba,
+        namespace: Namespace::Postgres,
+        action: "write",
+        resource: &db,
+        // Values no policy reads: every one of these shares the remembered decision.
+        context: json!({
+            "statement_kind": "UPDATE",
+            "tables": [format!("orders_{n}")],
+            "functions": [],
+            "has_where": true,
+            "statement": format!("UPDATE orders_{n} SET x = {n} WHERE id = {n}"),
+        }),
+    };
+    for n in 0..3 {
+        let remembered = engine.authorize_cached(&request(n), &cache);
+        assert_eq!(remembered, engine.authorize(&request(n)));
+        assert_eq!(remembered.policies(), ["dba-writes"]);
+    }
+    fs::write(
+        dir.path().join("dba.cedar"),
+        "@id(\"dba-writes\")\nforbid (principal in Group::\"dba\", action == Postgres::Action::\"write\", resource);\n",
+    )
+    .expect("write");
+    engine.reload().expect("good set");
+    for n in 0..3 {
+        let decided = engine.authorize_cached(&request(n), &cache);
+        assert!(!decided.is_allow(), "a decision outlived its policy set: {decided:?}");
+        assert_eq!(decided, engine.authorize(&request(n)));
+    }
+}
+
+#[test]
+fn a_remembered_decision_never_covers_a_context_cedar_cannot_take() {
+    let dir = temp_policies(&[("forward.cedar", PERMIT_FORWARD)]);
+    let engine = PolicyEngine::load(dir.path()).expect("load");
+    let cache = EntityCache::default();
+    let who = agent();
+    let host = resource(ResourceKind::Host, "bastion", &[]);
+    let ask_cached = |context: Value| {
+        engine.authorize_cached(
+            &AuthzRequest {
+                principal: &who,
+                namespace: Namespace::Ssh,
+                action: "forward",
+                resource: &host,
+                context,
+            },
+            &cache,
+        )
+    };
+    assert!(ask_cached(forward(5432)).is_allow());
+    assert!(ask_cached(forward(5433)).is_allow());
+    // No policy reads the port, but a port Cedar cannot hold is still refused.
+    assert!(!ask_cached(json!({ "host": "db.internal", "port": 5432.5 })).is_allow());
+    assert!(!ask_cached(json!({ "host": "db.internal", "port": u64::MAX })).is_allow());
+    assert!(ask_cached(forward(5432)).is_allow());
+}
