@@ -9,6 +9,7 @@ pub mod config;
 mod error;
 pub mod recording;
 mod server;
+pub mod sftp;
 pub mod upstream;
 
 pub use ca::{IssuedCertificate, SshCa};
