@@ -542,7 +542,7 @@ impl SftpGate {
 
     /// Client bytes: whole packets go to the host once permitted; refused ones are answered
     /// (through `answers`) without reaching it. `Err`: the client broke the protocol.
-    async fn from_client(
+    async fn client_bytes(
         &self,
         framer: &mut Framer,
         data: &[u8],
@@ -615,7 +615,7 @@ impl SftpGate {
 
     /// Host bytes: whole packets to the client, closed files audited. `Err`: the host broke
     /// the protocol.
-    async fn from_host(
+    async fn host_bytes(
         &self,
         framer: &mut Framer,
         data: &[u8],
@@ -708,7 +708,7 @@ async fn relay(
             && !held.data.is_empty()
         {
             if let Err(message) = gate
-                .from_client(&mut framer, &held.data, &up_tx, &client_tx, &answers_tx)
+                .client_bytes(&mut framer, &held.data, &up_tx, &client_tx, &answers_tx)
                 .await
             {
                 gate.broken(&client_tx, &up_tx, &message).await;
@@ -731,7 +731,7 @@ async fn relay(
                     bytes_in += data.len() as u64;
                     let Some(gate) = sftp else { break };
                     if let Err(message) = gate
-                        .from_client(&mut framer, &data, &up_tx, &client_tx, &answers_tx)
+                        .client_bytes(&mut framer, &data, &up_tx, &client_tx, &answers_tx)
                         .await
                     {
                         gate.broken(&client_tx, &up_tx, &message).await;
@@ -797,7 +797,7 @@ async fn relay(
                 ChannelMsg::Data { data } if sftp.is_some() => {
                     outcome.bytes_out += data.len() as u64;
                     let Some(gate) = sftp else { break };
-                    if let Err(message) = gate.from_host(&mut framer, &data, &client_tx).await {
+                    if let Err(message) = gate.host_bytes(&mut framer, &data, &client_tx).await {
                         tracing::warn!(%message, "The host broke the SFTP protocol; closing the channel.");
                         let line =
                             format!("gatehouse: the host broke the SFTP protocol ({message}); the channel is closed\n");
