@@ -12,7 +12,9 @@
 # Needs target/release/gatehouse and target/release/copy-relay
 # (`cargo build --release -p gatehouse -p gatehouse-testkit`), /usr/sbin/sshd, ssh,
 # ssh-keygen, sshpass. SIZE (default 1G, head -c syntax) and CONNECTIONS (default 50) tune
-# it; GATEHOUSE=path picks another gatehouse binary.
+# it; GATEHOUSE=path picks another gatehouse binary; CIPHER (e.g. aes128-gcm@openssh.com)
+# makes every OpenSSH client in the run (the bastion's too) ask for that cipher instead of
+# OpenSSH's default, chacha20-poly1305.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$(pwd)
@@ -125,7 +127,12 @@ SSHPASS=$(GATEHOUSE_TOKEN="$token" "$gatehouse" credentials --config "$work/gw/g
 common=(-F /dev/null -o BatchMode=yes -o LogLevel=ERROR -o StrictHostKeyChecking=no
     -o UserKnownHostsFile=/dev/null -o GlobalKnownHostsFile=/dev/null -o IdentityAgent=none)
 key=(-o IdentitiesOnly=yes -i "$work/client_key")
-inner="ssh -F /dev/null -o BatchMode=yes -o LogLevel=ERROR -o UserKnownHostsFile=$work/known_hosts -o IdentitiesOnly=yes -i $work/client_key -p $sshd_port $login@127.0.0.1"
+cipher_opt=""
+if [ -n "${CIPHER:-}" ]; then
+    common+=(-c "$CIPHER")
+    cipher_opt="-c $CIPHER"
+fi
+inner="ssh -F /dev/null $cipher_opt -o BatchMode=yes -o LogLevel=ERROR -o UserKnownHostsFile=$work/known_hosts -o IdentitiesOnly=yes -i $work/client_key -p $sshd_port $login@127.0.0.1"
 # path NAME ARGS...: the ssh command line for one path, remote command appended by the caller.
 run_path() {
     local name=$1
@@ -143,7 +150,7 @@ run_path() {
 now() { echo "$EPOCHREALTIME"; }
 bytes=$(head -c "$size" /dev/zero | wc -c)
 
-echo "SSH throughput: head -c $size /dev/zero through each path ($(nproc) cores, $(uname -r))"
+echo "SSH throughput: head -c $size /dev/zero through each path ($(nproc) cores, $(uname -r), load $(cut -d' ' -f1-3 /proc/loadavg), client cipher ${CIPHER:-OpenSSH default})"
 printf "%-11s %10s %10s %12s %12s\n" path seconds MB/s "vs direct" "vs bastion"
 declare -A mbps
 for path in direct copy-relay bastion gatehouse; do

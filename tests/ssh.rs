@@ -559,6 +559,24 @@ fn scp_and_sftp_copy_files_byte_exact_both_ways() {
         && e["attributes"]["path"] == remote("legacy.bin").display().to_string()));
     assert!(transfers.iter().any(|e| e["attributes"]["direction"] == "download"));
     assert!(transfers.iter().any(|e| e["attributes"]["direction"] == "both"));
+    // Every file is audited with its name and exact size: legacy scp, scp over SFTP, sftp.
+    let files = wait_event(&s, "file_transferred", |e| {
+        e["path"] == sftp_up.display().to_string() && e["direction"] == "download"
+    });
+    for name in ["legacy.bin", "sftp-mode.bin", "sftp.bin"] {
+        let path = remote(name).display().to_string();
+        let of = |direction: &str| {
+            files
+                .iter()
+                .filter(|e| e["path"] == path && e["direction"] == direction && e["completed"] == true)
+                .collect::<Vec<_>>()
+        };
+        let (up, down) = (of("upload"), of("download"));
+        assert_eq!(up.len(), 1, "{name}: {files:?}");
+        assert_eq!(up[0]["bytes_written"], 1_500_000, "{name}");
+        assert_eq!(down.len(), 1, "{name}: {files:?}");
+        assert_eq!(down[0]["bytes_read"], 1_500_000, "{name}");
+    }
 
     // An agent may not transfer files: sftp is refused before the host sees it.
     let agent = s.gw.mint("agent-7", &[], true).unwrap();

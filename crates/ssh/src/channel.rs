@@ -18,6 +18,7 @@ use tokio::sync::{OwnedSemaphorePermit, mpsc};
 use crate::command::{ParsedCommand, parse_bytes};
 use crate::error::SshError;
 use crate::recording::Recorder;
+use crate::scp::ScpObserver;
 use crate::server::UpstreamSlot;
 use crate::sftp::{self, ClientStep, Framer, Tracker};
 use crate::upstream::{Upstream, UpstreamTarget};
@@ -257,6 +258,18 @@ pub(crate) async fn run_session_channel(
     };
     let kind = start.kind();
     let is_sftp = matches!(&start, Start::Subsystem(name) if name == "sftp");
+    let legacy_scp = match &start {
+        Start::Exec(command) => {
+            let parsed = parse_bytes(command);
+            scp_transfer(&parsed).map(|(direction, path)| {
+                let into_dir = parsed.argv[1..]
+                    .iter()
+                    .any(|a| a.starts_with('-') && (a.contains('r') || a.contains('d')));
+                (direction, path, into_dir)
+            })
+        }
+        _ => None,
+    };
     let recorder = match (&start, open_recorder(&ctx, &permit, pty.as_ref())) {
         (Start::Shell, Ok(r)) => Some(r),
         (Start::Shell, Err(error)) => {
@@ -303,6 +316,12 @@ pub(crate) async fn run_session_channel(
     let recorder = recorder.map(|r| Arc::new(Mutex::new(r)));
     let input_recorder = recorder.clone().filter(|_| ctx.record_input);
     let sftp = is_sftp.then(|| SftpGate::new(&ctx, permit.request()));
+    let scp = legacy_scp.map(|(direction, path, into_dir)| ScpWatch {
+        ctx: ctx.clone(),
+        channel: permit.request(),
+        upload: direction == "upload",
+        observer: Mutex::new(ScpObserver::new(path, direction, into_dir, permit.request())),
+    });
     let outcome = relay(
         id,
         &handle,
@@ -311,7 +330,7 @@ pub(crate) async fn run_session_channel(
         up,
         (recorder.clone(), input_recorder),
         held_input,
-        sftp.as_ref(),
+        (sftp.as_ref(), scp.as_ref()),
     )
     .await;
     if let Some(gate) = &sftp {
@@ -342,7 +361,7 @@ pub(crate) async fn run_forward(
         up,
         (None, None),
         HeldInput::default(),
-        None,
+        (None, None),
     )
     .await;
     audit_end(&ctx, permit, "forward", outcome).await;
@@ -635,20 +654,7 @@ impl SftpGate {
     }
 
     async fn audit_file(&self, file: sftp::FileRecord) {
-        tracing::info!(path = %file.path, direction = %file.direction, bytes_read = file.bytes_read, bytes_written = file.bytes_written, completed = file.completed, "SFTP file closed.");
-        let event = AuditEvent::FileTransferred {
-            session: self.ctx.session.id().into(),
-            request: file.request,
-            channel: self.channel,
-            path: file.path,
-            direction: file.direction,
-            bytes_read: file.bytes_read,
-            bytes_written: file.bytes_written,
-            completed: file.completed,
-        };
-        if let Err(error) = self.ctx.gateway.audit().append(event).await {
-            tracing::error!(%error, "Audit write of an SFTP file failed.");
-        }
+        audit_file(&self.ctx, self.channel, file).await;
     }
 
     /// The client broke the protocol: tell it on stderr, audit it, and close the host's
@@ -683,6 +689,43 @@ impl SftpGate {
     }
 }
 
+/// Writes one file's `file_transferred` record.
+async fn audit_file(ctx: &ChannelContext, channel: u64, file: sftp::FileRecord) {
+    tracing::info!(path = %file.path, direction = %file.direction, bytes_read = file.bytes_read, bytes_written = file.bytes_written, completed = file.completed, "File transferred.");
+    let event = AuditEvent::FileTransferred {
+        session: ctx.session.id().into(),
+        request: file.request,
+        channel,
+        path: file.path,
+        direction: file.direction,
+        bytes_read: file.bytes_read,
+        bytes_written: file.bytes_written,
+        completed: file.completed,
+    };
+    if let Err(error) = ctx.gateway.audit().append(event).await {
+        tracing::error!(%error, "Audit write of a transferred file failed.");
+    }
+}
+
+/// A legacy scp channel (`scp -O`): the files it moves, named and counted from the sending
+/// side's stream, each audited as `file_transferred` (see [`crate::scp`]).
+struct ScpWatch {
+    ctx: ChannelContext,
+    channel: u64,
+    /// The client sends (`scp -t`); else the host does (`scp -f`).
+    upload: bool,
+    observer: Mutex<ScpObserver>,
+}
+
+impl ScpWatch {
+    async fn sent(&self, data: &[u8]) {
+        let done = self.observer.lock().unwrap_or_else(|p| p.into_inner()).feed(data);
+        for file in done {
+            audit_file(&self.ctx, self.channel, file).await;
+        }
+    }
+}
+
 /// Relays data, EOF, window changes and signals to the host, and data, stderr, EOF, exit
 /// status and exit signal back, until the host closes the channel. Each direction runs on
 /// its own, so a slow reader on one side never stalls the other. An SFTP channel's data
@@ -696,7 +739,7 @@ async fn relay(
     up: Channel<russh::client::Msg>,
     (recorder, input_recorder): (SharedRecorder, SharedRecorder),
     held: HeldInput,
-    sftp: Option<&SftpGate>,
+    (sftp, scp): (Option<&SftpGate>, Option<&ScpWatch>),
 ) -> Outcome {
     let (mut up_rx, up_tx) = up.split();
     // The gateway's own SFTP answers, sent to the client between the host's packets.
@@ -712,6 +755,13 @@ async fn relay(
                 .await
             {
                 gate.broken(&client_tx, &up_tx, &message).await;
+            }
+        } else if !held.data.is_empty()
+            && let Some(watch) = scp.filter(|w| w.upload)
+        {
+            watch.sent(&held.data).await;
+            if up_tx.data_bytes(Bytes::from(held.data)).await.is_err() {
+                let _ = up_tx.close().await;
             }
         } else if !held.data.is_empty()
             && (!record_input(&input_recorder, &held.data) || up_tx.data_bytes(Bytes::from(held.data)).await.is_err())
@@ -740,6 +790,9 @@ async fn relay(
                 }
                 ChannelMsg::Data { data } => {
                     bytes_in += data.len() as u64;
+                    if let Some(watch) = scp.filter(|w| w.upload) {
+                        watch.sent(&data).await;
+                    }
                     if !record_input(&input_recorder, &data) || up_tx.data_bytes(data).await.is_err() {
                         let _ = up_tx.close().await;
                         break;
@@ -808,6 +861,9 @@ async fn relay(
                 }
                 ChannelMsg::Data { data } => {
                     outcome.bytes_out += data.len() as u64;
+                    if let Some(watch) = scp.filter(|w| !w.upload) {
+                        watch.sent(&data).await;
+                    }
                     if !record(&recorder, &data) || client_tx.data_bytes(data).await.is_err() {
                         break;
                     }

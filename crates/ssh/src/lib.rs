@@ -8,6 +8,7 @@ pub mod command;
 pub mod config;
 mod error;
 pub mod recording;
+mod scp;
 mod server;
 pub mod sftp;
 pub mod upstream;
