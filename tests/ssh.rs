@@ -1245,7 +1245,7 @@ fn sftp_and_scp_decide_and_audit_each_file() {
              rename {open} {moved}\n-rename {moved} {locked_moved}\n-mkdir {locked_dir}\nrm {moved}\n",
             src = source.display(),
             open = r("open/a.bin"),
-            locked = r("locked/b.bin"),
+            locked = r("open/../locked/b.bin"),
             back = l("a-back.bin"),
             secret = r("report.secret"),
             stolen = l("stolen"),

@@ -148,8 +148,38 @@ impl<'a> Fields<'a> {
         self.take(len)
     }
 
+    /// A path, `.` and `..` resolved lexically (the host's symbolic links are not).
     fn path(&mut self) -> Result<Result<String, ()>, String> {
-        Ok(String::from_utf8(self.string()?.to_vec()).map_err(|_| ()))
+        Ok(String::from_utf8(self.string()?.to_vec())
+            .map(|p| lexical(&p))
+            .map_err(|_| ()))
+    }
+}
+
+/// `path` with empty and `.` components dropped and `..` applied to the component before
+/// it, so `/srv/x/../release/a` is decided as `/srv/release/a`. A relative path keeps the
+/// `..` it cannot resolve; `/..` stays `/`.
+pub fn lexical(path: &str) -> String {
+    let absolute = path.starts_with('/');
+    let mut parts: Vec<&str> = Vec::new();
+    for part in path.split('/') {
+        match part {
+            "" | "." => {}
+            ".." => match parts.last() {
+                Some(&last) if last != ".." => {
+                    parts.pop();
+                }
+                _ if absolute => {}
+                _ => parts.push(".."),
+            },
+            other => parts.push(other),
+        }
+    }
+    let joined = parts.join("/");
+    match (absolute, joined.is_empty()) {
+        (true, _) => format!("/{joined}"),
+        (false, true) => ".".into(),
+        (false, false) => joined,
     }
 }
 
@@ -680,6 +710,25 @@ mod tests {
         assert!(t.client_packet(truncated).is_err());
         let bad = packet(REMOVE, Some(14), &[&s(&[0xff, 0xfe])]);
         assert!(matches!(t.client_packet(bad).unwrap(), ClientStep::Answer(_)));
+    }
+
+    #[test]
+    fn paths_are_decided_after_dot_dot() {
+        assert_eq!(lexical("/srv/x/../release//./a"), "/srv/release/a");
+        assert_eq!(lexical("/../../etc/passwd"), "/etc/passwd");
+        assert_eq!(lexical("a/../../b"), "../b");
+        assert_eq!(lexical("./"), ".");
+        assert_eq!(lexical("/"), "/");
+        let mut t = Tracker::default();
+        let open = packet(
+            OPEN,
+            Some(1),
+            &[&s(b"/tmp/ok/../locked/x"), &2u32.to_be_bytes(), &0u32.to_be_bytes()],
+        );
+        let ClientStep::Decide { checks, .. } = t.client_packet(open).unwrap() else {
+            panic!("an open is decided")
+        };
+        assert_eq!(checks[0].path, "/tmp/locked/x");
     }
 
     #[test]
