@@ -77,6 +77,7 @@ StrictModes no
 UsePAM no
 PrintMotd no
 MaxStartups 100
+LogLevel DEBUG1
 CFG
 [ -d /run/sshd ] || mkdir -p /run/sshd
 /usr/sbin/sshd -D -f "$work/sshd_config" -E "$work/sshd.log" &
@@ -183,3 +184,7 @@ for path in direct gatehouse; do
     median[$path]=$(printf '%s\n' "${times[@]}" | sort -n | awk '{a[NR]=$1} END {print (NR%2) ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2}')
     python3 -c "m=${median[$path]}; d=${median[direct]}; print(f'{\"$path\":<11} {m:12.1f} {m-d:15.1f} ms')"
 done
+
+echo
+echo "Ciphers sshd negotiated (connections; the bastion's and the gateway's own legs included):"
+grep -o "kex: client->server cipher: [^ ]*" "$work/sshd.log" | sed 's/.*cipher: //' | sort | uniq -c
