@@ -12,7 +12,9 @@
 # Needs target/release/gatehouse and target/release/copy-relay
 # (`cargo build --release -p gatehouse -p gatehouse-testkit`), /usr/sbin/sshd, ssh,
 # ssh-keygen, sshpass. SIZE (default 1G, head -c syntax) and CONNECTIONS (default 50) tune
-# it; GATEHOUSE=path picks another gatehouse binary.
+# it; GATEHOUSE=path picks another gatehouse binary; CIPHER (e.g. aes128-gcm@openssh.com)
+# makes every OpenSSH client in the run (the bastion's too) ask for that cipher instead of
+# OpenSSH's default, chacha20-poly1305.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$(pwd)
@@ -75,6 +77,7 @@ StrictModes no
 UsePAM no
 PrintMotd no
 MaxStartups 100
+LogLevel DEBUG1
 CFG
 [ -d /run/sshd ] || mkdir -p /run/sshd
 /usr/sbin/sshd -D -f "$work/sshd_config" -E "$work/sshd.log" &
@@ -125,7 +128,12 @@ SSHPASS=$(GATEHOUSE_TOKEN="$token" "$gatehouse" credentials --config "$work/gw/g
 common=(-F /dev/null -o BatchMode=yes -o LogLevel=ERROR -o StrictHostKeyChecking=no
     -o UserKnownHostsFile=/dev/null -o GlobalKnownHostsFile=/dev/null -o IdentityAgent=none)
 key=(-o IdentitiesOnly=yes -i "$work/client_key")
-inner="ssh -F /dev/null -o BatchMode=yes -o LogLevel=ERROR -o UserKnownHostsFile=$work/known_hosts -o IdentitiesOnly=yes -i $work/client_key -p $sshd_port $login@127.0.0.1"
+cipher_opt=""
+if [ -n "${CIPHER:-}" ]; then
+    common+=(-c "$CIPHER")
+    cipher_opt="-c $CIPHER"
+fi
+inner="ssh -F /dev/null $cipher_opt -o BatchMode=yes -o LogLevel=ERROR -o UserKnownHostsFile=$work/known_hosts -o IdentitiesOnly=yes -i $work/client_key -p $sshd_port $login@127.0.0.1"
 # path NAME ARGS...: the ssh command line for one path, remote command appended by the caller.
 run_path() {
     local name=$1
@@ -143,7 +151,7 @@ run_path() {
 now() { echo "$EPOCHREALTIME"; }
 bytes=$(head -c "$size" /dev/zero | wc -c)
 
-echo "SSH throughput: head -c $size /dev/zero through each path ($(nproc) cores, $(uname -r))"
+echo "SSH throughput: head -c $size /dev/zero through each path ($(nproc) cores, $(uname -r), load $(cut -d' ' -f1-3 /proc/loadavg), client cipher ${CIPHER:-OpenSSH default})"
 printf "%-11s %10s %10s %12s %12s\n" path seconds MB/s "vs direct" "vs bastion"
 declare -A mbps
 for path in direct copy-relay bastion gatehouse; do
@@ -176,3 +184,7 @@ for path in direct gatehouse; do
     median[$path]=$(printf '%s\n' "${times[@]}" | sort -n | awk '{a[NR]=$1} END {print (NR%2) ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2}')
     python3 -c "m=${median[$path]}; d=${median[direct]}; print(f'{\"$path\":<11} {m:12.1f} {m-d:15.1f} ms')"
 done
+
+echo
+echo "Ciphers sshd negotiated (connections; the bastion's and the gateway's own legs included):"
+grep -o "kex: client->server cipher: [^ ]*" "$work/sshd.log" | sed 's/.*cipher: //' | sort | uniq -c

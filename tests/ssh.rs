@@ -541,6 +541,24 @@ fn scp_and_sftp_copy_files_byte_exact_both_ways() {
         && e["attributes"]["path"] == remote("legacy.bin").display().to_string()));
     assert!(transfers.iter().any(|e| e["attributes"]["direction"] == "download"));
     assert!(transfers.iter().any(|e| e["attributes"]["direction"] == "both"));
+    // Every file is audited with its name and exact size: legacy scp, scp over SFTP, sftp.
+    let files = wait_event(&s, "file_transferred", |e| {
+        e["path"] == sftp_up.display().to_string() && e["direction"] == "download"
+    });
+    for name in ["legacy.bin", "sftp-mode.bin", "sftp.bin"] {
+        let path = remote(name).display().to_string();
+        let of = |direction: &str| {
+            files
+                .iter()
+                .filter(|e| e["path"] == path && e["direction"] == direction && e["completed"] == true)
+                .collect::<Vec<_>>()
+        };
+        let (up, down) = (of("upload"), of("download"));
+        assert_eq!(up.len(), 1, "{name}: {files:?}");
+        assert_eq!(up[0]["bytes_written"], 1_500_000, "{name}");
+        assert_eq!(down.len(), 1, "{name}: {files:?}");
+        assert_eq!(down[0]["bytes_read"], 1_500_000, "{name}");
+    }
 
     // An agent may not transfer files: sftp is refused before the host sees it.
     let agent = s.gw.mint("agent-7", &[], true).unwrap();
@@ -1137,4 +1155,247 @@ client.close()
     assert!(status.success(), "{stderr}");
     // A freed slot is usable again on the flooding connection.
     assert_eq!(rest.trim(), "after-flood 0", "{stderr}");
+}
+
+/// Runs `sftp -b BATCH` through the gateway; a `-` before a batch command lets the batch
+/// go on when that command fails.
+fn sftp_batch(s: &Setup, secret: &str, batch: &str) -> Output {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("batch");
+    std::fs::write(&file, batch).unwrap();
+    let mut cmd = Command::new("sshpass");
+    cmd.args(["-e", "sftp"]);
+    client_options(&mut cmd);
+    cmd.args(["-o", "BatchMode=no", "-b"])
+        .arg(&file)
+        .args(["-P", &s.port.to_string(), "web-1@127.0.0.1"])
+        .env("SSHPASS", secret)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap()
+}
+
+/// A policy for the per-file tests: no uploads (or other changes) under a `locked`
+/// directory, no downloads of `*.secret` files.
+const FILE_POLICY: &str = r#"
+@id("no-changes-under-locked")
+forbid (principal, action == Ssh::Action::"file_transfer", resource is Host)
+when { context.direction == "upload" && context has path && context.path like "*/locked/*" };
+
+@id("no-secret-downloads")
+forbid (principal, action == Ssh::Action::"file_transfer", resource is Host)
+when { context.direction == "download" && context has path && context.path like "*.secret" };
+"#;
+
+/// Inside one sftp session (and scp, which speaks SFTP by default), every file is decided
+/// on its own: a refused file gets "Permission denied" and the reason naming the policy,
+/// never reaches the host, and the next file works; each file's transfer is audited with
+/// its name and exact byte count.
+#[test]
+fn sftp_and_scp_decide_and_audit_each_file() {
+    let s = setup();
+    std::fs::write(s.gw.policy_dir().join("zz-files.cedar"), FILE_POLICY).unwrap();
+    s.gw.hangup().unwrap();
+    assert!(s.gw.wait_for(Duration::from_secs(10), || audit_log(&s).contains("policy_reloaded")));
+    let token = s.gw.mint("olivia", &["ops"], false).unwrap();
+    let secret = credential(&s, &token, "web-1", "5m");
+
+    let local = tempfile::tempdir().unwrap();
+    let remote = s.sshd.dir().join("files");
+    std::fs::create_dir_all(remote.join("open")).unwrap();
+    std::fs::create_dir_all(remote.join("locked")).unwrap();
+    let upload = noise(300_001, 7);
+    let source = local.path().join("a.bin");
+    std::fs::write(&source, &upload).unwrap();
+    let report = noise(70_000, 8);
+    std::fs::write(remote.join("report.secret"), &report).unwrap();
+    let r = |p: &str| remote.join(p).display().to_string();
+    let l = |p: &str| local.path().join(p).display().to_string();
+
+    let o = sftp_batch(
+        &s,
+        &secret,
+        &format!(
+            "put {src} {open}\n-put {src} {locked}\nget {open} {back}\n-get {secret} {stolen}\n\
+             rename {open} {moved}\n-rename {moved} {locked_moved}\n-mkdir {locked_dir}\nrm {moved}\n",
+            src = source.display(),
+            open = r("open/a.bin"),
+            locked = r("open/../locked/b.bin"),
+            back = l("a-back.bin"),
+            secret = r("report.secret"),
+            stolen = l("stolen"),
+            moved = r("open/c.bin"),
+            locked_moved = r("locked/c.bin"),
+            locked_dir = r("locked/new"),
+        ),
+    );
+    let stderr = err(&o);
+    eprintln!("sftp said:\n{stderr}");
+    assert!(o.status.success(), "{stderr}\n{}", s.gw.log());
+    assert!(stderr.contains("Permission denied"), "{stderr}");
+    assert!(stderr.contains("no-changes-under-locked"), "{stderr}");
+    assert!(stderr.contains("no-secret-downloads"), "{stderr}");
+    assert!(std::fs::read(l("a-back.bin")).unwrap() == upload, "download differs");
+    assert!(!Path::new(&l("stolen")).exists() || std::fs::read(l("stolen")).unwrap().is_empty());
+    assert!(
+        !remote.join("locked/b.bin").exists(),
+        "a refused upload reached the host"
+    );
+    assert!(
+        !remote.join("locked/c.bin").exists(),
+        "a refused rename reached the host"
+    );
+    assert!(!remote.join("locked/new").exists(), "a refused mkdir reached the host");
+    assert!(
+        !remote.join("open/c.bin").exists(),
+        "the allowed rename and remove did not run"
+    );
+
+    // One record per file, with its name and exact byte count, both ways.
+    let files = wait_event(&s, "file_transferred", |e| e["direction"] == "download");
+    let up: Vec<_> = files.iter().filter(|e| e["direction"] == "upload").collect();
+    let down: Vec<_> = files.iter().filter(|e| e["direction"] == "download").collect();
+    assert_eq!(up.len(), 1, "{files:?}");
+    assert_eq!(up[0]["path"], r("open/a.bin"));
+    assert_eq!(up[0]["bytes_written"], 300_001);
+    assert_eq!(up[0]["bytes_read"], 0);
+    assert_eq!(up[0]["completed"], true);
+    assert_eq!(down.len(), 1, "{files:?}");
+    assert_eq!(down[0]["path"], r("open/a.bin"));
+    assert_eq!(down[0]["bytes_read"], 300_001);
+    assert_eq!(down[0]["completed"], true);
+    let decided = audit_events(&s, "request_decided");
+    let denied = |op: &str, path: &str| {
+        decided.iter().any(|e| {
+            e["action"] == "Ssh::file_transfer"
+                && e["decision"] == "deny"
+                && e["attributes"]["operation"] == op
+                && e["attributes"]["path"] == path
+        })
+    };
+    assert!(denied("open", &r("locked/b.bin")), "{decided:?}");
+    assert!(denied("open", &r("report.secret")));
+    assert!(denied("rename", &r("locked/c.bin")));
+    assert!(denied("mkdir", &r("locked/new")));
+    assert!(decided.iter().any(|e| e["attributes"]["operation"] == "remove"
+        && e["attributes"]["path"] == r("open/c.bin")
+        && e["decision"] == "allow"));
+
+    // scp speaks SFTP by default: the same per-file decisions and records.
+    let scp = |from: &str, to: &str| {
+        let mut cmd = Command::new("sshpass");
+        cmd.args(["-e", "scp"]);
+        client_options(&mut cmd);
+        cmd.args(["-P", &s.port.to_string(), from, to])
+            .env("SSHPASS", &secret)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap()
+    };
+    let at = |p: &str| format!("web-1@127.0.0.1:{}", r(p));
+    let o = scp(&source.display().to_string(), &at("locked/scp.bin"));
+    assert!(!o.status.success());
+    assert!(err(&o).contains("no-changes-under-locked"), "{}", err(&o));
+    assert!(!remote.join("locked/scp.bin").exists());
+    let o = scp(&source.display().to_string(), &at("open/scp.bin"));
+    assert!(o.status.success(), "{}", err(&o));
+    assert!(std::fs::read(remote.join("open/scp.bin")).unwrap() == upload);
+    let files = wait_event(&s, "file_transferred", |e| e["path"] == r("open/scp.bin"));
+    let scp_up = files.iter().find(|e| e["path"] == r("open/scp.bin")).unwrap();
+    assert_eq!(scp_up["bytes_written"], 300_001);
+    assert_eq!(scp_up["completed"], true);
+
+    // `gatehouse audit show` prints the records.
+    let session = scp_up["session"].as_str().unwrap().to_string();
+    let config = s.gw.config_path().display().to_string();
+    let o = s.gw.cli(&["audit", "show", "--config", &config, &session]).unwrap();
+    let shown = out(&o);
+    assert!(
+        shown
+            .lines()
+            .any(|l| l.contains("file_transferred") && l.contains("open/scp.bin")),
+        "{shown}{}",
+        err(&o)
+    );
+}
+
+/// A malformed or oversized SFTP packet from a client closes that channel with a message
+/// on its stderr and a `protocol_error` record; the same connection opens a working sftp
+/// channel afterwards, and other clients are served as usual.
+#[test]
+fn malformed_sftp_packets_close_only_their_channel() {
+    let s = setup();
+    let token = s.gw.mint("olivia", &["ops"], false).unwrap();
+    let secret = credential(&s, &token, "web-1", "5m");
+    let remote = s.sshd.dir().join("after.bin");
+    let script = r#"
+import io, os, struct, paramiko
+client = paramiko.SSHClient()
+client.set_missing_host_key_policy(paramiko.AutoAddPolicy())
+client.connect("127.0.0.1", port=int(os.environ["PORT"]), username="web-1",
+               password=os.environ["SECRET"], look_for_keys=False, allow_agent=False, timeout=10)
+transport = client.get_transport()
+
+def hostile(payload):
+    ch = transport.open_session(timeout=10)
+    ch.settimeout(10)
+    ch.invoke_subsystem("sftp")
+    ch.sendall(payload)
+    err = b""
+    while True:
+        d = ch.recv_stderr(4096)
+        if not d:
+            break
+        err += d
+    return err.decode().strip()
+
+# A length field of 2 GiB, then an OPEN whose path length runs past the packet's end.
+print("oversized|" + hostile(struct.pack(">I", 0x7FFFFFFF) + b"\x01"), flush=True)
+init = struct.pack(">IBI", 5, 1, 3)
+body = b"\x03" + struct.pack(">I", 1) + struct.pack(">I", 1000) + b"/x"
+print("truncated|" + hostile(init + struct.pack(">I", len(body)) + body), flush=True)
+
+sftp = client.open_sftp()
+sftp.putfo(io.BytesIO(b"x" * 100000), os.environ["REMOTE"])
+print("after|" + str(sftp.stat(os.environ["REMOTE"]).st_size), flush=True)
+try:
+    sftp.open("/nonexistent/dir/file", "w")
+except IOError as e:
+    print("missing|" + str(e), flush=True)
+sftp.close()
+client.close()
+"#;
+    let o = Command::new("python3")
+        .args(["-c", script])
+        .env("PORT", s.port.to_string())
+        .env("SECRET", &secret)
+        .env("REMOTE", &remote)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}\n{}", err(&o), s.gw.log());
+    let text = out(&o);
+    let lines: Vec<&str> = text.lines().collect();
+    assert!(
+        lines[0].starts_with("oversized|gatehouse: an SFTP packet of 2147483647 bytes, over the limit"),
+        "{lines:?}"
+    );
+    assert!(lines[0].ends_with("the SFTP channel is closed"), "{lines:?}");
+    assert!(
+        lines[1].starts_with("truncated|gatehouse: a truncated SFTP packet"),
+        "{lines:?}"
+    );
+    assert_eq!(lines[2], "after|100000", "{lines:?}");
+    assert!(lines[3].starts_with("missing|"), "{lines:?}");
+    let errors = wait_event(&s, "protocol_error", |_| true);
+    assert_eq!(errors.len(), 2, "{errors:?}");
+    assert!(errors[0]["message"].as_str().unwrap().contains("over the limit"));
+    let files = wait_event(&s, "file_transferred", |e| e["path"] == remote.display().to_string());
+    assert!(
+        files
+            .iter()
+            .any(|e| e["bytes_written"] == 100_000 && e["completed"] == true)
+    );
+
+    let o = ssh(&s, "web-1", &secret, &["echo", "still-here"]).output().unwrap();
+    assert_eq!(out(&o), "still-here\n", "{}", err(&o));
 }

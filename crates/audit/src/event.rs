@@ -193,6 +193,36 @@ pub enum AuditEvent {
         /// Bytes from the target to the client on stderr.
         bytes_err: u64,
     },
+    /// One file opened inside an SFTP channel (OpenSSH `sftp`, and `scp` in its default
+    /// SFTP mode) was closed, or its channel ended with it still open.
+    FileTransferred {
+        /// Session id.
+        session: String,
+        /// The request (the file's open) that policy decided.
+        request: u64,
+        /// The request that opened the SFTP channel.
+        channel: u64,
+        /// The path as the client named it.
+        path: String,
+        /// `download` (opened for reading) or `upload` (opened for writing).
+        direction: String,
+        /// Bytes the host returned to the client's reads.
+        bytes_read: u64,
+        /// Bytes of the client's writes the host confirmed.
+        bytes_written: u64,
+        /// True when the client closed the file and the host confirmed it.
+        completed: bool,
+    },
+    /// A client broke its channel's protocol (e.g. a malformed or oversized SFTP
+    /// packet); the gateway closed that channel.
+    ProtocolError {
+        /// Session id.
+        session: String,
+        /// The request that opened the channel.
+        request: u64,
+        /// What was wrong.
+        message: String,
+    },
     /// A session recording was closed.
     RecordingWritten {
         /// Session id.
@@ -308,6 +338,8 @@ impl AuditEvent {
             | Self::TargetError { session, .. }
             | Self::MaskingApplied { session, .. }
             | Self::ChannelEnded { session, .. }
+            | Self::FileTransferred { session, .. }
+            | Self::ProtocolError { session, .. }
             | Self::RecordingWritten { session, .. } => Some(session),
             Self::KubeRequest { session, .. } => session.as_deref(),
             Self::AuthenticationFailed { .. }
@@ -354,6 +386,8 @@ impl AuditEvent {
             Self::TargetError { .. } => "target_error",
             Self::MaskingApplied { .. } => "masking_applied",
             Self::ChannelEnded { .. } => "channel_ended",
+            Self::FileTransferred { .. } => "file_transferred",
+            Self::ProtocolError { .. } => "protocol_error",
             Self::RecordingWritten { .. } => "recording_written",
             Self::CredentialIssued { .. } => "credential_issued",
             Self::CredentialRevoked { .. } => "credential_revoked",

@@ -13,12 +13,14 @@ use gatehouse_core::{ApprovalNeeded, Gateway, Permit, Refusal, Session, Verdict}
 use russh::server::{Handle, Msg};
 use russh::{Channel, ChannelId, ChannelMsg, ChannelReadHalf, ChannelWriteHalf, Pty, Sig};
 use serde_json::json;
-use tokio::sync::OwnedSemaphorePermit;
+use tokio::sync::{OwnedSemaphorePermit, mpsc};
 
 use crate::command::{ParsedCommand, parse_bytes};
 use crate::error::SshError;
 use crate::recording::Recorder;
+use crate::scp::ScpObserver;
 use crate::server::UpstreamSlot;
+use crate::sftp::{self, ClientStep, Framer, Tracker};
 use crate::upstream::{Upstream, UpstreamTarget};
 
 /// Exit status of a refused request, as shells use for "found but not executable".
@@ -255,6 +257,19 @@ pub(crate) async fn run_session_channel(
         }
     };
     let kind = start.kind();
+    let is_sftp = matches!(&start, Start::Subsystem(name) if name == "sftp");
+    let legacy_scp = match &start {
+        Start::Exec(command) => {
+            let parsed = parse_bytes(command);
+            scp_transfer(&parsed).map(|(direction, path)| {
+                let into_dir = parsed.argv[1..]
+                    .iter()
+                    .any(|a| a.starts_with('-') && (a.contains('r') || a.contains('d')));
+                (direction, path, into_dir)
+            })
+        }
+        _ => None,
+    };
     let recorder = match (&start, open_recorder(&ctx, &permit, pty.as_ref())) {
         (Start::Shell, Ok(r)) => Some(r),
         (Start::Shell, Err(error)) => {
@@ -300,6 +315,13 @@ pub(crate) async fn run_session_channel(
     }
     let recorder = recorder.map(|r| Arc::new(Mutex::new(r)));
     let input_recorder = recorder.clone().filter(|_| ctx.record_input);
+    let sftp = is_sftp.then(|| SftpGate::new(&ctx, permit.request()));
+    let scp = legacy_scp.map(|(direction, path, into_dir)| ScpWatch {
+        ctx: ctx.clone(),
+        channel: permit.request(),
+        upload: direction == "upload",
+        observer: Mutex::new(ScpObserver::new(path, direction, into_dir, permit.request())),
+    });
     let outcome = relay(
         id,
         &handle,
@@ -308,8 +330,12 @@ pub(crate) async fn run_session_channel(
         up,
         (recorder.clone(), input_recorder),
         held_input,
+        (sftp.as_ref(), scp.as_ref()),
     )
     .await;
+    if let Some(gate) = &sftp {
+        gate.finish().await;
+    }
     if let Some(r) = recorder.and_then(Arc::into_inner) {
         finish_recording(&ctx, r.into_inner().unwrap_or_else(|p| p.into_inner())).await;
     }
@@ -335,6 +361,7 @@ pub(crate) async fn run_forward(
         up,
         (None, None),
         HeldInput::default(),
+        (None, None),
     )
     .await;
     audit_end(&ctx, permit, "forward", outcome).await;
@@ -509,9 +536,201 @@ async fn tell_refusal(
     let _ = client.close().await;
 }
 
+/// An SFTP channel's per-file gate: cuts both directions into SFTP packets, asks the core
+/// about every open and every change by path before the host sees it, and audits each
+/// file when it is closed (see [`crate::sftp`]).
+struct SftpGate {
+    ctx: ChannelContext,
+    /// The request that opened the channel.
+    channel: u64,
+    tracker: Mutex<Tracker>,
+}
+
+impl SftpGate {
+    fn new(ctx: &ChannelContext, channel: u64) -> Self {
+        Self {
+            ctx: ctx.clone(),
+            channel,
+            tracker: Mutex::new(Tracker::default()),
+        }
+    }
+
+    fn tracker(&self) -> std::sync::MutexGuard<'_, Tracker> {
+        self.tracker.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Client bytes: whole packets go to the host once permitted; refused ones are answered
+    /// (through `answers`) without reaching it. `Err`: the client broke the protocol.
+    async fn client_bytes(
+        &self,
+        framer: &mut Framer,
+        data: &[u8],
+        up_tx: &ChannelWriteHalf<russh::client::Msg>,
+        client_tx: &ChannelWriteHalf<Msg>,
+        answers: &mpsc::Sender<Bytes>,
+    ) -> Result<(), String> {
+        framer.push(data);
+        while let Some(packet) = framer.next_packet()? {
+            let step = self.tracker().client_packet(packet)?;
+            let forward = match step {
+                ClientStep::Forward(packet) => packet,
+                ClientStep::Answer(answer) => {
+                    let _ = answers.send(answer).await;
+                    continue;
+                }
+                ClientStep::Decide {
+                    packet,
+                    id,
+                    checks,
+                    opens,
+                } => match self.decide(&checks).await {
+                    Ok(request) => {
+                        if opens && let (Some(check), Some(request)) = (checks.first(), request) {
+                            self.tracker().opening(id, check, request);
+                        }
+                        packet
+                    }
+                    Err(message) => {
+                        tracing::info!(%message, "SFTP request refused.");
+                        // OpenSSH's clients print only the status code's own text; the
+                        // reason, naming the policy, reaches the user on stderr.
+                        let line = format!("{message}\n");
+                        let _ = client_tx.extended_data_bytes(1, Bytes::from(line)).await;
+                        let _ = answers
+                            .send(sftp::status(id, sftp::FX_PERMISSION_DENIED, &message))
+                            .await;
+                        continue;
+                    }
+                },
+            };
+            if up_tx.data_bytes(forward).await.is_err() {
+                return Ok(());
+            }
+        }
+        Ok(())
+    }
+
+    /// Every check must be permitted; the first one's request number is returned.
+    async fn decide(&self, checks: &[sftp::Check]) -> Result<Option<u64>, String> {
+        let mut first = None;
+        for check in checks {
+            match self.ctx.session.decide("file_transfer", check.context()).await {
+                Ok(Verdict::Permit(permit)) => {
+                    first.get_or_insert(permit.request());
+                }
+                Ok(Verdict::NeedsApproval(needed)) => {
+                    return Err(format!(
+                        "gatehouse: file_transfer of {} needs approval by group {}; a single file inside sftp cannot wait for approval (policy {})",
+                        check.path,
+                        needed.approver_group(),
+                        needed.policies().join(", ")
+                    ));
+                }
+                Err(refusal) => return Err(format!("{} ({} {})", refusal.message, check.operation, check.path)),
+            }
+        }
+        Ok(first)
+    }
+
+    /// Host bytes: whole packets to the client, closed files audited. `Err`: the host broke
+    /// the protocol.
+    async fn host_bytes(
+        &self,
+        framer: &mut Framer,
+        data: &[u8],
+        client_tx: &ChannelWriteHalf<Msg>,
+    ) -> Result<(), String> {
+        framer.push(data);
+        while let Some(packet) = framer.next_packet()? {
+            let closed = self.tracker().host_packet(&packet)?;
+            if let Some(file) = closed {
+                self.audit_file(file).await;
+            }
+            if client_tx.data_bytes(packet).await.is_err() {
+                return Ok(());
+            }
+        }
+        Ok(())
+    }
+
+    async fn audit_file(&self, file: sftp::FileRecord) {
+        audit_file(&self.ctx, self.channel, file).await;
+    }
+
+    /// The client broke the protocol: tell it on stderr, audit it, and close the host's
+    /// side (the client's side closes once the host's has).
+    async fn broken(
+        &self,
+        client_tx: &ChannelWriteHalf<Msg>,
+        up_tx: &ChannelWriteHalf<russh::client::Msg>,
+        message: &str,
+    ) {
+        tracing::warn!(%message, "The client broke the SFTP protocol; closing the channel.");
+        let line = format!("gatehouse: {message}; the SFTP channel is closed\n");
+        let _ = client_tx.extended_data_bytes(1, Bytes::from(line)).await;
+        let event = AuditEvent::ProtocolError {
+            session: self.ctx.session.id().into(),
+            request: self.channel,
+            message: message.into(),
+        };
+        if let Err(error) = self.ctx.gateway.audit().append(event).await {
+            tracing::error!(%error, "Audit write of a protocol error failed.");
+        }
+        let _ = client_tx.eof().await;
+        let _ = up_tx.close().await;
+    }
+
+    /// Audits the files left open when the channel ended.
+    async fn finish(&self) {
+        let left = self.tracker().abandoned();
+        for file in left {
+            self.audit_file(file).await;
+        }
+    }
+}
+
+/// Writes one file's `file_transferred` record.
+async fn audit_file(ctx: &ChannelContext, channel: u64, file: sftp::FileRecord) {
+    tracing::info!(path = %file.path, direction = %file.direction, bytes_read = file.bytes_read, bytes_written = file.bytes_written, completed = file.completed, "File transferred.");
+    let event = AuditEvent::FileTransferred {
+        session: ctx.session.id().into(),
+        request: file.request,
+        channel,
+        path: file.path,
+        direction: file.direction,
+        bytes_read: file.bytes_read,
+        bytes_written: file.bytes_written,
+        completed: file.completed,
+    };
+    if let Err(error) = ctx.gateway.audit().append(event).await {
+        tracing::error!(%error, "Audit write of a transferred file failed.");
+    }
+}
+
+/// A legacy scp channel (`scp -O`): the files it moves, named and counted from the sending
+/// side's stream, each audited as `file_transferred` (see [`crate::scp`]).
+struct ScpWatch {
+    ctx: ChannelContext,
+    channel: u64,
+    /// The client sends (`scp -t`); else the host does (`scp -f`).
+    upload: bool,
+    observer: Mutex<ScpObserver>,
+}
+
+impl ScpWatch {
+    async fn sent(&self, data: &[u8]) {
+        let done = self.observer.lock().unwrap_or_else(|p| p.into_inner()).feed(data);
+        for file in done {
+            audit_file(&self.ctx, self.channel, file).await;
+        }
+    }
+}
+
 /// Relays data, EOF, window changes and signals to the host, and data, stderr, EOF, exit
 /// status and exit signal back, until the host closes the channel. Each direction runs on
-/// its own, so a slow reader on one side never stalls the other.
+/// its own, so a slow reader on one side never stalls the other. An SFTP channel's data
+/// goes through its [`SftpGate`].
+#[allow(clippy::too_many_arguments)] // one relay for every channel kind; the pieces are its state
 async fn relay(
     id: ChannelId,
     handle: &Handle,
@@ -520,11 +739,31 @@ async fn relay(
     up: Channel<russh::client::Msg>,
     (recorder, input_recorder): (SharedRecorder, SharedRecorder),
     held: HeldInput,
+    (sftp, scp): (Option<&SftpGate>, Option<&ScpWatch>),
 ) -> Outcome {
     let (mut up_rx, up_tx) = up.split();
+    // The gateway's own SFTP answers, sent to the client between the host's packets.
+    let (answers_tx, mut answers_rx) = mpsc::channel::<Bytes>(64);
     let to_host = async {
+        let mut framer = Framer::default();
         let mut bytes_in = held.data.len() as u64;
-        if !held.data.is_empty()
+        if let Some(gate) = sftp
+            && !held.data.is_empty()
+        {
+            if let Err(message) = gate
+                .client_bytes(&mut framer, &held.data, &up_tx, &client_tx, &answers_tx)
+                .await
+            {
+                gate.broken(&client_tx, &up_tx, &message).await;
+            }
+        } else if !held.data.is_empty()
+            && let Some(watch) = scp.filter(|w| w.upload)
+        {
+            watch.sent(&held.data).await;
+            if up_tx.data_bytes(Bytes::from(held.data)).await.is_err() {
+                let _ = up_tx.close().await;
+            }
+        } else if !held.data.is_empty()
             && (!record_input(&input_recorder, &held.data) || up_tx.data_bytes(Bytes::from(held.data)).await.is_err())
         {
             let _ = up_tx.close().await;
@@ -538,8 +777,22 @@ async fn relay(
                 break;
             };
             match msg {
+                ChannelMsg::Data { data } if sftp.is_some() => {
+                    bytes_in += data.len() as u64;
+                    let Some(gate) = sftp else { break };
+                    if let Err(message) = gate
+                        .client_bytes(&mut framer, &data, &up_tx, &client_tx, &answers_tx)
+                        .await
+                    {
+                        gate.broken(&client_tx, &up_tx, &message).await;
+                        break;
+                    }
+                }
                 ChannelMsg::Data { data } => {
                     bytes_in += data.len() as u64;
+                    if let Some(watch) = scp.filter(|w| w.upload) {
+                        watch.sent(&data).await;
+                    }
                     if !record_input(&input_recorder, &data) || up_tx.data_bytes(data).await.is_err() {
                         let _ = up_tx.close().await;
                         break;
@@ -580,10 +833,37 @@ async fn relay(
     };
     let to_client = async {
         let mut outcome = Outcome::default();
-        while let Some(msg) = up_rx.wait().await {
+        let mut framer = Framer::default();
+        loop {
+            let msg = tokio::select! {
+                msg = up_rx.wait() => msg,
+                Some(answer) = answers_rx.recv() => {
+                    // Only whole packets are ever sent, so this lands between two of them.
+                    if client_tx.data_bytes(answer).await.is_err() {
+                        break;
+                    }
+                    continue;
+                }
+            };
+            let Some(msg) = msg else { break };
             match msg {
+                ChannelMsg::Data { data } if sftp.is_some() => {
+                    outcome.bytes_out += data.len() as u64;
+                    let Some(gate) = sftp else { break };
+                    if let Err(message) = gate.host_bytes(&mut framer, &data, &client_tx).await {
+                        tracing::warn!(%message, "The host broke the SFTP protocol; closing the channel.");
+                        let line =
+                            format!("gatehouse: the host broke the SFTP protocol ({message}); the channel is closed\n");
+                        let _ = client_tx.extended_data_bytes(1, Bytes::from(line)).await;
+                        let _ = up_tx.close().await;
+                        break;
+                    }
+                }
                 ChannelMsg::Data { data } => {
                     outcome.bytes_out += data.len() as u64;
+                    if let Some(watch) = scp.filter(|w| !w.upload) {
+                        watch.sent(&data).await;
+                    }
                     if !record(&recorder, &data) || client_tx.data_bytes(data).await.is_err() {
                         break;
                     }

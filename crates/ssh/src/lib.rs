@@ -8,7 +8,9 @@ pub mod command;
 pub mod config;
 mod error;
 pub mod recording;
+mod scp;
 mod server;
+pub mod sftp;
 pub mod upstream;
 
 pub use ca::{IssuedCertificate, SshCa};

@@ -216,6 +216,7 @@ pub async fn show(State(console): State<Arc<Console>>, headers: HeaderMap, Path(
     let mut approval_request: BTreeMap<String, u64> = BTreeMap::new();
     let mut other = String::new();
     let mut recordings = String::new();
+    let mut files = String::new();
     for r in &records {
         match &r.event {
             AuditEvent::SessionStarted {
@@ -325,6 +326,25 @@ pub async fn show(State(console): State<Arc<Console>>, headers: HeaderMap, Path(
             AuditEvent::ApprovalExecuted { approval, .. } => {
                 push_approval(&mut rows, &approval_request, approval, "executed".to_owned())
             }
+            AuditEvent::FileTransferred {
+                request,
+                path,
+                direction,
+                bytes_read,
+                bytes_written,
+                completed,
+                ..
+            } => {
+                let _ = write!(
+                    files,
+                    "<tr><td>{}</td><td>{request}</td><td><code>{}</code></td><td>{}</td><td>{bytes_read}</td>\
+                     <td>{bytes_written}</td><td>{}</td></tr>",
+                    esc(&r.time),
+                    esc(path),
+                    esc(direction),
+                    if *completed { "closed" } else { "left open" }
+                );
+            }
             AuditEvent::RecordingWritten { bytes, sha256, .. } => {
                 let _ = write!(
                     recordings,
@@ -399,6 +419,13 @@ pub async fn show(State(console): State<Arc<Console>>, headers: HeaderMap, Path(
             );
         }
         body.push_str("</tbody></table></div>");
+    }
+    if !files.is_empty() {
+        let _ = write!(
+            body,
+            "<h2>Files</h2><div class=\"scroll\"><table class=\"files\"><thead><tr><th>Time</th><th>#</th><th>Path</th>\
+             <th>Direction</th><th>Bytes read</th><th>Bytes written</th><th>Outcome</th></tr></thead><tbody>{files}</tbody></table></div>"
+        );
     }
     if !recordings.is_empty() {
         body.push_str("<h2>Recordings</h2>");
