@@ -21,7 +21,8 @@
 # CALLGRIND=1 instead counts the instructions the gateway (fsync=group) spends per
 # statement, under valgrind's callgrind: a figure that does not depend on what else the
 # machine is doing. It runs TXNS (default 1000) select-only transactions per client in
-# -M simple and prints the instructions of the connection tasks divided by the statements.
+# -M simple and prints the instructions of the relay loop (everything after login) divided by
+# the statements.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$(pwd)
@@ -240,12 +241,12 @@ if [ "${CALLGRIND:-0}" = 1 ]; then
     for _ in $(seq 1 600); do kill -0 "${pids[-1]}" 2>/dev/null || break; sleep 0.1; done
     statements=$((clients * txns))
     callgrind_annotate --inclusive=yes "$work/callgrind.out" 2>/dev/null | awk -v n="$statements" '
-        /PostgresFrontend::serve::\{\{closure\}\}::\{\{closure\}\} \[/ && !tasks { gsub(",", "", $1); tasks = $1 }
-        /PolicyEngine::evaluate \[/ && !policy { gsub(",", "", $1); policy = $1 }
+        /relay::run::\{\{closure\}\} \[/ && !tasks { gsub(",", "", $1); tasks = $1 }
+        /PolicyEngine::authorize_with \[/ && !policy { gsub(",", "", $1); policy = $1 }
         /AuditLog::append::\{\{closure\}\} \[/ && !audit { gsub(",", "", $1); audit = $1 }
         END {
-            if (!tasks) { print "pgbench.sh: no connection tasks in the profile" > "/dev/stderr"; exit 1 }
-            printf "instructions per statement (%d statements): connection tasks %.0f, of which policy %.0f, audit %.0f\n", n, tasks / n, policy / n, audit / n
+            if (!tasks) { print "pgbench.sh: no relay loop in the profile" > "/dev/stderr"; exit 1 }
+            printf "instructions per statement (%d statements): relay loop %.0f, of which policy %.0f, audit %.0f\n", n, tasks / n, policy / n, audit / n
         }'
     exit 0
 fi

@@ -903,12 +903,11 @@ fn prod_writes_and_exec_wait_for_approval_and_go_through_exactly_as_approved() {
     assert!(s.gw.log().contains("waiting for approval"), "{}", s.gw.log());
 }
 
-/// The Python `kubernetes` client (PyPI), pointed at the gateway with a bearer token.
-const PYTHON_CLIENT: &str = r#"
-import json, os, sys
+/// A Python `kubernetes` client (PyPI) API object pointed at the gateway with a bearer
+/// token; the scripts below start with it.
+const PYTHON_API: &str = r#"
+import os
 from kubernetes import client
-from kubernetes.client.rest import ApiException
-from kubernetes.stream import stream
 
 def api(token):
     cfg = client.Configuration()
@@ -916,6 +915,15 @@ def api(token):
     cfg.ssl_ca_cert = os.environ["GW_CA"]
     cfg.api_key = {"authorization": "Bearer " + token}
     return client.CoreV1Api(client.ApiClient(cfg))
+"#;
+
+/// The Python `kubernetes` client (PyPI), pointed at the gateway with a bearer token.
+const PYTHON_CLIENT: &str = r#"
+import json, os, sys
+from kubernetes import client
+from kubernetes.client.rest import ApiException
+from kubernetes.stream import stream
+
 
 ops, agent = api(os.environ["OPS_TOKEN"]), api(os.environ["AGENT_TOKEN"])
 out = {}
@@ -938,7 +946,7 @@ fn the_python_client_lists_reads_masked_is_refused_and_execs() {
     let ops = s.gw.mint("olga", &["ops"], false).unwrap();
     let agent = s.gw.mint("agent-7", &[], true).unwrap();
     let out = Command::new("python3")
-        .args(["-c", PYTHON_CLIENT])
+        .args(["-c", &format!("{PYTHON_API}{PYTHON_CLIENT}")])
         .env("GW_URL", format!("https://127.0.0.1:{}/clusters/dev", s.port))
         .env("GW_CA", &s.certs.ca_cert)
         .env("OPS_TOKEN", &ops)
@@ -1017,12 +1025,6 @@ from kubernetes import client
 from kubernetes.client.rest import ApiException
 from kubernetes.stream import portforward
 
-def api(token):
-    cfg = client.Configuration()
-    cfg.host = os.environ["GW_URL"]
-    cfg.ssl_ca_cert = os.environ["GW_CA"]
-    cfg.api_key = {"authorization": "Bearer " + token}
-    return client.CoreV1Api(client.ApiClient(cfg))
 
 port = int(os.environ["POD_PORT"])
 out = {}
@@ -1057,7 +1059,7 @@ fn port_forward_relays_bytes_both_ways_unrecorded_and_kubectl_gets_a_clear_error
     let ops = s.gw.mint("olga", &["ops"], false).unwrap();
     let agent = s.gw.mint("agent-7", &[], true).unwrap();
     let out = Command::new("python3")
-        .args(["-c", PYTHON_PORTFORWARD])
+        .args(["-c", &format!("{PYTHON_API}{PYTHON_PORTFORWARD}")])
         .env("GW_URL", format!("https://127.0.0.1:{}/clusters/dev", s.port))
         .env("GW_CA", &s.certs.ca_cert)
         .env("OPS_TOKEN", &ops)
