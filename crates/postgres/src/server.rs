@@ -14,7 +14,7 @@ use bytes::{BufMut, BytesMut};
 use gatehouse_core::{
     Gateway, HeldRequest, Protocol, Refusal as CoreRefusal, RefusalKind, Session, Verdict, serve_connections, stopped,
 };
-use gatehouse_mask::{MaskCounts, Masker};
+use gatehouse_mask::{DataClass, MaskCounts, Masker};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
@@ -356,8 +356,9 @@ struct SessionGate {
     session: Session,
     masker: Masker,
     /// Masking counts of the request whose rows are streaming now, audited when the next
-    /// request is decided or the session ends.
-    counts: Mutex<(u64, MaskCounts)>,
+    /// request is decided or the session ends; and the data class each column name hints
+    /// at, so a streaming result resolves its column names once, not once per cell.
+    counts: Mutex<(u64, MaskCounts, HintCache)>,
     /// Changes with each CancelRequest for this connection: withdraws a held statement.
     cancels: watch::Receiver<u64>,
 }
@@ -367,7 +368,7 @@ impl SessionGate {
         Self {
             session,
             masker,
-            counts: Mutex::new((0, MaskCounts::default())),
+            counts: Mutex::new((0, MaskCounts::default(), HintCache::default())),
             cancels,
         }
     }
@@ -379,6 +380,27 @@ impl SessionGate {
             (request, std::mem::take(&mut guard.1))
         };
         self.session.record_masking(request, &counts).await;
+    }
+}
+
+/// Column names seen in this session and the data class each hints at
+/// ([`gatehouse_mask::column_hint`]); a handful of entries, searched in order.
+#[derive(Default)]
+struct HintCache(Vec<(String, Option<DataClass>)>);
+
+impl HintCache {
+    /// Past this many distinct names, hints are resolved each time (still correct, slower).
+    const MAX: usize = 64;
+
+    fn hint(&mut self, column: &str) -> Option<DataClass> {
+        if let Some((_, hint)) = self.0.iter().find(|(name, _)| name == column) {
+            return *hint;
+        }
+        let hint = gatehouse_mask::column_hint(column);
+        if self.0.len() < Self::MAX {
+            self.0.push((column.to_owned(), hint));
+        }
+        hint
     }
 }
 
@@ -506,7 +528,8 @@ impl StatementGate for SessionGate {
             return Cow::Borrowed(value);
         };
         let mut guard = self.counts.lock().unwrap_or_else(|p| p.into_inner());
-        match self.masker.mask_column(column, text, &mut guard.1) {
+        let (_, counts, hints) = &mut *guard;
+        match self.masker.mask_hinted(hints.hint(column), text, counts) {
             Cow::Borrowed(_) => Cow::Borrowed(value),
             Cow::Owned(masked) => Cow::Owned(masked.into_bytes()),
         }
@@ -589,4 +612,35 @@ async fn write_error<S: AsyncWrite + Unpin + ?Sized>(
     msg.put_slice(&body);
     stream.write_all(&msg).await?;
     stream.flush().await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hint_cache_answers_as_column_hint_does_and_stays_bounded() {
+        let mut cache = HintCache::default();
+        let names = [
+            "email",
+            "customer_email",
+            "note",
+            "card_number",
+            "api_key",
+            "Email",
+            "id",
+        ];
+        for _ in 0..3 {
+            for name in names {
+                assert_eq!(cache.hint(name), gatehouse_mask::column_hint(name), "{name}");
+            }
+        }
+        assert_eq!(cache.0.len(), names.len());
+        for i in 0..200 {
+            let name = format!("col_{i}_email");
+            assert_eq!(cache.hint(&name), gatehouse_mask::column_hint(&name));
+        }
+        assert_eq!(cache.0.len(), HintCache::MAX);
+        assert_eq!(cache.hint("ssn"), gatehouse_mask::column_hint("ssn"));
+    }
 }
