@@ -86,7 +86,8 @@ lint:
 # the gateway as ratios to a direct connection and a bare copy relay (DURATION=secs per run),
 # then SSH throughput (SIZE, default 1G) and connection set-up against direct, a copy relay
 # and an OpenSSH bastion; then Kubernetes API requests per second (GET of a pod, LIST of
-# 1,000 masked Secrets) through the gateway against the test API server directly.
+# 1,000 masked Secrets) through the gateway against the test API server directly, through a
+# bare TCP copy relay and through a bare TLS-terminating HTTP relay.
 bench: setup
     cargo bench --workspace -- --warm-up-time 1 --measurement-time 3
     cargo build --release -p gatehouse -p gatehouse-testkit

@@ -177,6 +177,8 @@ impl AuditLog {
                     shared: shared.clone(),
                     state: state.clone(),
                     max_delay,
+                    head_written: Instant::now(),
+                    head_behind: None,
                 };
                 let thread = std::thread::Builder::new()
                     .name("audit-sync".into())
@@ -530,22 +532,49 @@ impl Writer {
 }
 
 /// Group commit's second thread: fsyncs what the writer wrote, at most `max_delay` after
-/// it was written, then moves HEAD.
+/// it was written, then moves HEAD — at most every [`HEAD_INTERVAL`], and on close.
 struct Syncer {
     dir: PathBuf,
     shared: Arc<Shared>,
     state: Arc<GroupState>,
     max_delay: Duration,
+    /// When HEAD was last rewritten.
+    head_written: Instant,
+    /// The last fsynced record, when HEAD does not name it yet.
+    head_behind: Option<(u64, String)>,
 }
 
+/// How often group commit rewrites HEAD while records keep coming. HEAD is a crash-safety
+/// marker (it never names an unsynced record, and a log shorter than HEAD says is refused);
+/// a HEAD behind the log is fine (see `resume`), so rewriting it — a file create, write,
+/// fsync and rename — after every 5 ms fsync would cost more than the fsync itself.
+const HEAD_INTERVAL: Duration = Duration::from_millis(100);
+
 impl Syncer {
-    fn run(self) {
+    fn run(mut self) {
+        let state = Arc::clone(&self.state);
         loop {
-            let mut pending = lock(&self.state.pending);
+            let mut pending = lock(&state.pending);
             while pending.since.is_none() && !pending.stop {
-                pending = self.state.wake.wait(pending).unwrap_or_else(PoisonError::into_inner);
+                if self.head_behind.is_some() {
+                    // Records stopped coming: let HEAD catch up once the interval is over.
+                    let wait = HEAD_INTERVAL.saturating_sub(self.head_written.elapsed());
+                    let (guard, timeout) = state
+                        .wake
+                        .wait_timeout(pending, wait)
+                        .unwrap_or_else(PoisonError::into_inner);
+                    pending = guard;
+                    if timeout.timed_out() && pending.since.is_none() {
+                        drop(pending);
+                        self.move_head();
+                        pending = lock(&state.pending);
+                    }
+                } else {
+                    pending = state.wake.wait(pending).unwrap_or_else(PoisonError::into_inner);
+                }
             }
             let Some(since) = pending.since else {
+                self.move_head();
                 return; // stopped with nothing left to sync
             };
             let stopping = pending.stop;
@@ -554,29 +583,42 @@ impl Syncer {
                 // Let more records join this fsync, up to the promised delay.
                 std::thread::sleep(self.max_delay.saturating_sub(since.elapsed()));
             }
-            let mut pending = lock(&self.state.pending);
+            let mut pending = lock(&state.pending);
             let written = pending.written.take();
             pending.since = None;
             drop(pending);
             if let Some((segment, seq, hash)) = written {
-                self.sync(&segment, seq, &hash);
+                self.sync(&segment, seq, &hash, stopping);
             }
         }
     }
 
-    fn sync(&self, segment: &File, seq: u64, hash: &str) {
+    fn sync(&mut self, segment: &File, seq: u64, hash: &str, stopping: bool) {
         if !self.shared.healthy.load(Ordering::Acquire) {
             return;
         }
-        let result = segment
-            .sync_data()
-            .map_err(|e| format!("cannot fsync the audit segment: {e}"))
-            .and_then(|()| write_head(&self.dir, seq, hash));
-        match result {
-            Ok(()) => {
-                self.shared.batches.fetch_add(1, Ordering::Relaxed);
-                *lock(&self.shared.head) = (seq, hash.to_owned());
-            }
+        if let Err(e) = segment.sync_data() {
+            self.shared.fail(&format!("cannot fsync the audit segment: {e}"));
+            return;
+        }
+        self.shared.batches.fetch_add(1, Ordering::Relaxed);
+        *lock(&self.shared.head) = (seq, hash.to_owned());
+        self.head_behind = Some((seq, hash.to_owned()));
+        if stopping || self.head_written.elapsed() >= HEAD_INTERVAL {
+            self.move_head();
+        }
+    }
+
+    /// Rewrites HEAD to name the last fsynced record, if it does not yet.
+    fn move_head(&mut self) {
+        let Some((seq, hash)) = self.head_behind.take() else {
+            return;
+        };
+        if !self.shared.healthy.load(Ordering::Acquire) {
+            return;
+        }
+        match write_head(&self.dir, seq, &hash) {
+            Ok(()) => self.head_written = Instant::now(),
             Err(e) => self.shared.fail(&e),
         }
     }

@@ -57,3 +57,40 @@ async fn write_failure_fails_closed(opts: AuditOptions) {
     let report = verify(dir.path()).unwrap();
     assert_eq!((report.records, report.problem), (1, None));
 }
+
+fn group_commit() -> AuditOptions {
+    AuditOptions {
+        fsync: FsyncPolicy::Group {
+            max_delay: std::time::Duration::from_millis(5),
+        },
+        ..AuditOptions::default()
+    }
+}
+
+#[tokio::test]
+async fn group_commit_head_follows_within_its_interval_and_on_close() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = AuditLog::open(dir.path(), group_commit()).unwrap();
+    // Records keep coming for longer than HEAD_INTERVAL: HEAD moves meanwhile, never past
+    // what was fsynced, and catches up with the last record once they stop.
+    let started = Instant::now();
+    let mut seq = 0;
+    while started.elapsed() < HEAD_INTERVAL * 3 {
+        seq = log.append(event(seq + 1)).await.unwrap();
+        tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+    }
+    let head = read_head(dir.path()).unwrap().expect("HEAD written while records came");
+    assert!(head.seq >= 1 && head.seq <= seq, "HEAD {} of {seq}", head.seq);
+    let deadline = Instant::now() + std::time::Duration::from_secs(5);
+    while read_head(dir.path()).unwrap().map(|h| h.seq) != Some(seq) {
+        assert!(Instant::now() < deadline, "HEAD never caught up with seq {seq}");
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    assert_eq!(log.head().0, seq);
+
+    // One more record, then close at once: closing moves HEAD to it.
+    let last = log.append(event(seq + 1)).await.unwrap();
+    drop(log);
+    assert_eq!(read_head(dir.path()).unwrap().map(|h| h.seq), Some(last));
+    verify(dir.path()).unwrap();
+}

@@ -1,13 +1,18 @@
 //! `bench/kube.sh`: requests per second through the Kubernetes gateway against the same
-//! requests sent directly to the testkit's API server, with the same client for both.
+//! requests sent directly to the testkit's API server, with the same client for all.
 //!
 //! Usage: `kube-bench GATEHOUSE_BIN [SECONDS] [CONCURRENCY]`. Starts the test API server
-//! (seeded with 1,000 Secrets in namespace `bulk`) and a `gatehouse serve`, then for each of
-//! GET of one pod and LIST of the 1,000 Secrets (masked through the gateway) runs CONCURRENCY
-//! keep-alive HTTPS connections, each sending one request after another for SECONDS, direct
-//! and then through the gateway. Prints one line per case and the ratio.
+//! (seeded with 1,000 Secrets in namespace `bulk`), a `gatehouse serve`, and the two floors a
+//! gateway is compared against, found next to this binary: `copy-relay` (bytes copied over
+//! TCP; the client's TLS goes through to the API server) and `https-relay` (TLS terminated,
+//! each request parsed and forwarded over the relay's own TLS connection with its own token,
+//! nothing else). For each of GET of one pod and LIST of the 1,000 Secrets (masked through
+//! the gateway) it runs CONCURRENCY keep-alive HTTPS connections, each sending one request
+//! after another for SECONDS, in the order direct, copy relay, HTTPS relay, gateway. Prints
+//! requests per second for each and the gateway's ratios to direct and to the HTTPS relay.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -82,25 +87,108 @@ fn main() -> anyhow::Result<()> {
         roots: roots(&certs.ca_cert)?,
     };
 
+    let bins = std::env::current_exe()?
+        .parent()
+        .context("kube-bench has no directory")?
+        .to_path_buf();
+    let api_addr = format!("127.0.0.1:{api_port}");
+    let copy_port = free_port()?;
+    let _copy = Relay::start(
+        &bins.join("copy-relay"),
+        &[&format!("127.0.0.1:{copy_port}"), &api_addr],
+    )?;
+    let https_port = free_port()?;
+    let _https = Relay::start(
+        &bins.join("https-relay"),
+        &[
+            &format!("127.0.0.1:{https_port}"),
+            &certs.server_cert.display().to_string(),
+            &certs.server_key.display().to_string(),
+            &api_addr,
+            &api.ca_cert().display().to_string(),
+            api.token(),
+        ],
+    )?;
+    let copy = Target {
+        port: copy_port,
+        ..direct.clone()
+    };
+    let https = Target {
+        port: https_port,
+        prefix: String::new(),
+        token: "unused-the-relay-sends-its-own".into(),
+        roots: gateway.roots.clone(),
+    };
+
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
-    println!("kube-bench: {seconds} s per run, {concurrency} connections, keep-alive");
+    println!("kube-bench: {seconds} s per run, {concurrency} connections, keep-alive; requests per second");
+    println!(
+        "{:<18} {:>9} {:>11} {:>11} {:>9}   gateway/direct  gateway/https-relay",
+        "", "direct", "copy-relay", "https-relay", "gateway"
+    );
     for (name, path) in [
         ("GET pod", "/api/v1/namespaces/shop/pods/web-0"),
         ("LIST 1000 secrets", "/api/v1/namespaces/bulk/secrets"),
     ] {
-        let a = runtime.block_on(run(&direct, path, seconds, concurrency))?;
-        let b = runtime.block_on(run(&gateway, path, seconds, concurrency))?;
+        let mut rates = Vec::new();
+        let mut sizes = Vec::new();
+        for target in [&direct, &copy, &https, &gateway] {
+            let (rate, size) = runtime.block_on(run(target, path, seconds, concurrency))?;
+            rates.push(rate);
+            sizes.push(size);
+        }
         println!(
-            "{name:<18} direct {:>8.1} req/s  gateway {:>8.1} req/s  ratio {:.2}x",
-            a.0,
-            b.0,
-            b.0 / a.0
+            "{name:<18} {:>9.1} {:>11.1} {:>11.1} {:>9.1}   {:>13.2}x  {:>18.2}x",
+            rates[0],
+            rates[1],
+            rates[2],
+            rates[3],
+            rates[3] / rates[0],
+            rates[3] / rates[2]
         );
-        println!("{:<18} (response bytes: direct {}, gateway {})", "", a.1, b.1);
+        println!(
+            "{:<18} (response bytes: direct {}, copy-relay {}, https-relay {}, gateway {})",
+            "", sizes[0], sizes[1], sizes[2], sizes[3]
+        );
     }
     drop(gw);
     drop(api);
     Ok(())
+}
+
+/// A relay process, killed when dropped.
+struct Relay(Child);
+
+impl Relay {
+    fn start(bin: &Path, args: &[&str]) -> anyhow::Result<Self> {
+        let child = Command::new(bin)
+            .args(args)
+            .stdin(Stdio::null())
+            .spawn()
+            .with_context(|| {
+                format!(
+                    "cannot start {} (cargo build --release -p gatehouse-testkit)",
+                    bin.display()
+                )
+            })?;
+        let relay = Relay(child);
+        let port: u16 = args[0].rsplit(':').next().unwrap_or("0").parse()?;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            if Instant::now() > deadline {
+                bail!("{} did not listen on port {port}", bin.display());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Ok(relay)
+    }
+}
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }
 
 /// Requests per second over `seconds`, and the size of the last response body.
