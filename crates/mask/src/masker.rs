@@ -137,7 +137,12 @@ impl Masker {
 
     /// `mask_json` with the class each key announces given by `key_class` (name hints plus
     /// configured column rules, for the JSON of a whole table row).
-    pub fn mask_json_with(&self, v: &mut Value, counts: &mut MaskCounts, key_class: &dyn Fn(&str) -> Option<DataClass>) {
+    pub fn mask_json_with(
+        &self,
+        v: &mut Value,
+        counts: &mut MaskCounts,
+        key_class: &dyn Fn(&str) -> Option<DataClass>,
+    ) {
         if self.is_noop() {
             return;
         }

@@ -188,7 +188,10 @@ mod tests {
         .unwrap();
         let secret = DataClasses::EMPTY.with(DataClass::Secret);
         assert_eq!(rules.column_classes(&[t(None, "customers")], "full_name"), secret);
-        assert_eq!(rules.column_classes(&[t(Some("public"), "Customers")], "FULL_NAME"), secret);
+        assert_eq!(
+            rules.column_classes(&[t(Some("public"), "Customers")], "FULL_NAME"),
+            secret
+        );
         assert!(rules.column_classes(&[t(None, "orders")], "full_name").is_empty());
         // No table known: every rule naming the column.
         assert_eq!(rules.column_classes(&[], "full_name"), secret);
@@ -200,7 +203,10 @@ mod tests {
         assert_eq!(rules.column_classes(&[t(None, "cards")], "holder"), card);
         assert_eq!(rules.column_classes(&[t(Some("billing"), "cards")], "holder"), card);
         assert!(rules.column_classes(&[t(Some("other"), "cards")], "holder").is_empty());
-        assert_eq!(rules.bare_column_classes("SSN_LAST4"), DataClasses::EMPTY.with(DataClass::Ssn));
+        assert_eq!(
+            rules.bare_column_classes("SSN_LAST4"),
+            DataClasses::EMPTY.with(DataClass::Ssn)
+        );
         assert!(rules.bare_column_classes("full_name").is_empty());
         assert_eq!(rules.table_classes(t(None, "customers")), secret);
         assert!(rules.table_classes(t(None, "orders")).is_empty());
@@ -223,7 +229,9 @@ mod tests {
 
     #[test]
     fn classes_pick_the_most_sensitive() {
-        let set: DataClasses = [DataClass::Email, DataClass::Card, DataClass::Phone].into_iter().collect();
+        let set: DataClasses = [DataClass::Email, DataClass::Card, DataClass::Phone]
+            .into_iter()
+            .collect();
         assert_eq!(set.most_sensitive(), Some(DataClass::Card));
         assert_eq!(DataClasses::EMPTY.most_sensitive(), None);
         let m = crate::Masker::new([DataClass::Email, DataClass::Phone]);

@@ -592,7 +592,10 @@ fn select(s: &Value, parent: Option<&Scope<'_>>, outer: &Ctes<'_>) -> Outputs {
                 Some((kind, q)) => statement_rows(kind, q, parent, &ctes),
                 None => Outputs::default(),
             };
-            let names: Vec<String> = array(cte, "aliascolnames").iter().filter_map(|n| string_node(n)).collect();
+            let names: Vec<String> = array(cte, "aliascolnames")
+                .iter()
+                .filter_map(|n| string_node(n))
+                .collect();
             outputs.rename(&names);
             ctes.list.push((name, outputs));
         }
@@ -701,16 +704,7 @@ fn combine(l: Outputs, r: Outputs) -> Outputs {
                 origin.extend(&o);
                 Target::Expr { name, origin }
             }
-            (
-                Target::Star {
-                    mut tables,
-                    mut origin,
-                },
-                Target::Star {
-                    tables: t2,
-                    origin: o2,
-                },
-            ) => {
+            (Target::Star { mut tables, mut origin }, Target::Star { tables: t2, origin: o2 }) => {
                 for t in t2 {
                     if !tables.contains(&t) {
                         tables.push(t);
@@ -824,7 +818,12 @@ fn from_item(item: &Value, scope: &mut Scope<'_>, ctes: &Ctes<'_>) {
                 None => Outputs::default(),
             };
             let alias = node.get("alias").filter(|a| !a.is_null());
-            let names: Vec<String> = alias.map(|a| array(a, "colnames")).unwrap_or_default().iter().filter_map(|n| string_node(n)).collect();
+            let names: Vec<String> = alias
+                .map(|a| array(a, "colnames"))
+                .unwrap_or_default()
+                .iter()
+                .filter_map(|n| string_node(n))
+                .collect();
             outputs.rename(&names);
             scope.items.push(Item {
                 alias: alias.map(|a| str_field(a, "aliasname").to_owned()).unwrap_or_default(),
@@ -838,7 +837,8 @@ fn from_item(item: &Value, scope: &mut Scope<'_>, ctes: &Ctes<'_>) {
                     from_item(s, scope, ctes);
                 }
             }
-            if !array(node, "using_clause").is_empty() || node.get("is_natural").and_then(Value::as_bool) == Some(true) {
+            if !array(node, "using_clause").is_empty() || node.get("is_natural").and_then(Value::as_bool) == Some(true)
+            {
                 scope.reordered = true;
             }
             if let Some(alias) = node.get("alias").filter(|a| !a.is_null()) {
@@ -909,11 +909,19 @@ fn range_var(node: &Value, scope: &mut Scope<'_>, ctes: &Ctes<'_>) {
     let name = str_field(node, "relname");
     let schema = str_field(node, "schemaname");
     let alias = node.get("alias").filter(|a| !a.is_null());
-    let alias_name = alias.map(|a| str_field(a, "aliasname")).filter(|a| !a.is_empty()).unwrap_or(name);
+    let alias_name = alias
+        .map(|a| str_field(a, "aliasname"))
+        .filter(|a| !a.is_empty())
+        .unwrap_or(name);
     let kind = match ctes.get(name).filter(|_| schema.is_empty()) {
         Some(outputs) => {
             let mut outputs = outputs.clone();
-            let names: Vec<String> = alias.map(|a| array(a, "colnames")).unwrap_or_default().iter().filter_map(|n| string_node(n)).collect();
+            let names: Vec<String> = alias
+                .map(|a| array(a, "colnames"))
+                .unwrap_or_default()
+                .iter()
+                .filter_map(|n| string_node(n))
+                .collect();
             outputs.rename(&names);
             ItemKind::Derived(outputs)
         }

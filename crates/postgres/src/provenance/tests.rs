@@ -30,7 +30,12 @@ fn traced(sql: &str, names: &[&str]) -> Vec<String> {
         .map(|t| match t {
             None => "-".to_owned(),
             Some(t) => {
-                let mut parts: Vec<String> = t.classes.union(t.row_classes).iter().map(|c| c.as_str().to_owned()).collect();
+                let mut parts: Vec<String> = t
+                    .classes
+                    .union(t.row_classes)
+                    .iter()
+                    .map(|c| c.as_str().to_owned())
+                    .collect();
                 parts.extend(t.rows.iter().map(|r| format!("rows({})", r.name)));
                 parts.join(",")
             }
@@ -43,7 +48,10 @@ fn plain_columns_keep_masking_by_name() {
     assert_eq!(traced("SELECT id, name FROM customers", &["id", "name"]), ["-", "-"]);
     // A plain column whose name hints a class is traced to itself: the same class.
     assert_eq!(traced("SELECT email FROM customers", &["email"]), ["email"]);
-    assert_eq!(traced("SELECT abalance FROM pgbench_accounts WHERE aid = 1", &["abalance"]), ["-"]);
+    assert_eq!(
+        traced("SELECT abalance FROM pgbench_accounts WHERE aid = 1", &["abalance"]),
+        ["-"]
+    );
 }
 
 #[test]
@@ -74,7 +82,10 @@ fn derived_columns_carry_their_sources_classes() {
 #[test]
 fn rules_name_columns_by_table() {
     assert_eq!(traced("SELECT full_name AS n FROM customers", &["n"]), ["secret"]);
-    assert_eq!(traced("SELECT upper(c.full_name) FROM customers c", &["upper"]), ["secret"]);
+    assert_eq!(
+        traced("SELECT upper(c.full_name) FROM customers c", &["upper"]),
+        ["secret"]
+    );
     // The same column name in another table is not covered by a `table.column` rule.
     assert_eq!(traced("SELECT full_name AS n FROM orders", &["n"]), ["-"]);
     // A bare-name rule applies in every table.
@@ -137,7 +148,10 @@ fn stars_expand_to_named_columns() {
         ["-", "-", "secret"]
     );
     assert_eq!(
-        traced("SELECT c.*, upper(c.email) AS u FROM customers c", &["id", "full_name", "u"]),
+        traced(
+            "SELECT c.*, upper(c.email) AS u FROM customers c",
+            &["id", "full_name", "u"]
+        ),
         ["-", "secret", "email"]
     );
     assert_eq!(
@@ -151,7 +165,10 @@ fn stars_expand_to_named_columns() {
     );
     // Several tables: a `table.column` rule applies to a column of that name from any of them.
     assert_eq!(
-        traced("SELECT * FROM orders o JOIN customers c ON c.id = o.cid", &["id", "full_name"]),
+        traced(
+            "SELECT * FROM orders o JOIN customers c ON c.id = o.cid",
+            &["id", "full_name"]
+        ),
         ["-", "secret"]
     );
 }
@@ -167,7 +184,10 @@ fn unmappable_results_fall_back_to_everything() {
         ["email,secret,rows(accounts),rows(customers)"; 4]
     );
     // A column count that does not match the target list.
-    assert_eq!(traced("SELECT upper(email) FROM customers", &["a", "b"]), ["email", "email"]);
+    assert_eq!(
+        traced("SELECT upper(email) FROM customers", &["a", "b"]),
+        ["email", "email"]
+    );
     // Branches of different shapes.
     assert_eq!(
         traced("SELECT email AS x FROM customers UNION SELECT * FROM other", &["x"]),
@@ -188,7 +208,10 @@ fn whole_rows_are_traced_to_their_tables() {
     assert_eq!(traced("SELECT c::text AS t FROM orders c", &["t"]), ["rows(orders)"]);
     // A whole row of a subquery is every column the subquery reads.
     assert_eq!(
-        traced("SELECT row_to_json(s) AS j FROM (SELECT id, email FROM customers) s", &["j"]),
+        traced(
+            "SELECT row_to_json(s) AS j FROM (SELECT id, email FROM customers) s",
+            &["j"]
+        ),
         ["email"]
     );
     // `(c).*` spreads the row into named columns.
@@ -228,11 +251,17 @@ fn copy_and_returning_are_traced() {
     assert_eq!(traced("COPY orders TO STDOUT", &["", ""]), ["-", "-"]);
     assert_eq!(traced("COPY customers FROM STDIN", &[""]), ["-"]);
     assert_eq!(
-        traced("DELETE FROM customers c WHERE id = 1 RETURNING id, upper(c.email) AS x", &["id", "x"]),
+        traced(
+            "DELETE FROM customers c WHERE id = 1 RETURNING id, upper(c.email) AS x",
+            &["id", "x"]
+        ),
         ["-", "email"]
     );
     assert_eq!(
-        traced("UPDATE customers SET name = 'x' WHERE id = 1 RETURNING *", &["id", "full_name"]),
+        traced(
+            "UPDATE customers SET name = 'x' WHERE id = 1 RETURNING *",
+            &["id", "full_name"]
+        ),
         ["-", "secret"]
     );
     assert_eq!(
@@ -246,7 +275,11 @@ fn copy_and_returning_are_traced() {
 
 #[test]
 fn untraced_statements_mask_by_name_alone() {
-    for sql in ["SHOW search_path", "FETCH ALL FROM c", "EXPLAIN SELECT email FROM customers"] {
+    for sql in [
+        "SHOW search_path",
+        "FETCH ALL FROM c",
+        "EXPLAIN SELECT email FROM customers",
+    ] {
         let statement = classify(sql).unwrap().remove(0);
         assert_eq!(*statement.provenance, Provenance::Untraced, "{sql}");
     }
