@@ -473,6 +473,10 @@ fn columns_derived_from_masked_columns_are_masked() {
         read("COPY (SELECT id, reverse(email) FROM people) TO STDOUT"),
         "1\t<masked:email>\n"
     );
+    // A cursor's rows are traced from its DECLARE.
+    let text = read("BEGIN; DECLARE cur CURSOR FOR SELECT id, reverse(email) FROM people; FETCH ALL FROM cur; COMMIT");
+    assert!(text.contains("1|<masked:email>"), "{text}");
+    assert!(!text.contains("sserdda"), "{text}");
     // Whole rows: JSON is masked key by key (name hints and the rules on the table).
     let json = read("SELECT row_to_json(p) FROM people p");
     let v: serde_json::Value = serde_json::from_str(json.trim()).unwrap();

@@ -83,6 +83,33 @@ pub enum Provenance {
     Untraced,
     /// A query, a `COPY ... TO`, or a `RETURNING` list.
     Rows(Outputs),
+    /// `DECLARE name CURSOR FOR query` or `PREPARE name AS query`: the rows a later `FETCH`
+    /// or `EXECUTE` of `name` returns.
+    Defines {
+        /// Cursors and prepared statements have separate names.
+        kind: Named,
+        /// The cursor's or statement's name.
+        name: String,
+        /// Its query's rows.
+        rows: Outputs,
+    },
+    /// `FETCH`/`MOVE` from a cursor, `EXECUTE` of a prepared statement: the rows its
+    /// definition traced.
+    Uses {
+        /// Cursor or prepared statement.
+        kind: Named,
+        /// Its name.
+        name: String,
+    },
+}
+
+/// What a SQL-level name names.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Named {
+    /// `DECLARE ... CURSOR` / `FETCH`.
+    Cursor,
+    /// `PREPARE` / `EXECUTE`.
+    Prepared,
 }
 
 /// How one result column is to be masked beyond its name and content.
@@ -332,7 +359,7 @@ impl Provenance {
     /// alone (as every column of an untraced statement is).
     pub fn trace_columns(&self, names: &[&str], rules: &ColumnRules) -> Vec<Option<ColumnTrace>> {
         match self {
-            Provenance::Untraced => vec![None; names.len()],
+            Provenance::Untraced | Provenance::Defines { .. } | Provenance::Uses { .. } => vec![None; names.len()],
             Provenance::Rows(outputs) => outputs
                 .trace_columns(names, rules)
                 .into_iter()
@@ -395,6 +422,31 @@ pub fn trace(tree: &Value) -> Provenance {
         "InsertStmt" | "UpdateStmt" | "DeleteStmt" | "MergeStmt" => {
             Provenance::Rows(statement_rows(kind, node, None, &ctes))
         }
+        "DeclareCursorStmt" | "PrepareStmt" => {
+            let (kind, key) = if kind == "PrepareStmt" {
+                (Named::Prepared, "name")
+            } else {
+                (Named::Cursor, "portalname")
+            };
+            let query = node.get("query");
+            let rows = match query.and_then(node_of) {
+                Some((k, q)) => statement_rows(k, q, None, &ctes),
+                None => Outputs::default(),
+            };
+            Provenance::Defines {
+                kind,
+                name: str_field(node, key).to_owned(),
+                rows,
+            }
+        }
+        "FetchStmt" => Provenance::Uses {
+            kind: Named::Cursor,
+            name: str_field(node, "portalname").to_owned(),
+        },
+        "ExecuteStmt" => Provenance::Uses {
+            kind: Named::Prepared,
+            name: str_field(node, "name").to_owned(),
+        },
         _ => Provenance::Untraced,
     }
 }

@@ -28,7 +28,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use gatehouse_mask::ColumnRules;
 
 use crate::classify::{self, Statement};
-use crate::provenance::{ColumnTrace, Provenance};
+use crate::provenance::{ColumnTrace, Named, Provenance};
 use crate::upstream::{MAX_BACKEND_MESSAGE, Upstream};
 use crate::wire::{self, Frame};
 
@@ -218,6 +218,10 @@ struct Held<H> {
     traces: Vec<Arc<Provenance>>,
 }
 
+/// SQL-level cursors and prepared statements remembered per connection; past this the
+/// memory is emptied (their rows are then masked by name and content only).
+const MAX_NAMED_ROWS: usize = 256;
+
 /// Client bytes buffered while a statement is held; beyond this the relay stops reading.
 const MAX_HELD_INPUT: usize = 1024 * 1024;
 
@@ -229,6 +233,9 @@ struct Relay<'g, G> {
     statements: HashMap<String, Vec<Column>>,
     /// Provenance of each prepared statement, by name.
     traced: HashMap<String, Arc<Provenance>>,
+    /// Rows of SQL-level cursors (`DECLARE`) and prepared statements (`PREPARE`), by name:
+    /// what a later `FETCH` or `EXECUTE` returns.
+    named_rows: HashMap<(Named, String), Arc<Provenance>>,
     portals: HashMap<String, Portal>,
     /// Columns of the simple-query result now streaming.
     current: Option<Vec<Column>>,
@@ -275,6 +282,7 @@ where
         pending: VecDeque::new(),
         statements: HashMap::new(),
         traced: HashMap::new(),
+        named_rows: HashMap::new(),
         portals: HashMap::new(),
         current: None,
         copy_out_text: false,
@@ -684,8 +692,22 @@ impl<G: StatementGate> Relay<'_, G> {
                 return (Err(refusal), Vec::new());
             }
         };
-        let traces = statements.iter().map(|s| Arc::clone(&s.provenance)).collect();
-        (self.gate.decide(sql, &statements).await, traces)
+        let traces: Vec<Arc<Provenance>> = statements.iter().map(|s| Arc::clone(&s.provenance)).collect();
+        let decided = self.gate.decide(sql, &statements).await;
+        // A cursor or prepared statement that is refused is never created, so whatever
+        // its name later names is not these rows; remembered only when allowed.
+        if matches!(decided, Ok(Gated::Granted(_)) | Ok(Gated::Held { .. })) {
+            for trace in &traces {
+                if let Provenance::Defines { kind, name, rows } = &**trace {
+                    if self.named_rows.len() >= MAX_NAMED_ROWS {
+                        self.named_rows.clear();
+                    }
+                    self.named_rows
+                        .insert((*kind, name.clone()), Arc::new(Provenance::Rows(rows.clone())));
+                }
+            }
+        }
+        (decided, traces)
     }
 
     /// A NoticeResponse to the client (psql prints it at once, as `NOTICE:  ...`).
@@ -948,10 +970,20 @@ impl<G: StatementGate> Relay<'_, G> {
         }
     }
 
+    /// What a statement's rows come from: a `FETCH` or `EXECUTE` returns the rows its
+    /// cursor's or prepared statement's definition traced.
+    fn rows_of<'p>(&'p self, provenance: &'p Provenance) -> Option<&'p Provenance> {
+        match provenance {
+            Provenance::Rows(_) => Some(provenance),
+            Provenance::Uses { kind, name } => self.named_rows.get(&(*kind, name.clone())).map(|p| &**p),
+            Provenance::Untraced | Provenance::Defines { .. } => None,
+        }
+    }
+
     /// Attach to each column what its values derive from (nothing when that adds no class
     /// to the column's name: those stay on the name-only path).
     fn trace_columns(&self, columns: &mut [Column], provenance: Option<&Provenance>) {
-        let Some(provenance @ Provenance::Rows(_)) = provenance else {
+        let Some(provenance) = provenance.and_then(|p| self.rows_of(p)) else {
             return;
         };
         let names: Vec<&str> = columns.iter().map(|c| c.name.as_str()).collect();
@@ -972,12 +1004,12 @@ impl<G: StatementGate> Relay<'_, G> {
         let Some(count) = message.get(6..8).map(|b| usize::from(u16::from_be_bytes([b[0], b[1]]))) else {
             return;
         };
-        let Some(provenance) = self.current_trace() else {
+        let Some(current) = self.current_trace() else {
             return;
         };
-        if !matches!(*provenance, Provenance::Rows(_)) {
+        let Some(provenance) = self.rows_of(&current) else {
             return;
-        }
+        };
         let names = vec![""; count];
         let traces = provenance.trace_columns(&names, self.gate.column_rules());
         let mut union = ColumnTrace::default();

@@ -274,12 +274,33 @@ fn copy_and_returning_are_traced() {
 }
 
 #[test]
+fn cursors_and_prepared_statements_name_their_rows() {
+    let declare = classify("DECLARE cur CURSOR FOR SELECT reverse(email) FROM customers").unwrap();
+    let Provenance::Defines { kind, name, rows } = &*declare[0].provenance else {
+        panic!("{:?}", declare[0].provenance);
+    };
+    assert_eq!((*kind, name.as_str()), (Named::Cursor, "cur"));
+    assert_eq!(
+        rows.trace_columns(&["reverse"], &rules())[0].classes.most_sensitive(),
+        Some(gatehouse_mask::DataClass::Email)
+    );
+    let fetch = classify("FETCH 10 FROM Cur").unwrap();
+    assert_eq!(
+        *fetch[0].provenance,
+        Provenance::Uses {
+            kind: Named::Cursor,
+            name: "cur".to_owned()
+        }
+    );
+    let prepare = classify("PREPARE p(int) AS SELECT email AS x FROM customers WHERE id = $1").unwrap();
+    assert!(matches!(&*prepare[0].provenance, Provenance::Defines { kind: Named::Prepared, name, .. } if name == "p"));
+    let execute = classify("EXECUTE p(1)").unwrap();
+    assert!(matches!(&*execute[0].provenance, Provenance::Uses { kind: Named::Prepared, name } if name == "p"));
+}
+
+#[test]
 fn untraced_statements_mask_by_name_alone() {
-    for sql in [
-        "SHOW search_path",
-        "FETCH ALL FROM c",
-        "EXPLAIN SELECT email FROM customers",
-    ] {
+    for sql in ["SHOW search_path", "EXPLAIN SELECT email FROM customers"] {
         let statement = classify(sql).unwrap().remove(0);
         assert_eq!(*statement.provenance, Provenance::Untraced, "{sql}");
     }
