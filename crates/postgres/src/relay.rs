@@ -1419,6 +1419,88 @@ mod tests {
                 Cow::Borrowed(value)
             }
         }
+
+        /// Every traced value becomes `T`.
+        fn mask_traced<'a>(&self, _: &str, _: &ColumnTrace, _: &'a [u8]) -> Cow<'a, [u8]> {
+            Cow::Owned(b"T".to_vec())
+        }
+    }
+
+    fn traced() -> Arc<ColumnTrace> {
+        Arc::new(ColumnTrace {
+            classes: gatehouse_mask::DataClasses::EMPTY.with(gatehouse_mask::DataClass::Email),
+            ..ColumnTrace::default()
+        })
+    }
+
+    fn data_row(values: &[&[u8]]) -> BytesMut {
+        let mut row = BytesMut::new();
+        row.put_u8(b'D');
+        row.put_i32(0);
+        row.put_i16(values.len() as i16);
+        for v in values {
+            row.put_i32(v.len() as i32);
+            row.put_slice(v);
+        }
+        finish_message(row).unwrap()
+    }
+
+    #[test]
+    fn traced_columns_are_masked_and_unrewritable_binary_values_become_null() {
+        let column = |binary: bool, type_oid: u32, trace: Option<Arc<ColumnTrace>>| Column {
+            name: "x".into(),
+            binary,
+            type_oid,
+            null_binary: trace.is_some(),
+            trace,
+        };
+        let columns = [
+            column(false, 25, Some(traced())),
+            column(false, 25, None),
+            column(true, 23, Some(traced())),
+            column(true, 25, Some(traced())),
+            column(true, 23, None),
+        ];
+        let row = data_row(&[b"a", b"secret", b"\0\0\0\x07", b"b", b"\0\0\0\x07"]);
+        let (out, masked) = mask_row(&Gate, &columns, &row).unwrap().unwrap();
+        assert_eq!(masked, 4);
+        let mut expected = BytesMut::new();
+        expected.put_u8(b'D');
+        expected.put_i32(0);
+        expected.put_i16(5);
+        for v in [Some(&b"T"[..]), Some(b"XX"), None, Some(b"T"), Some(b"\0\0\0\x07")] {
+            match v {
+                Some(v) => put_value(&mut expected, v).unwrap(),
+                None => expected.put_i32(-1),
+            }
+        }
+        assert_eq!(out, finish_message(expected).unwrap());
+    }
+
+    #[test]
+    fn copy_fields_follow_their_traces_and_nulls_stay() {
+        let fields = [None, Some(traced()), Some(traced())];
+        let union = traced();
+        let traces = CopyTraces {
+            fields: &fields,
+            union: Some(&union),
+        };
+        let mut msg = BytesMut::new();
+        msg.put_u8(b'd');
+        msg.put_i32(0);
+        msg.put_slice(b"1\ta\t\\N\n");
+        let msg = finish_message(msg).unwrap();
+        let (out, masked) = mask_copy_row(&Gate, &traces, &msg).unwrap().unwrap();
+        assert_eq!(masked, 1);
+        assert_eq!(&out[5..], b"1\tT\t\\N\n");
+        // A row that does not split into the expected fields (CSV): every piece by the union.
+        let mut csv = BytesMut::new();
+        csv.put_u8(b'd');
+        csv.put_i32(0);
+        csv.put_slice(b"1,a,\n");
+        let csv = finish_message(csv).unwrap();
+        let (out, _) = mask_copy_row(&Gate, &traces, &csv).unwrap().unwrap();
+        assert_eq!(&out[5..], b"T\n");
     }
 
     fn array(ndim: i32, dims: &[(i32, i32)], elem_oid: u32, elements: &[Option<&[u8]>]) -> Vec<u8> {

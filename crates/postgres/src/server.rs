@@ -727,4 +727,27 @@ mod tests {
         assert_eq!(cache.0.len(), HintCache::MAX);
         assert_eq!(cache.hint("ssn", &rules), hint("ssn"));
     }
+
+    #[test]
+    fn hint_cache_adds_rules_that_name_a_column_in_any_table() {
+        let rules = gatehouse_mask::MaskConfig {
+            columns: [("ssn_last4", "ssn"), ("people.full_name", "secret")]
+                .into_iter()
+                .map(|(k, v)| (k.to_owned(), v.to_owned()))
+                .collect(),
+        }
+        .rules()
+        .unwrap();
+        let mut cache = HintCache::default();
+        assert_eq!(
+            cache.hint("SSN_LAST4", &rules),
+            DataClasses::EMPTY.with(gatehouse_mask::DataClass::Ssn)
+        );
+        // A `table.column` rule needs the table: the relay's trace knows it, a name alone does not.
+        assert!(cache.hint("full_name", &rules).is_empty());
+        assert_eq!(
+            cache.hint("email", &rules),
+            DataClasses::EMPTY.with(gatehouse_mask::DataClass::Email)
+        );
+    }
 }
