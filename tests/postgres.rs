@@ -502,6 +502,16 @@ fn columns_derived_from_masked_columns_are_masked() {
     assert!(o.status.success(), "{}", err(&o));
     assert_eq!(out(&o), "sserdda-na-ton|<masked:secret>\n");
 
+    // Counts per class reach the audit log; the values never do.
+    let audit = || std::fs::read_to_string(s.gw.audit_dir().join("segment-000001.jsonl")).unwrap_or_default();
+    assert!(
+        s.gw.wait_for(Duration::from_secs(10), || audit().contains("\"masking_applied\"")
+            && audit().contains("\"secret\":")),
+        "{}",
+        audit()
+    );
+    assert!(!audit().contains("not-an-address") && !audit().contains("Ada Lovelace"));
+
     // The extended protocol: prepared statements, binary results.
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()

@@ -84,6 +84,10 @@ pub trait StatementGate: Send + Sync + 'static {
         let _ = trace;
         false
     }
+    /// A binary value of a traced column was sent as NULL (for the masking counts).
+    fn count_nulled(&self, trace: &ColumnTrace) {
+        let _ = trace;
+    }
 }
 
 /// The gate's answer to a batch it does not refuse.
@@ -591,6 +595,7 @@ impl<G: StatementGate> Relay<'_, G> {
         match decided {
             Ok(grant) => {
                 self.forward_decided(grant, &frame.bytes);
+                self.remember_named(&traces);
                 self.pending.push_back(Pending::Query {
                     refusal: None,
                     traces,
@@ -614,6 +619,7 @@ impl<G: StatementGate> Relay<'_, G> {
         match decided {
             Ok(grant) => {
                 self.forward_decided(grant, &frame.bytes);
+                self.remember_named(&traces);
                 self.client_described_statements.remove(&name);
                 // A Parse holds one statement (PostgreSQL refuses more).
                 let trace = traces.into_iter().next();
@@ -692,22 +698,22 @@ impl<G: StatementGate> Relay<'_, G> {
                 return (Err(refusal), Vec::new());
             }
         };
-        let traces: Vec<Arc<Provenance>> = statements.iter().map(|s| Arc::clone(&s.provenance)).collect();
-        let decided = self.gate.decide(sql, &statements).await;
-        // A cursor or prepared statement that is refused is never created, so whatever
-        // its name later names is not these rows; remembered only when allowed.
-        if matches!(decided, Ok(Gated::Granted(_)) | Ok(Gated::Held { .. })) {
-            for trace in &traces {
-                if let Provenance::Defines { kind, name, rows } = &**trace {
-                    if self.named_rows.len() >= MAX_NAMED_ROWS {
-                        self.named_rows.clear();
-                    }
-                    self.named_rows
-                        .insert((*kind, name.clone()), Arc::new(Provenance::Rows(rows.clone())));
+        let traces = statements.iter().map(|s| Arc::clone(&s.provenance)).collect();
+        (self.gate.decide(sql, &statements).await, traces)
+    }
+
+    /// Remembers the rows of the cursors and prepared statements a forwarded batch defines
+    /// (a refused one is never created: its name does not name these rows).
+    fn remember_named(&mut self, traces: &[Arc<Provenance>]) {
+        for trace in traces {
+            if let Provenance::Defines { kind, name, rows } = &**trace {
+                if self.named_rows.len() >= MAX_NAMED_ROWS {
+                    self.named_rows.clear();
                 }
+                self.named_rows
+                    .insert((*kind, name.clone()), Arc::new(Provenance::Rows(rows.clone())));
             }
         }
-        (decided, traces)
     }
 
     /// A NoticeResponse to the client (psql prints it at once, as `NOTICE:  ...`).
@@ -1146,6 +1152,9 @@ fn mask_row<G: StatementGate>(gate: &G, columns: &[Column], row: &[u8]) -> Resul
                 if c.null_binary && !binary_reads_as_text(c.type_oid, value) {
                     // A masked class in a binary form the relay cannot rewrite: NULL is a
                     // valid value of every type, the real one is not sent.
+                    if let Some(trace) = &c.trace {
+                        gate.count_nulled(trace);
+                    }
                     masked += 1;
                     values.push(None);
                     continue;

@@ -612,6 +612,14 @@ impl StatementGate for SessionGate {
         }
     }
 
+    fn count_nulled(&self, trace: &ColumnTrace) {
+        // A whole row without rules has no class to count it under.
+        if let Some(class) = self.masker.strictest(trace.classes.union(trace.row_classes)) {
+            let mut guard = self.counts.lock().unwrap_or_else(|p| p.into_inner());
+            guard.1.add(class, 1);
+        }
+    }
+
     fn masks_traced(&self, trace: &ColumnTrace) -> bool {
         !self.masker.is_noop()
             && (!trace.rows.is_empty() || self.masker.strictest(trace.classes.union(trace.row_classes)).is_some())
