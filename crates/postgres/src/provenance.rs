@@ -72,6 +72,10 @@ pub struct Outputs {
     /// Positions cannot be trusted (set operations whose branches differ in shape, a `*`
     /// over a `USING` join mixed with subqueries): every column derives from everything.
     pub mixed: bool,
+    /// Set on a statement's own outputs when no source column's name announces a class and
+    /// no star or whole row is read: without column rules, nothing is traced (the relay's
+    /// fast path for the common `SELECT a, b FROM t`).
+    pub quiet: bool,
 }
 
 /// What the relay knows about a statement's result rows.
@@ -233,6 +237,22 @@ impl Outputs {
         }
     }
 
+    /// Whether no source column's name announces a class and no star or whole row is read.
+    fn unhinted(&self) -> bool {
+        let origin_unhinted =
+            |o: &Origin| o.rows.is_empty() && o.columns.iter().all(|c| column_hint(&c.column).is_none());
+        !self.mixed
+            && self.targets.iter().all(|t| match t {
+                Target::Expr { origin, .. } => origin_unhinted(origin),
+                Target::Star { .. } => false,
+            })
+    }
+
+    fn finished(mut self) -> Self {
+        self.quiet = self.unhinted();
+        self
+    }
+
     /// The trace of each of `names.len()` result columns (a name is empty when the result
     /// does not name its columns, as COPY does not), with `rules`.
     pub fn trace_columns(&self, names: &[&str], rules: &ColumnRules) -> Vec<ColumnTrace> {
@@ -355,9 +375,21 @@ impl ColumnTrace {
 }
 
 impl Provenance {
+    /// Whether no column of this statement's result can be traced to a class with `rules`:
+    /// the relay then skips tracing (the common case without column rules).
+    pub fn traces_nothing(&self, rules: &ColumnRules) -> bool {
+        match self {
+            Provenance::Rows(outputs) => outputs.quiet && rules.is_empty(),
+            _ => true,
+        }
+    }
+
     /// The traces of a result's columns, `None` for a column masked by name and content
     /// alone (as every column of an untraced statement is).
     pub fn trace_columns(&self, names: &[&str], rules: &ColumnRules) -> Vec<Option<ColumnTrace>> {
+        if self.traces_nothing(rules) {
+            return vec![None; names.len()];
+        }
         match self {
             Provenance::Untraced | Provenance::Defines { .. } | Provenance::Uses { .. } => vec![None; names.len()],
             Provenance::Rows(outputs) => outputs
@@ -388,13 +420,13 @@ pub fn trace(tree: &Value) -> Provenance {
     };
     let ctes = Ctes::default();
     match kind {
-        "SelectStmt" => Provenance::Rows(select(node, None, &ctes)),
+        "SelectStmt" => Provenance::Rows(select(node, None, &ctes).finished()),
         "CopyStmt" => {
             if node.get("is_from").and_then(Value::as_bool) == Some(true) {
                 return Provenance::Untraced;
             }
             if let Some((_, query)) = node.get("query").and_then(node_of) {
-                return Provenance::Rows(statement_rows(query_kind(node.get("query")), query, None, &ctes));
+                return Provenance::Rows(statement_rows(query_kind(node.get("query")), query, None, &ctes).finished());
             }
             let Some(table) = node.get("relation").and_then(range_var_table) else {
                 return Provenance::Untraced;
@@ -407,6 +439,7 @@ pub fn trace(tree: &Value) -> Provenance {
                         origin: Origin::default(),
                     }],
                     mixed: false,
+                    quiet: false,
                 });
             }
             let targets = columns
@@ -417,10 +450,14 @@ pub fn trace(tree: &Value) -> Provenance {
                     Target::Expr { name: c, origin }
                 })
                 .collect();
-            Provenance::Rows(Outputs { targets, mixed: false })
+            Provenance::Rows(Outputs {
+                targets,
+                mixed: false,
+                quiet: false,
+            })
         }
         "InsertStmt" | "UpdateStmt" | "DeleteStmt" | "MergeStmt" => {
-            Provenance::Rows(statement_rows(kind, node, None, &ctes))
+            Provenance::Rows(statement_rows(kind, node, None, &ctes).finished())
         }
         "DeclareCursorStmt" | "PrepareStmt" => {
             let (kind, key) = if kind == "PrepareStmt" {
@@ -436,7 +473,7 @@ pub fn trace(tree: &Value) -> Provenance {
             Provenance::Defines {
                 kind,
                 name: str_field(node, key).to_owned(),
-                rows,
+                rows: rows.finished(),
             }
         }
         "FetchStmt" => Provenance::Uses {
@@ -538,6 +575,7 @@ impl Item {
                     origin: Origin::default(),
                 }],
                 mixed: false,
+                quiet: false,
             },
             ItemKind::Derived(outputs) => outputs.clone(),
             ItemKind::Function(origin) => Outputs {
@@ -546,6 +584,7 @@ impl Item {
                     origin: origin.clone(),
                 }],
                 mixed: false,
+                quiet: false,
             },
         }
     }
@@ -616,6 +655,7 @@ impl<'p> Scope<'p> {
                     origin,
                 }],
                 mixed: false,
+                quiet: false,
             };
         }
         let mut out = Outputs::default();
@@ -691,6 +731,7 @@ fn select(s: &Value, parent: Option<&Scope<'_>>, outer: &Ctes<'_>) -> Outputs {
                 })
                 .collect(),
             mixed: false,
+            quiet: false,
         };
     }
     let mut scope = Scope {
@@ -745,7 +786,11 @@ fn combine(l: Outputs, r: Outputs) -> Outputs {
     if !aligned {
         let mut targets = l.targets;
         targets.extend(r.targets);
-        return Outputs { targets, mixed: true };
+        return Outputs {
+            targets,
+            mixed: true,
+            quiet: false,
+        };
     }
     let targets = l
         .targets
@@ -768,7 +813,11 @@ fn combine(l: Outputs, r: Outputs) -> Outputs {
             (a, _) => a,
         })
         .collect();
-    Outputs { targets, mixed: false }
+    Outputs {
+        targets,
+        mixed: false,
+        quiet: false,
+    }
 }
 
 fn targets(list: Vec<&Value>, scope: &Scope<'_>, ctes: &Ctes<'_>) -> Outputs {
@@ -795,6 +844,7 @@ fn targets(list: Vec<&Value>, scope: &Scope<'_>, ctes: &Ctes<'_>) -> Outputs {
                                 origin: Origin::default(),
                             }],
                             mixed: false,
+                            quiet: false,
                         },
                     },
                 };

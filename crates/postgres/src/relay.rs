@@ -992,6 +992,9 @@ impl<G: StatementGate> Relay<'_, G> {
         let Some(provenance) = provenance.and_then(|p| self.rows_of(p)) else {
             return;
         };
+        if provenance.traces_nothing(self.gate.column_rules()) {
+            return;
+        }
         let names: Vec<&str> = columns.iter().map(|c| c.name.as_str()).collect();
         let traces = provenance.trace_columns(&names, self.gate.column_rules());
         for (column, trace) in columns.iter_mut().zip(traces) {

@@ -305,3 +305,24 @@ fn untraced_statements_mask_by_name_alone() {
         assert_eq!(*statement.provenance, Provenance::Untraced, "{sql}");
     }
 }
+
+#[test]
+fn statements_reading_nothing_classified_are_not_traced_without_rules() {
+    let none = ColumnRules::none();
+    let quiet = classify("SELECT abalance FROM pgbench_accounts WHERE aid = 1;").unwrap();
+    assert!(quiet[0].provenance.traces_nothing(none));
+    assert!(
+        !quiet[0].provenance.traces_nothing(&rules()),
+        "rules may name any column"
+    );
+    for sql in [
+        "SELECT upper(email) FROM customers",
+        "SELECT * FROM customers",
+        "SELECT row_to_json(c) FROM customers c",
+    ] {
+        let statement = classify(sql).unwrap().remove(0);
+        assert!(!statement.provenance.traces_nothing(none), "{sql}");
+    }
+    let upper = classify("SELECT upper(email) AS x FROM customers").unwrap().remove(0);
+    assert!(upper.provenance.trace_columns(&["x"], none)[0].is_some());
+}
