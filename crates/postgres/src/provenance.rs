@@ -949,8 +949,7 @@ fn from_item(item: &Value, scope: &mut Scope<'_>, ctes: &Ctes<'_>) {
                     reordered: scope.reordered,
                     parent: None,
                 };
-                let mut outputs = inner.star();
-                outputs.mixed = true;
+                let outputs = inner.star();
                 scope.items.push(Item {
                     alias: str_field(alias, "aliasname").to_owned(),
                     kind: ItemKind::Derived(outputs),

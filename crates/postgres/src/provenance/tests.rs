@@ -326,3 +326,53 @@ fn statements_reading_nothing_classified_are_not_traced_without_rules() {
     let upper = classify("SELECT upper(email) AS x FROM customers").unwrap().remove(0);
     assert!(upper.provenance.trace_columns(&["x"], none)[0].is_some());
 }
+
+#[test]
+fn odd_statements_trace_without_panicking() {
+    for sql in [
+        "SELECT",
+        "SELECT FROM customers",
+        "VALUES (1, 'a'), (2, 'b')",
+        "TABLE customers",
+        "WITH x AS (SELECT email FROM customers) TABLE x",
+        "SELECT * FROM a NATURAL JOIN b",
+        "SELECT * FROM a JOIN b USING (id), (SELECT email FROM customers) s",
+        "SELECT * FROM (a JOIN b ON true) AS j",
+        "SELECT j.email FROM (a JOIN customers ON true) AS j",
+        "SELECT a.b.c.d.e FROM t",
+        "SELECT *, *, 1 FROM t",
+        "SELECT ROW(c.*) FROM customers c",
+        "SELECT (x).* FROM (SELECT ROW(1, 2) AS x) s",
+        "SELECT * FROM ROWS FROM (generate_series(1, 2), unnest(ARRAY['a'])) AS r(a, b)",
+        "SELECT * FROM customers TABLESAMPLE SYSTEM (10)",
+        "SELECT * FROM XMLTABLE('/r' PASSING (SELECT email::xml FROM customers) COLUMNS a text)",
+        "SELECT $1, $2::text",
+        "SELECT email, count(*) FROM customers GROUP BY GROUPING SETS ((email), ())",
+        "SELECT row_number() OVER (PARTITION BY email ORDER BY id) FROM customers",
+        "COPY (VALUES (1)) TO STDOUT",
+        "COPY (DELETE FROM customers WHERE id = 1 RETURNING email) TO STDOUT",
+        "MERGE INTO customers c USING src s ON c.id = s.id WHEN MATCHED THEN DELETE RETURNING c.email",
+        "INSERT INTO customers SELECT * FROM customers RETURNING *",
+        "SELECT * FROM customers c, LATERAL (SELECT c.*) l",
+        "WITH RECURSIVE r AS (SELECT 1 AS n UNION SELECT n + 1 FROM r) SELECT * FROM r",
+        "SELECT * FROM (SELECT 1 UNION SELECT * FROM t) s(a, b, c)",
+        "DECLARE c CURSOR FOR VALUES (1)",
+        "SELECT 1; SELECT 2",
+    ] {
+        for statement in classify(sql).unwrap() {
+            for n in [0, 1, 3, 10] {
+                let names: Vec<&str> = ["id", "email", ""].into_iter().cycle().take(n).collect();
+                let traces = statement.provenance.trace_columns(&names, &rules());
+                assert_eq!(traces.len(), n, "{sql}");
+            }
+        }
+    }
+    // A join alias hides its tables' names but not their columns' hints or rules.
+    assert_eq!(
+        traced(
+            "SELECT j.full_name AS n FROM (orders JOIN customers ON true) AS j",
+            &["n"]
+        ),
+        ["secret"]
+    );
+}
