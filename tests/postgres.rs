@@ -410,3 +410,144 @@ print(json.dumps(out))
     );
     assert_eq!(v["after"], 2);
 }
+
+/// Result columns are masked by where their values come from: a column computed from
+/// `email` is masked as an email whatever it is called and whatever it looks like, a column a
+/// `[mask]` rule names is masked as the rule's class, and COPY rows are masked by field.
+#[test]
+fn columns_derived_from_masked_columns_are_masked() {
+    let s =
+        setup_with(|_| "allow_plaintext = true\n[mask]\ncolumns = { \"people.full_name\" = \"secret\" }".to_string());
+    // No detector recognises this email, and nothing about `full_name` looks secret.
+    direct(
+        &s,
+        "CREATE TABLE people (id int PRIMARY KEY, full_name text, email text);
+         INSERT INTO people VALUES (1, 'Ada Lovelace', 'not-an-address');",
+    );
+    let dba = s.gw.mint("alice", &["dba"], false).unwrap();
+    let read = |sql: &str| {
+        let o = psql(&s, "orders", &dba, sql);
+        assert!(o.status.success(), "{sql}: {}\n{}", err(&o), s.gw.log());
+        out(&o)
+    };
+    for sql in [
+        "SELECT email FROM people",
+        "SELECT email AS x FROM people",
+        "SELECT upper(email) FROM people",
+        "SELECT email || '' FROM people",
+        "SELECT reverse(email) FROM people",
+        "SELECT encode(convert_to(email, 'UTF8'), 'base64') FROM people",
+        "SELECT (SELECT email FROM people LIMIT 1)",
+        "WITH e AS (SELECT email AS v FROM people) SELECT v FROM e",
+        "SELECT v FROM (SELECT lower(email) AS v FROM people) s",
+        "SELECT 'x' AS v UNION ALL SELECT email FROM people",
+        "COPY (SELECT reverse(email) FROM people) TO STDOUT",
+    ] {
+        let text = read(sql);
+        assert!(!text.trim().is_empty(), "{sql}");
+        for line in text.lines() {
+            assert_eq!(line, "<masked:email>", "{sql}: {text}");
+        }
+    }
+    for sql in [
+        "SELECT full_name FROM people",
+        "SELECT full_name AS n FROM people",
+        "SELECT upper(p.full_name) FROM people p",
+        "COPY people (full_name) TO STDOUT",
+    ] {
+        assert_eq!(read(sql), "<masked:secret>\n", "{sql}");
+    }
+    // Unrelated columns come back as they are; a value computed from email, even a
+    // length, is masked (text format: as the class).
+    assert_eq!(
+        read("SELECT id, name FROM customers WHERE id = 1"),
+        "1|Ada\n",
+        "unrelated tables are untouched"
+    );
+    assert_eq!(read("SELECT id, length(email) FROM people"), "1|<masked:email>\n");
+    assert_eq!(
+        read("SELECT count(email), bool_and(email IS NULL) FROM people"),
+        "1|f\n"
+    );
+    assert_eq!(
+        read("COPY (SELECT id, reverse(email) FROM people) TO STDOUT"),
+        "1\t<masked:email>\n"
+    );
+    // A cursor's rows are traced from its DECLARE.
+    let text = read("BEGIN; DECLARE cur CURSOR FOR SELECT id, reverse(email) FROM people; FETCH ALL FROM cur; COMMIT");
+    assert!(text.contains("1|<masked:email>"), "{text}");
+    assert!(!text.contains("sserdda"), "{text}");
+    // Whole rows: JSON is masked key by key (name hints and the rules on the table).
+    let json = read("SELECT row_to_json(p) FROM people p");
+    let v: serde_json::Value = serde_json::from_str(json.trim()).unwrap();
+    assert_eq!(
+        v,
+        serde_json::json!({"id": 1, "full_name": "<masked:secret>", "email": "<masked:email>"})
+    );
+    // COPY of a whole table names no columns: a table with rules is masked field by field
+    // as its strictest rule.
+    assert_eq!(
+        read("COPY people TO STDOUT"),
+        "<masked:secret>\t<masked:secret>\t<masked:secret>\n"
+    );
+
+    // support-leads may see emails unmasked, wherever they flow; never secrets.
+    let lead = s.gw.mint("sam", &["support-leads"], false).unwrap();
+    let o = psql(
+        &s,
+        "orders",
+        &lead,
+        "SELECT reverse(email), upper(full_name) FROM people",
+    );
+    assert!(o.status.success(), "{}", err(&o));
+    assert_eq!(out(&o), "sserdda-na-ton|<masked:secret>\n");
+
+    // Counts per class reach the audit log; the values never do.
+    let audit = || std::fs::read_to_string(s.gw.audit_dir().join("segment-000001.jsonl")).unwrap_or_default();
+    assert!(
+        s.gw.wait_for(Duration::from_secs(10), || audit().contains("\"masking_applied\"")
+            && audit().contains("\"secret\":")),
+        "{}",
+        audit()
+    );
+    assert!(!audit().contains("not-an-address") && !audit().contains("Ada Lovelace"));
+
+    // The extended protocol: prepared statements, binary results.
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let conn = format!(
+            "host=127.0.0.1 port={} dbname=orders user=someone password={dba} sslmode=disable",
+            s.port
+        );
+        let (client, connection) = tokio_postgres::connect(&conn, tokio_postgres::NoTls).await.unwrap();
+        tokio::spawn(connection);
+        let statement = client
+            .prepare("SELECT id, reverse(email) AS x, p.full_name AS n, length(email) AS l FROM people p WHERE id = $1")
+            .await
+            .unwrap();
+        for _ in 0..2 {
+            let row = client.query_one(&statement, &[&1i32]).await.unwrap();
+            assert_eq!(row.get::<_, i32>(0), 1);
+            assert_eq!(row.get::<_, String>(1), "<masked:email>");
+            assert_eq!(row.get::<_, String>(2), "<masked:secret>");
+            // A binary integer computed from a masked column cannot be rewritten as text:
+            // NULL, never the value.
+            assert_eq!(row.get::<_, Option<i32>>(3), None);
+        }
+        let rows = client
+            .simple_query("SELECT 1; SELECT reverse(email) FROM people")
+            .await
+            .unwrap();
+        let values: Vec<String> = rows
+            .iter()
+            .filter_map(|m| match m {
+                tokio_postgres::SimpleQueryMessage::Row(r) => r.get(0).map(str::to_owned),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(values, ["1", "<masked:email>"]);
+    });
+}

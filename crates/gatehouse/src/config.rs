@@ -29,6 +29,10 @@ pub struct Config {
     /// The web console on the admin listener.
     #[serde(default)]
     pub console: crate::console::ConsoleConfig,
+    /// Masking beyond the built-in detectors and name hints: `columns` maps a column
+    /// (`column`, `table.column`, `schema.table.column`) to a data class.
+    #[serde(default)]
+    pub mask: gatehouse_mask::MaskConfig,
     /// The PostgreSQL frontend; off when absent.
     pub postgres: Option<gatehouse_postgres::PostgresConfig>,
     /// The Kubernetes API frontend; off when absent.
@@ -283,6 +287,7 @@ impl Config {
                 ));
             }
         }
+        self.mask.validate()?;
         if let Some(pg) = &self.postgres {
             pg.validate()?;
         }
@@ -457,6 +462,29 @@ mod tests {
         ))
         .unwrap_err();
         assert!(err.message.contains("ssh.max_channels"), "{err}");
+    }
+
+    #[test]
+    fn mask_column_rules_are_checked_at_load() {
+        let config = load_str(&format!(
+            "{MINIMAL}[mask]\ncolumns = {{ \"customers.full_name\" = \"secret\", \"ssn_last4\" = \"ssn\" }}\n"
+        ))
+        .unwrap();
+        assert_eq!(config.mask.columns.len(), 2);
+        let err = load_str(&format!(
+            "{MINIMAL}[mask]\ncolumns = {{ \"customers.email\" = \"mail\" }}\n"
+        ))
+        .unwrap_err();
+        assert!(
+            err.message
+                .contains("mask.columns.\"customers.email\": unknown data class \"mail\""),
+            "{err}"
+        );
+        let err = load_str(&format!(
+            "{MINIMAL}[mask]\ncolumns = {{ \"customers.\" = \"email\" }}\n"
+        ))
+        .unwrap_err();
+        assert!(err.message.contains("no empty part"), "{err}");
     }
 
     #[test]

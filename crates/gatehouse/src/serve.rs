@@ -149,12 +149,16 @@ async fn serve(config: Config, policy: PolicyEngine) -> anyhow::Result<()> {
             (Some(cert), Some(key)) => Some(crate::tls::server_config(cert, key, &[b"postgresql"])?),
             _ => None,
         };
-        let frontend = gatehouse_postgres::PostgresFrontend::new(Arc::clone(&gateway), pg, tls).map_err(|message| {
-            ConfigError {
+        let rules = config.mask.rules().map_err(|message| ConfigError {
+            path: "[mask]".into(),
+            message,
+        })?;
+        let frontend = gatehouse_postgres::PostgresFrontend::new(Arc::clone(&gateway), pg, tls)
+            .map_err(|message| ConfigError {
                 path: "[postgres]".into(),
                 message,
-            }
-        })?;
+            })?
+            .with_column_rules(rules);
         let listener = tokio::net::TcpListener::bind(pg.listen)
             .await
             .with_context(|| format!("cannot listen on postgres.listen = {}", pg.listen))?;

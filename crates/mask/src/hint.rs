@@ -215,7 +215,7 @@ pub fn column_hint(name: &str) -> Option<DataClass> {
             continue;
         };
         let describes = words[i + len..].iter().any(|w| is_any(w, METADATA_SUFFIXES));
-        if !describes && best.is_none_or(|b| priority(class) > priority(b)) {
+        if !describes && best.is_none_or(|b| class.sensitivity() > b.sensitivity()) {
             best = Some(class);
         }
         i += len;
@@ -226,19 +226,6 @@ pub fn column_hint(name: &str) -> Option<DataClass> {
 /// `word` is lowercase, as are the sets.
 fn is_any(word: &str, set: &[&str]) -> bool {
     set.contains(&word)
-}
-
-/// When a name holds several class words (`email_password`), the one most costly to leak.
-fn priority(class: DataClass) -> u8 {
-    match class {
-        DataClass::PrivateKey => 7,
-        DataClass::Secret | DataClass::Token => 6,
-        DataClass::Card => 5,
-        DataClass::Ssn => 4,
-        DataClass::Iban => 3,
-        DataClass::Phone => 2,
-        DataClass::Email => 1,
-    }
 }
 
 /// The class announced by the (lowercase) word(s) at the start of `words`, and how many words

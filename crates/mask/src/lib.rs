@@ -24,6 +24,7 @@ mod detect;
 mod hint;
 mod kube;
 mod masker;
+mod rules;
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -34,6 +35,7 @@ use serde::{Deserialize, Serialize};
 pub use hint::column_hint;
 pub use kube::{KUBE_MASKED_DATA, KUBE_MASKED_STRING, mask_kube_secret};
 pub use masker::Masker;
+pub use rules::{ColumnRules, MaskConfig, TableRef};
 
 /// A kind of sensitive value. Policy decides per class, once per session, who sees it unmasked.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -56,6 +58,10 @@ pub enum DataClass {
     /// A value that only its column or key name reveals as secret (`password`, `api_key`, …).
     Secret,
 }
+
+/// A set of data classes (a column derived from several sources carries all of theirs).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct DataClasses(u8);
 
 /// How many values of each class were masked; never the values themselves.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -117,8 +123,69 @@ impl DataClass {
         }
     }
 
+    /// How costly a leak of this class is; when a value belongs to several classes it is
+    /// masked as the most sensitive one.
+    pub fn sensitivity(self) -> u8 {
+        match self {
+            DataClass::PrivateKey => 8,
+            DataClass::Secret => 7,
+            DataClass::Token => 6,
+            DataClass::Card => 5,
+            DataClass::Ssn => 4,
+            DataClass::Iban => 3,
+            DataClass::Phone => 2,
+            DataClass::Email => 1,
+        }
+    }
+
     fn index(self) -> usize {
         self as usize
+    }
+}
+
+impl DataClasses {
+    /// No class.
+    pub const EMPTY: DataClasses = DataClasses(0);
+
+    /// This set and `class`.
+    pub fn with(self, class: DataClass) -> Self {
+        DataClasses(self.0 | (1 << class.index()))
+    }
+
+    /// This set and `class`, if any.
+    pub fn with_opt(self, class: Option<DataClass>) -> Self {
+        class.map_or(self, |c| self.with(c))
+    }
+
+    /// Both sets.
+    pub fn union(self, other: DataClasses) -> Self {
+        DataClasses(self.0 | other.0)
+    }
+
+    /// Whether `class` is in the set.
+    pub fn contains(self, class: DataClass) -> bool {
+        self.0 & (1 << class.index()) != 0
+    }
+
+    /// Whether the set is empty.
+    pub fn is_empty(self) -> bool {
+        self.0 == 0
+    }
+
+    /// The classes of the set, in class order.
+    pub fn iter(self) -> impl Iterator<Item = DataClass> {
+        DataClass::ALL.into_iter().filter(move |&c| self.contains(c))
+    }
+
+    /// The most sensitive class of the set (see [`DataClass::sensitivity`]).
+    pub fn most_sensitive(self) -> Option<DataClass> {
+        self.iter().max_by_key(|c| c.sensitivity())
+    }
+}
+
+impl FromIterator<DataClass> for DataClasses {
+    fn from_iter<I: IntoIterator<Item = DataClass>>(iter: I) -> Self {
+        iter.into_iter().fold(DataClasses::EMPTY, DataClasses::with)
     }
 }
 

@@ -8,7 +8,7 @@ use serde_json::Value;
 
 use crate::detect::{self, ClassSet, Span};
 use crate::hint::column_hint;
-use crate::{DataClass, MaskCounts};
+use crate::{DataClass, DataClasses, MaskCounts};
 
 /// Which classes one session masks. Cheap to clone and to share.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -43,6 +43,15 @@ impl Masker {
     /// Whether values of class `c` are masked.
     pub fn masks(&self, c: DataClass) -> bool {
         self.classes.has(c)
+    }
+
+    /// The most sensitive class of `classes` that this masker masks: the class a value derived
+    /// from all of them is masked as. `None` when the session may see every one of them.
+    pub fn strictest(&self, classes: DataClasses) -> Option<DataClass> {
+        classes
+            .iter()
+            .filter(|&c| self.masks(c))
+            .max_by_key(|c| c.sensitivity())
     }
 
     /// Whether this masker can change anything at all (frontends skip the walk otherwise).
@@ -123,6 +132,17 @@ impl Masker {
     /// name announces one (Kubernetes environment variables). Keys, numbers and booleans are
     /// left as they are.
     pub fn mask_json(&self, v: &mut Value, counts: &mut MaskCounts) {
+        self.mask_json_with(v, counts, &column_hint);
+    }
+
+    /// `mask_json` with the class each key announces given by `key_class` (name hints plus
+    /// configured column rules, for the JSON of a whole table row).
+    pub fn mask_json_with(
+        &self,
+        v: &mut Value,
+        counts: &mut MaskCounts,
+        key_class: &dyn Fn(&str) -> Option<DataClass>,
+    ) {
         if self.is_noop() {
             return;
         }
@@ -137,13 +157,13 @@ impl Masker {
                 Value::Array(items) => stack.extend(items.iter_mut().map(|item| (hint, item))),
                 Value::Object(map) => {
                     let pair_hint = match (map.get("name"), map.get("value")) {
-                        (Some(Value::String(name)), Some(Value::String(_))) => column_hint(name),
+                        (Some(Value::String(name)), Some(Value::String(_))) => key_class(name),
                         _ => None,
                     };
                     for (key, item) in map.iter_mut() {
                         let hint = match item {
                             Value::String(_) | Value::Array(_) => {
-                                column_hint(key).or(pair_hint.filter(|_| key == "value"))
+                                key_class(key).or(pair_hint.filter(|_| key == "value"))
                             }
                             _ => None,
                         };

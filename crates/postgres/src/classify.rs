@@ -12,6 +12,7 @@
 mod cache;
 
 use std::collections::BTreeSet;
+use std::sync::Arc;
 
 use pg_query::NodeEnum;
 use pg_query::protobuf::{self, TransactionStmtKind, VariableSetKind};
@@ -51,6 +52,8 @@ pub struct Statement {
     pub has_where: bool,
     /// This statement's own text.
     pub text: String,
+    /// Where its result columns come from, for masking.
+    pub provenance: Arc<crate::provenance::Provenance>,
 }
 
 /// Why a query string could not be classified.
@@ -175,6 +178,7 @@ fn classify_node(node: &NodeEnum, text: String) -> Result<Statement, ClassifyErr
     let tree = serde_json::to_value(node).map_err(|e| ClassifyError::Tree(e.to_string()))?;
     let mut found = Findings::default();
     walk(&tree, &mut found);
+    let provenance = Arc::new(crate::provenance::trace(&tree));
     let name = tree
         .as_object()
         .and_then(|m| m.keys().next())
@@ -206,6 +210,7 @@ fn classify_node(node: &NodeEnum, text: String) -> Result<Statement, ClassifyErr
         functions: found.functions,
         has_where: !(found.missing_where || truncate),
         text,
+        provenance,
     })
 }
 

@@ -3,6 +3,7 @@
 
 pub mod classify;
 pub mod config;
+pub mod provenance;
 pub mod relay;
 pub mod server;
 pub mod upstream;

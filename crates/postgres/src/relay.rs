@@ -16,6 +16,7 @@
 use std::borrow::Cow;
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::future::Future;
+use std::sync::Arc;
 
 use bytes::{Buf, BufMut, BytesMut};
 use pgwire::messages::data::RowDescription;
@@ -24,7 +25,10 @@ use pgwire::messages::response::{ErrorResponse, NoticeResponse, ReadyForQuery, T
 use pgwire::messages::simplequery::Query;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
+use gatehouse_mask::ColumnRules;
+
 use crate::classify::{self, Statement};
+use crate::provenance::{ColumnTrace, Named, Provenance};
 use crate::upstream::{MAX_BACKEND_MESSAGE, Upstream};
 use crate::wire::{self, Frame};
 
@@ -62,6 +66,28 @@ pub trait StatementGate: Send + Sync + 'static {
     /// STDOUT rows all come here. The column name is empty when the relay could not learn
     /// it (always for COPY, which does not describe its columns).
     fn mask_value<'a>(&self, column: &str, value: &'a [u8]) -> Cow<'a, [u8]>;
+    /// Column rules from configuration: with the name hints they say which source columns
+    /// hold which class when the relay traces result columns to the columns they read.
+    fn column_rules(&self) -> &ColumnRules {
+        ColumnRules::none()
+    }
+    /// Like `mask_value`, for a value of a column the relay traced to data classes (a column
+    /// computed from `email`, a whole row, a column named by a rule). The default masks by
+    /// name and content only.
+    fn mask_traced<'a>(&self, column: &str, trace: &ColumnTrace, value: &'a [u8]) -> Cow<'a, [u8]> {
+        let _ = trace;
+        self.mask_value(column, value)
+    }
+    /// Whether values of a traced column are masked for this session at all: binary values
+    /// whose form the relay cannot rewrite are then sent as NULL, never as they are.
+    fn masks_traced(&self, trace: &ColumnTrace) -> bool {
+        let _ = trace;
+        false
+    }
+    /// A binary value of a traced column was sent as NULL (for the masking counts).
+    fn count_nulled(&self, trace: &ColumnTrace) {
+        let _ = trace;
+    }
 }
 
 /// The gate's answer to a batch it does not refuse.
@@ -127,6 +153,11 @@ struct Column {
     binary: bool,
     /// Type OID from RowDescription (domains are reported as their base type).
     type_oid: u32,
+    /// Where the column's values come from, when that adds classes to its name's.
+    trace: Option<Arc<ColumnTrace>>,
+    /// The session masks the traced classes: a binary value the relay cannot rewrite as
+    /// text is sent as NULL.
+    null_binary: bool,
 }
 
 /// What the next target messages answer, in request order.
@@ -134,10 +165,15 @@ struct Column {
 enum Pending {
     Query {
         refusal: Option<Refusal>,
+        /// Provenance of each statement of the string, in order.
+        traces: Vec<Arc<Provenance>>,
+        /// The statement whose results stream now (counted by CommandComplete).
+        next: usize,
     },
     Parse {
         refusal: Option<Refusal>,
         name: String,
+        trace: Option<Arc<Provenance>>,
     },
     Bind {
         portal: String,
@@ -182,7 +218,13 @@ struct Held<H> {
     frame: Frame,
     /// The prepared statement's name for a Parse; `None` for a Query.
     parse_name: Option<String>,
+    /// Provenance of the held statements.
+    traces: Vec<Arc<Provenance>>,
 }
+
+/// SQL-level cursors and prepared statements remembered per connection; past this the
+/// memory is emptied (their rows are then masked by name and content only).
+const MAX_NAMED_ROWS: usize = 256;
 
 /// Client bytes buffered while a statement is held; beyond this the relay stops reading.
 const MAX_HELD_INPUT: usize = 1024 * 1024;
@@ -193,11 +235,20 @@ struct Relay<'g, G> {
     classified: classify::ClassifyCache,
     pending: VecDeque<Pending>,
     statements: HashMap<String, Vec<Column>>,
+    /// Provenance of each prepared statement, by name.
+    traced: HashMap<String, Arc<Provenance>>,
+    /// Rows of SQL-level cursors (`DECLARE`) and prepared statements (`PREPARE`), by name:
+    /// what a later `FETCH` or `EXECUTE` returns.
+    named_rows: HashMap<(Named, String), Arc<Provenance>>,
     portals: HashMap<String, Portal>,
     /// Columns of the simple-query result now streaming.
     current: Option<Vec<Column>>,
     /// A text-format COPY TO STDOUT is streaming: its CopyData rows are masked.
     copy_out_text: bool,
+    /// Traces of the streaming COPY's fields, by position.
+    copy_traces: Vec<Option<Arc<ColumnTrace>>>,
+    /// Every field's trace together, for rows that do not split into the expected fields.
+    copy_union: Option<Arc<ColumnTrace>>,
     /// Last transaction status the target reported.
     status: u8,
     /// After a refused Parse: drop client messages until Sync.
@@ -234,9 +285,13 @@ where
         classified: classify::ClassifyCache::default(),
         pending: VecDeque::new(),
         statements: HashMap::new(),
+        traced: HashMap::new(),
+        named_rows: HashMap::new(),
         portals: HashMap::new(),
         current: None,
         copy_out_text: false,
+        copy_traces: Vec::new(),
+        copy_union: None,
         status: b'I',
         discarding: false,
         answer_sync_locally: false,
@@ -283,7 +338,12 @@ where
                             return Ok(relay.stats);
                         }
                         Flow::Hold(held) => {
-                            let Held { hold, frame, parse_name } = held;
+                            let Held {
+                                hold,
+                                frame,
+                                parse_name,
+                                traces,
+                            } = held;
                             let decided = {
                                 let waiting = gate.wait(hold);
                                 tokio::pin!(waiting);
@@ -317,8 +377,8 @@ where
                                 }
                             };
                             match parse_name {
-                                None => relay.query_decided(&frame, decided)?,
-                                Some(name) => relay.parse_decided(&frame, name, decided)?,
+                                None => relay.query_decided(&frame, decided, traces)?,
+                                Some(name) => relay.parse_decided(&frame, name, decided, traces)?,
                             }
                             relay.flush(&mut client, &mut target).await?;
                         }
@@ -381,17 +441,19 @@ impl<G: StatementGate> Relay<'_, G> {
         match frame.tag {
             b'Q' => {
                 let query: Query = self.decode_client(&frame)?;
-                match self.decide(&query.query).await {
+                let (decided, traces) = self.decide(&query.query).await;
+                match decided {
                     Ok(Gated::Held { notice, hold }) => {
                         self.push_notice(&notice)?;
                         return Ok(Flow::Hold(Held {
                             hold,
                             frame,
                             parse_name: None,
+                            traces,
                         }));
                     }
-                    Ok(Gated::Granted(grant)) => self.query_decided(&frame, Ok(grant))?,
-                    Err(refusal) => self.query_decided(&frame, Err(refusal))?,
+                    Ok(Gated::Granted(grant)) => self.query_decided(&frame, Ok(grant), traces)?,
+                    Err(refusal) => self.query_decided(&frame, Err(refusal), traces)?,
                 }
             }
             b'F' => {
@@ -412,17 +474,19 @@ impl<G: StatementGate> Relay<'_, G> {
                 }
                 let parse: Parse = self.decode_client(&frame)?;
                 let name = parse.name.clone().unwrap_or_default();
-                match self.decide(&parse.query).await {
+                let (decided, traces) = self.decide(&parse.query).await;
+                match decided {
                     Ok(Gated::Held { notice, hold }) => {
                         self.push_notice(&notice)?;
                         return Ok(Flow::Hold(Held {
                             hold,
                             frame,
                             parse_name: Some(name),
+                            traces,
                         }));
                     }
-                    Ok(Gated::Granted(grant)) => self.parse_decided(&frame, name, Ok(grant))?,
-                    Err(refusal) => self.parse_decided(&frame, name, Err(refusal))?,
+                    Ok(Gated::Granted(grant)) => self.parse_decided(&frame, name, Ok(grant), traces)?,
+                    Err(refusal) => self.parse_decided(&frame, name, Err(refusal), traces)?,
                 }
             }
             b'B' => {
@@ -522,11 +586,21 @@ impl<G: StatementGate> Relay<'_, G> {
     }
 
     /// A simple Query, decided: forwarded with its grant, or refused whole.
-    fn query_decided(&mut self, frame: &Frame, decided: Result<G::Grant, Refusal>) -> Result<(), RelayError> {
+    fn query_decided(
+        &mut self,
+        frame: &Frame,
+        decided: Result<G::Grant, Refusal>,
+        traces: Vec<Arc<Provenance>>,
+    ) -> Result<(), RelayError> {
         match decided {
             Ok(grant) => {
                 self.forward_decided(grant, &frame.bytes);
-                self.pending.push_back(Pending::Query { refusal: None });
+                self.remember_named(&traces);
+                self.pending.push_back(Pending::Query {
+                    refusal: None,
+                    traces,
+                    next: 0,
+                });
                 Ok(())
             }
             Err(refusal) => self.refuse_whole(refusal),
@@ -540,12 +614,20 @@ impl<G: StatementGate> Relay<'_, G> {
         frame: &Frame,
         name: String,
         decided: Result<G::Grant, Refusal>,
+        traces: Vec<Arc<Provenance>>,
     ) -> Result<(), RelayError> {
         match decided {
             Ok(grant) => {
                 self.forward_decided(grant, &frame.bytes);
+                self.remember_named(&traces);
                 self.client_described_statements.remove(&name);
-                self.pending.push_back(Pending::Parse { refusal: None, name });
+                // A Parse holds one statement (PostgreSQL refuses more).
+                let trace = traces.into_iter().next();
+                self.pending.push_back(Pending::Parse {
+                    refusal: None,
+                    name,
+                    trace,
+                });
                 self.extended_open = true;
             }
             Err(refusal) => {
@@ -561,6 +643,7 @@ impl<G: StatementGate> Relay<'_, G> {
                     self.pending.push_back(Pending::Parse {
                         refusal: Some(refusal),
                         name: String::new(),
+                        trace: None,
                     });
                     self.extended_open = true;
                 }
@@ -601,14 +684,36 @@ impl<G: StatementGate> Relay<'_, G> {
         drop(grant);
     }
 
-    async fn decide(&mut self, sql: &str) -> Result<Gated<G::Grant, G::Hold>, Refusal> {
-        let statements: Vec<Statement> = self.classified.classify(sql).map_err(|e| Refusal {
-            sqlstate: "42601".to_owned(),
-            message: e.to_string(),
-            detail: Some("the gateway refuses statements it cannot parse".to_owned()),
-            hint: None,
-        })?;
-        self.gate.decide(sql, &statements).await
+    /// The gate's decision on a query string, and the provenance of its statements.
+    async fn decide(&mut self, sql: &str) -> (Result<Gated<G::Grant, G::Hold>, Refusal>, Vec<Arc<Provenance>>) {
+        let statements: Vec<Statement> = match self.classified.classify(sql) {
+            Ok(statements) => statements,
+            Err(e) => {
+                let refusal = Refusal {
+                    sqlstate: "42601".to_owned(),
+                    message: e.to_string(),
+                    detail: Some("the gateway refuses statements it cannot parse".to_owned()),
+                    hint: None,
+                };
+                return (Err(refusal), Vec::new());
+            }
+        };
+        let traces = statements.iter().map(|s| Arc::clone(&s.provenance)).collect();
+        (self.gate.decide(sql, &statements).await, traces)
+    }
+
+    /// Remembers the rows of the cursors and prepared statements a forwarded batch defines
+    /// (a refused one is never created: its name does not name these rows).
+    fn remember_named(&mut self, traces: &[Arc<Provenance>]) {
+        for trace in traces {
+            if let Provenance::Defines { kind, name, rows } = &**trace {
+                if self.named_rows.len() >= MAX_NAMED_ROWS {
+                    self.named_rows.clear();
+                }
+                self.named_rows
+                    .insert((*kind, name.clone()), Arc::new(Provenance::Rows(rows.clone())));
+            }
+        }
     }
 
     /// A NoticeResponse to the client (psql prints it at once, as `NOTICE:  ...`).
@@ -636,7 +741,11 @@ impl<G: StatementGate> Relay<'_, G> {
         } else {
             let placeholder = Query::new(REFUSED_PLACEHOLDER.to_owned());
             wire::encode(&placeholder, &mut self.to_upstream).map_err(|e| RelayError::ClientProtocol(e.to_string()))?;
-            self.pending.push_back(Pending::Query { refusal: Some(refusal) });
+            self.pending.push_back(Pending::Query {
+                refusal: Some(refusal),
+                traces: Vec::new(),
+                next: 0,
+            });
             Ok(())
         }
     }
@@ -697,8 +806,10 @@ impl<G: StatementGate> Relay<'_, G> {
             b'D' => return self.data_row(frame),
             b'H' => {
                 // Binary COPY is not masked: its rows carry neither column names nor type
-                // OIDs, so which fields are strings cannot be known (a known gap).
+                // OIDs, so which fields are strings cannot be known (classification makes it
+                // admin).
                 self.copy_out_text = frame.bytes.get(5) == Some(&0);
+                self.copy_out_started(&frame.bytes);
             }
             b'd' if self.copy_out_text => return self.copy_row(frame),
             b'c' => self.copy_out_text = false,
@@ -716,7 +827,7 @@ impl<G: StatementGate> Relay<'_, G> {
             b'E' => {
                 self.copy_out_text = false;
                 let replaced = match self.pending.front_mut() {
-                    Some(Pending::Query { refusal }) => refusal.take(),
+                    Some(Pending::Query { refusal, .. }) => refusal.take(),
                     Some(Pending::Parse { refusal, .. }) => refusal.take(),
                     _ => None,
                 };
@@ -741,8 +852,12 @@ impl<G: StatementGate> Relay<'_, G> {
                 }
             }
             b'1' | b'2' | b'3' => match self.pending.pop_front() {
-                Some(Pending::Parse { name, .. }) => {
+                Some(Pending::Parse { name, trace, .. }) => {
                     self.statements.remove(&name);
+                    match trace {
+                        Some(trace) => self.traced.insert(name, trace),
+                        None => self.traced.remove(&name),
+                    };
                 }
                 Some(Pending::Bind {
                     portal,
@@ -761,6 +876,7 @@ impl<G: StatementGate> Relay<'_, G> {
                 Some(Pending::Close { statement, name }) => {
                     if statement {
                         self.statements.remove(&name);
+                        self.traced.remove(&name);
                     } else {
                         self.portals.remove(&name);
                     }
@@ -770,13 +886,15 @@ impl<G: StatementGate> Relay<'_, G> {
             b'T' => {
                 let description: RowDescription =
                     wire::decode(&frame).map_err(|e| RelayError::TargetProtocol(e.to_string()))?;
-                let columns: Vec<Column> = description
+                let mut columns: Vec<Column> = description
                     .fields
                     .into_iter()
                     .map(|f| Column {
                         name: f.name,
                         binary: f.format_code != 0,
                         type_oid: f.type_id,
+                        trace: None,
+                        null_binary: false,
                     })
                     .collect();
                 match self.pending.front_mut() {
@@ -788,7 +906,11 @@ impl<G: StatementGate> Relay<'_, G> {
                             }
                         }
                     }
-                    _ => self.current = Some(columns),
+                    _ => {
+                        let trace = self.query_trace();
+                        self.trace_columns(&mut columns, trace.as_deref());
+                        self.current = Some(columns);
+                    }
                 }
             }
             b'n' => {
@@ -800,8 +922,13 @@ impl<G: StatementGate> Relay<'_, G> {
                 }
             }
             b'C' | b'I' | b's' => {
-                if matches!(self.pending.front(), Some(Pending::Execute { .. })) {
-                    self.pending.pop_front();
+                match self.pending.front_mut() {
+                    Some(Pending::Execute { .. }) => {
+                        self.pending.pop_front();
+                    }
+                    // The next result of the string is the next statement's.
+                    Some(Pending::Query { next, .. }) if frame.tag == b'C' => *next += 1,
+                    _ => {}
                 }
                 self.current = None;
                 self.copy_out_text = false;
@@ -812,13 +939,100 @@ impl<G: StatementGate> Relay<'_, G> {
         Ok(())
     }
 
-    fn described(&mut self, portal: bool, name: String, columns: Vec<Column>) {
+    fn described(&mut self, portal: bool, name: String, mut columns: Vec<Column>) {
+        let statement = if portal {
+            self.portals.get(&name).map(|p| p.statement.as_str())
+        } else {
+            Some(name.as_str())
+        };
+        let trace = statement.and_then(|s| self.traced.get(s)).cloned();
+        self.trace_columns(&mut columns, trace.as_deref());
         if portal {
             if let Some(p) = self.portals.get_mut(&name) {
                 p.described = Some(columns);
             }
         } else {
             self.statements.insert(name, columns);
+        }
+    }
+
+    /// Provenance of the simple-query statement whose results arrive now.
+    fn query_trace(&self) -> Option<Arc<Provenance>> {
+        match self.pending.front() {
+            Some(Pending::Query { traces, next, .. }) => traces.get(*next).cloned(),
+            _ => None,
+        }
+    }
+
+    /// Provenance of what the target answers now: the simple-query statement or the
+    /// executing portal's prepared statement.
+    fn current_trace(&self) -> Option<Arc<Provenance>> {
+        match self.pending.front() {
+            Some(Pending::Execute { portal, .. }) => {
+                let statement = &self.portals.get(portal)?.statement;
+                self.traced.get(statement).cloned()
+            }
+            _ => self.query_trace(),
+        }
+    }
+
+    /// What a statement's rows come from: a `FETCH` or `EXECUTE` returns the rows its
+    /// cursor's or prepared statement's definition traced.
+    fn rows_of<'p>(&'p self, provenance: &'p Provenance) -> Option<&'p Provenance> {
+        match provenance {
+            Provenance::Rows(_) => Some(provenance),
+            Provenance::Uses { kind, name } => self.named_rows.get(&(*kind, name.clone())).map(|p| &**p),
+            Provenance::Untraced | Provenance::Defines { .. } => None,
+        }
+    }
+
+    /// Attach to each column what its values derive from (nothing when that adds no class
+    /// to the column's name: those stay on the name-only path).
+    fn trace_columns(&self, columns: &mut [Column], provenance: Option<&Provenance>) {
+        let Some(provenance) = provenance.and_then(|p| self.rows_of(p)) else {
+            return;
+        };
+        if provenance.traces_nothing(self.gate.column_rules()) {
+            return;
+        }
+        let names: Vec<&str> = columns.iter().map(|c| c.name.as_str()).collect();
+        let traces = provenance.trace_columns(&names, self.gate.column_rules());
+        for (column, trace) in columns.iter_mut().zip(traces) {
+            if let Some(trace) = trace {
+                column.null_binary = self.gate.masks_traced(&trace);
+                column.trace = Some(Arc::new(trace));
+            }
+        }
+    }
+
+    /// CopyOutResponse: the fields of the rows to come, traced by position (COPY names no
+    /// columns).
+    fn copy_out_started(&mut self, message: &[u8]) {
+        self.copy_traces.clear();
+        self.copy_union = None;
+        let Some(count) = message.get(6..8).map(|b| usize::from(u16::from_be_bytes([b[0], b[1]]))) else {
+            return;
+        };
+        let Some(current) = self.current_trace() else {
+            return;
+        };
+        let Some(provenance) = self.rows_of(&current) else {
+            return;
+        };
+        let names = vec![""; count];
+        let traces = provenance.trace_columns(&names, self.gate.column_rules());
+        let mut union = ColumnTrace::default();
+        for trace in traces.iter().flatten() {
+            union.classes = union.classes.union(trace.classes).union(trace.row_classes);
+            for t in &trace.rows {
+                if !union.rows.contains(t) {
+                    union.rows.push(t.clone());
+                }
+            }
+        }
+        self.copy_traces = traces.into_iter().map(|t| t.map(Arc::new)).collect();
+        if !union.is_empty() {
+            self.copy_union = Some(Arc::new(union));
         }
     }
 
@@ -846,6 +1060,8 @@ impl<G: StatementGate> Relay<'_, G> {
                     name: c.name.clone(),
                     binary: format != 0,
                     type_oid: c.type_oid,
+                    trace: c.trace.clone(),
+                    null_binary: c.null_binary,
                 }
             })
             .collect()
@@ -854,7 +1070,11 @@ impl<G: StatementGate> Relay<'_, G> {
     /// A CopyData row of a text-format COPY TO STDOUT (the target sends one row per
     /// message): each field passes the gate under an empty column name.
     fn copy_row(&mut self, frame: Frame) -> Result<(), RelayError> {
-        match mask_copy_row(self.gate, &frame.bytes).map_err(RelayError::TargetProtocol)? {
+        let traces = CopyTraces {
+            fields: &self.copy_traces,
+            union: self.copy_union.as_deref(),
+        };
+        match mask_copy_row(self.gate, &traces, &frame.bytes).map_err(RelayError::TargetProtocol)? {
             Some((row, masked)) => {
                 self.stats.values_masked += masked;
                 self.to_client.put_slice(&row);
@@ -931,8 +1151,20 @@ fn mask_row<G: StatementGate>(gate: &G, columns: &[Column], row: &[u8]) -> Resul
         let value = body.get(..len).ok_or("truncated DataRow value")?;
         body = &body[len..];
         let out = match columns.get(i) {
-            Some(c) if c.binary => mask_binary(gate, &c.name, c.type_oid, value)?,
-            Some(c) => gate.mask_value(&c.name, value),
+            Some(c) if c.binary => {
+                if c.null_binary && !binary_reads_as_text(c.type_oid, value) {
+                    // A masked class in a binary form the relay cannot rewrite: NULL is a
+                    // valid value of every type, the real one is not sent.
+                    if let Some(trace) = &c.trace {
+                        gate.count_nulled(trace);
+                    }
+                    masked += 1;
+                    values.push(None);
+                    continue;
+                }
+                mask_binary(gate, &c.name, c.trace.as_deref(), c.type_oid, value)?
+            }
+            Some(c) => leaf(gate, &c.name, c.trace.as_deref(), value),
             None => gate.mask_value("", value),
         };
         if let Cow::Owned(_) = out {
@@ -956,6 +1188,22 @@ fn mask_row<G: StatementGate>(gate: &G, columns: &[Column], row: &[u8]) -> Resul
     finish_message(out).map(|m| Some((m, masked)))
 }
 
+/// One text value through the gate: by its trace when it has one.
+fn leaf<'a, G: StatementGate>(gate: &G, column: &str, trace: Option<&ColumnTrace>, value: &'a [u8]) -> Cow<'a, [u8]> {
+    match trace {
+        Some(trace) => gate.mask_traced(column, trace, value),
+        None => gate.mask_value(column, value),
+    }
+}
+
+/// Whether `mask_binary` reads a binary value of this type as text (and so can mask it).
+fn binary_reads_as_text(oid: u32, value: &[u8]) -> bool {
+    TEXT_OIDS.contains(&oid)
+        || oid == JSONB_OID
+        || ARRAY_OIDS.contains(&oid)
+        || (oid >= FIRST_USER_OID && std::str::from_utf8(value).is_ok())
+}
+
 /// Append a length-prefixed value (DataRow, array element).
 fn put_value(out: &mut BytesMut, v: &[u8]) -> Result<(), String> {
     out.put_i32(i32::try_from(v.len()).map_err(|_| "masked value too long")?);
@@ -974,27 +1222,34 @@ fn finish_message(mut out: BytesMut) -> Result<BytesMut, String> {
 fn mask_binary<'a, G: StatementGate>(
     gate: &G,
     column: &str,
+    trace: Option<&ColumnTrace>,
     oid: u32,
     value: &'a [u8],
 ) -> Result<Cow<'a, [u8]>, String> {
     if ARRAY_OIDS.contains(&oid) {
-        mask_binary_array(gate, column, value)
+        mask_binary_array(gate, column, trace, value)
     } else {
-        Ok(mask_binary_scalar(gate, column, oid, value))
+        Ok(mask_binary_scalar(gate, column, trace, oid, value))
     }
 }
 
-fn mask_binary_scalar<'a, G: StatementGate>(gate: &G, column: &str, oid: u32, value: &'a [u8]) -> Cow<'a, [u8]> {
+fn mask_binary_scalar<'a, G: StatementGate>(
+    gate: &G,
+    column: &str,
+    trace: Option<&ColumnTrace>,
+    oid: u32,
+    value: &'a [u8],
+) -> Cow<'a, [u8]> {
     if TEXT_OIDS.contains(&oid) {
-        return gate.mask_value(column, value);
+        return leaf(gate, column, trace, value);
     }
     if oid == JSONB_OID {
         // jsonb_recv refuses any other version, so no client reads another: offering the
         // whole value keeps an unexpected one from passing unmasked.
         let Some((&JSONB_VERSION, json)) = value.split_first() else {
-            return gate.mask_value(column, value);
+            return leaf(gate, column, trace, value);
         };
-        return match gate.mask_value(column, json) {
+        return match leaf(gate, column, trace, json) {
             Cow::Borrowed(_) => Cow::Borrowed(value),
             Cow::Owned(masked) => {
                 let mut out = Vec::with_capacity(masked.len() + 1);
@@ -1008,14 +1263,19 @@ fn mask_binary_scalar<'a, G: StatementGate>(gate: &G, column: &str, oid: u32, va
     // value reads as text is masked as text (at worst a masked value a client cannot
     // decode, never an unmasked one). Other binary forms (composites, ranges) pass.
     if oid >= FIRST_USER_OID && std::str::from_utf8(value).is_ok() {
-        return gate.mask_value(column, value);
+        return leaf(gate, column, trace, value);
     }
     Cow::Borrowed(value)
 }
 
 /// Mask each element of a binary array (array_send): ndim, has-null flag, element OID,
 /// (size, lower bound) per dimension, then each element length-prefixed (-1 is NULL).
-fn mask_binary_array<'a, G: StatementGate>(gate: &G, column: &str, value: &'a [u8]) -> Result<Cow<'a, [u8]>, String> {
+fn mask_binary_array<'a, G: StatementGate>(
+    gate: &G,
+    column: &str,
+    trace: Option<&ColumnTrace>,
+    value: &'a [u8],
+) -> Result<Cow<'a, [u8]>, String> {
     let mut body = value;
     if body.len() < 12 {
         return Err("truncated array value".to_owned());
@@ -1054,7 +1314,7 @@ fn mask_binary_array<'a, G: StatementGate>(gate: &G, column: &str, value: &'a [u
         let len = len as usize;
         let element = body.get(..len).ok_or("truncated array element")?;
         body = &body[len..];
-        let out = mask_binary_scalar(gate, column, elem_oid, element);
+        let out = mask_binary_scalar(gate, column, trace, elem_oid, element);
         changed |= matches!(out, Cow::Owned(_));
         elements.push(Some(out));
     }
@@ -1075,11 +1335,24 @@ fn mask_binary_array<'a, G: StatementGate>(gate: &G, column: &str, value: &'a [u
     Ok(Cow::Owned(out.to_vec()))
 }
 
+/// What the fields of a COPY's rows derive from.
+struct CopyTraces<'a> {
+    /// By position.
+    fields: &'a [Option<Arc<ColumnTrace>>],
+    /// All of them together.
+    union: Option<&'a ColumnTrace>,
+}
+
 /// Mask the fields of one text-format COPY row. Fields are split at tabs, the default
 /// delimiter; a value's own tabs are escaped (`\t`) in text format, so a raw tab is always
-/// a delimiter. With another DELIMITER or in CSV the row is offered in tab-separated
-/// pieces (usually the whole line) and content detectors still apply to it.
-fn mask_copy_row<G: StatementGate>(gate: &G, message: &[u8]) -> Result<Option<(BytesMut, u64)>, String> {
+/// a delimiter. Each field is masked by the trace of its position; with another DELIMITER
+/// or in CSV the row does not split into its fields, and each piece (usually the whole
+/// line) is masked by every field's trace together. `\N` (NULL) stays as it is.
+fn mask_copy_row<G: StatementGate>(
+    gate: &G,
+    traces: &CopyTraces<'_>,
+    message: &[u8],
+) -> Result<Option<(BytesMut, u64)>, String> {
     let data = message.get(5..).ok_or("short CopyData")?;
     let (line, end) = match data.strip_suffix(b"\r\n") {
         Some(line) => (line, &b"\r\n"[..]),
@@ -1089,10 +1362,22 @@ fn mask_copy_row<G: StatementGate>(gate: &G, message: &[u8]) -> Result<Option<(B
         },
     };
     let mut masked = 0u64;
+    let expected = traces.fields.len();
+    let split = line.split(|b| *b == b'\t').count() == expected;
     let fields: Vec<Cow<'_, [u8]>> = line
         .split(|b| *b == b'\t')
-        .map(|field| {
-            let out = gate.mask_value("", field);
+        .enumerate()
+        .map(|(i, field)| {
+            let trace = if split {
+                traces.fields.get(i).and_then(Option::as_deref)
+            } else {
+                traces.union
+            };
+            let out = if field == b"\\N" {
+                Cow::Borrowed(field)
+            } else {
+                leaf(gate, "", trace, field)
+            };
             if let Cow::Owned(_) = out {
                 masked += 1;
             }
@@ -1119,6 +1404,11 @@ fn mask_copy_row<G: StatementGate>(gate: &G, message: &[u8]) -> Result<Option<(B
 mod tests {
     use super::*;
 
+    const NO_TRACES: CopyTraces<'static> = CopyTraces {
+        fields: &[],
+        union: None,
+    };
+
     /// Replaces every value equal to `secret` by `XX`.
     struct Gate;
 
@@ -1141,6 +1431,88 @@ mod tests {
                 Cow::Borrowed(value)
             }
         }
+
+        /// Every traced value becomes `T`.
+        fn mask_traced<'a>(&self, _: &str, _: &ColumnTrace, _: &'a [u8]) -> Cow<'a, [u8]> {
+            Cow::Owned(b"T".to_vec())
+        }
+    }
+
+    fn traced() -> Arc<ColumnTrace> {
+        Arc::new(ColumnTrace {
+            classes: gatehouse_mask::DataClasses::EMPTY.with(gatehouse_mask::DataClass::Email),
+            ..ColumnTrace::default()
+        })
+    }
+
+    fn data_row(values: &[&[u8]]) -> BytesMut {
+        let mut row = BytesMut::new();
+        row.put_u8(b'D');
+        row.put_i32(0);
+        row.put_i16(values.len() as i16);
+        for v in values {
+            row.put_i32(v.len() as i32);
+            row.put_slice(v);
+        }
+        finish_message(row).unwrap()
+    }
+
+    #[test]
+    fn traced_columns_are_masked_and_unrewritable_binary_values_become_null() {
+        let column = |binary: bool, type_oid: u32, trace: Option<Arc<ColumnTrace>>| Column {
+            name: "x".into(),
+            binary,
+            type_oid,
+            null_binary: trace.is_some(),
+            trace,
+        };
+        let columns = [
+            column(false, 25, Some(traced())),
+            column(false, 25, None),
+            column(true, 23, Some(traced())),
+            column(true, 25, Some(traced())),
+            column(true, 23, None),
+        ];
+        let row = data_row(&[b"a", b"secret", b"\0\0\0\x07", b"b", b"\0\0\0\x07"]);
+        let (out, masked) = mask_row(&Gate, &columns, &row).unwrap().unwrap();
+        assert_eq!(masked, 4);
+        let mut expected = BytesMut::new();
+        expected.put_u8(b'D');
+        expected.put_i32(0);
+        expected.put_i16(5);
+        for v in [Some(&b"T"[..]), Some(b"XX"), None, Some(b"T"), Some(b"\0\0\0\x07")] {
+            match v {
+                Some(v) => put_value(&mut expected, v).unwrap(),
+                None => expected.put_i32(-1),
+            }
+        }
+        assert_eq!(out, finish_message(expected).unwrap());
+    }
+
+    #[test]
+    fn copy_fields_follow_their_traces_and_nulls_stay() {
+        let fields = [None, Some(traced()), Some(traced())];
+        let union = traced();
+        let traces = CopyTraces {
+            fields: &fields,
+            union: Some(&union),
+        };
+        let mut msg = BytesMut::new();
+        msg.put_u8(b'd');
+        msg.put_i32(0);
+        msg.put_slice(b"1\ta\t\\N\n");
+        let msg = finish_message(msg).unwrap();
+        let (out, masked) = mask_copy_row(&Gate, &traces, &msg).unwrap().unwrap();
+        assert_eq!(masked, 1);
+        assert_eq!(&out[5..], b"1\tT\t\\N\n");
+        // A row that does not split into the expected fields (CSV): every piece by the union.
+        let mut csv = BytesMut::new();
+        csv.put_u8(b'd');
+        csv.put_i32(0);
+        csv.put_slice(b"1,a,\n");
+        let csv = finish_message(csv).unwrap();
+        let (out, _) = mask_copy_row(&Gate, &traces, &csv).unwrap().unwrap();
+        assert_eq!(&out[5..], b"T\n");
     }
 
     fn array(ndim: i32, dims: &[(i32, i32)], elem_oid: u32, elements: &[Option<&[u8]>]) -> Vec<u8> {
@@ -1167,25 +1539,25 @@ mod tests {
     #[test]
     fn array_elements_are_masked_and_lengths_rewritten() {
         let input = array(1, &[(3, 1)], 25, &[Some(b"secret"), None, Some(b"plain")]);
-        let out = mask_binary(&Gate, "c", 1009, &input).unwrap();
+        let out = mask_binary(&Gate, "c", None, 1009, &input).unwrap();
         assert_eq!(
             out.as_ref(),
             array(1, &[(3, 1)], 25, &[Some(b"XX"), None, Some(b"plain")])
         );
         let untouched = array(1, &[(1, 1)], 25, &[Some(b"plain")]);
         assert!(matches!(
-            mask_binary(&Gate, "c", 1009, &untouched).unwrap(),
+            mask_binary(&Gate, "c", None, 1009, &untouched).unwrap(),
             Cow::Borrowed(_)
         ));
         let empty = array(0, &[], 25, &[]);
         assert!(matches!(
-            mask_binary(&Gate, "c", 1009, &empty).unwrap(),
+            mask_binary(&Gate, "c", None, 1009, &empty).unwrap(),
             Cow::Borrowed(_)
         ));
         // Elements are dispatched on the OID the array carries: int4 elements stay.
         let ints = array(1, &[(1, 1)], 23, &[Some(b"secret")]);
         assert!(matches!(
-            mask_binary(&Gate, "c", 1009, &ints).unwrap(),
+            mask_binary(&Gate, "c", None, 1009, &ints).unwrap(),
             Cow::Borrowed(_)
         ));
     }
@@ -1204,19 +1576,22 @@ mod tests {
             vec![0, 0, 0, 1],
         ];
         for case in cases {
-            assert!(mask_binary(&Gate, "c", 1009, &case).is_err(), "{case:?}");
+            assert!(mask_binary(&Gate, "c", None, 1009, &case).is_err(), "{case:?}");
         }
     }
 
     #[test]
     fn binary_scalars_by_type() {
-        assert_eq!(mask_binary(&Gate, "c", 25, b"secret").unwrap().as_ref(), b"XX");
+        assert_eq!(mask_binary(&Gate, "c", None, 25, b"secret").unwrap().as_ref(), b"XX");
         assert_eq!(
-            mask_binary(&Gate, "c", 3802, b"\x01secret").unwrap().as_ref(),
+            mask_binary(&Gate, "c", None, 3802, b"\x01secret").unwrap().as_ref(),
             b"\x01XX"
         );
         // Types whose binary form is not known to be text pass as they are.
-        assert_eq!(mask_binary(&Gate, "c", 23, b"secret").unwrap().as_ref(), b"secret");
+        assert_eq!(
+            mask_binary(&Gate, "c", None, 23, b"secret").unwrap().as_ref(),
+            b"secret"
+        );
     }
 
     #[test]
@@ -1226,11 +1601,15 @@ mod tests {
                 name: "a".into(),
                 binary: true,
                 type_oid: 1043,
+                trace: None,
+                null_binary: false,
             },
             Column {
                 name: "b".into(),
                 binary: true,
                 type_oid: 17,
+                trace: None,
+                null_binary: false,
             },
         ];
         let mut row = BytesMut::new();
@@ -1249,12 +1628,12 @@ mod tests {
     #[test]
     fn binary_values_of_user_defined_text_types_are_masked() {
         // citext or an enum (OIDs from 16384 on): their binary form is their text.
-        assert_eq!(&mask_binary_scalar(&Gate, "c", 16_500, b"secret")[..], b"XX");
+        assert_eq!(&mask_binary_scalar(&Gate, "c", None, 16_500, b"secret")[..], b"XX");
         // Built-in non-text types are never read as text.
-        assert_eq!(&mask_binary_scalar(&Gate, "c", 17, b"secret")[..], b"secret");
+        assert_eq!(&mask_binary_scalar(&Gate, "c", None, 17, b"secret")[..], b"secret");
         // A user-defined binary form that is not text passes as it is.
         let binary = [0u8, 0, 0, 2, 0xff, 0xfe];
-        assert_eq!(&mask_binary_scalar(&Gate, "c", 16_500, &binary)[..], &binary[..]);
+        assert_eq!(&mask_binary_scalar(&Gate, "c", None, 16_500, &binary)[..], &binary[..]);
     }
 
     #[test]
@@ -1263,12 +1642,12 @@ mod tests {
         msg.put_u8(b'd');
         msg.put_i32(4 + 14);
         msg.put_slice(b"1\tsecret\t\\N\tx\n");
-        let (out, masked) = mask_copy_row(&Gate, &msg).unwrap().unwrap();
+        let (out, masked) = mask_copy_row(&Gate, &NO_TRACES, &msg).unwrap().unwrap();
         assert_eq!(masked, 1);
         assert_eq!(&out[..], b"d\0\0\0\x0e1\tXX\t\\N\tx\n");
         msg.truncate(1);
         msg.put_i32(4 + 8);
         msg.put_slice(b"1\tplain\n");
-        assert!(mask_copy_row(&Gate, &msg).unwrap().is_none());
+        assert!(mask_copy_row(&Gate, &NO_TRACES, &msg).unwrap().is_none());
     }
 }

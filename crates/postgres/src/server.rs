@@ -14,7 +14,7 @@ use bytes::{BufMut, BytesMut};
 use gatehouse_core::{
     Gateway, HeldRequest, Protocol, Refusal as CoreRefusal, RefusalKind, Session, Verdict, serve_connections, stopped,
 };
-use gatehouse_mask::{DataClass, MaskCounts, Masker};
+use gatehouse_mask::{ColumnRules, DataClasses, MaskCounts, Masker, TableRef};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
@@ -22,6 +22,7 @@ use tokio_rustls::TlsAcceptor;
 
 use crate::classify::{Statement, StatementKind};
 use crate::config::PostgresConfig;
+use crate::provenance::{ColumnTrace, Table};
 use crate::relay::{self, Gated, Refusal, StatementGate};
 use crate::upstream::{self, UpstreamConfig};
 
@@ -56,6 +57,8 @@ pub struct PostgresFrontend {
     cancels: Mutex<HashMap<(i32, i32), CancelTarget>>,
     max_connections: usize,
     auth_timeout: Duration,
+    /// `[mask] columns`: which source columns hold which class.
+    column_rules: Arc<ColumnRules>,
 }
 
 /// Why a connection ended before its session began; logged, never shown raw to the client.
@@ -85,7 +88,15 @@ impl PostgresFrontend {
             cancels: Mutex::new(HashMap::new()),
             max_connections: config.max_connections,
             auth_timeout: Duration::from_secs(config.auth_timeout_secs),
+            column_rules: Arc::new(ColumnRules::default()),
         })
+    }
+
+    /// Masks result columns that read the columns `rules` name (the `[mask]` section), as
+    /// well as those the built-in name hints recognise.
+    pub fn with_column_rules(mut self, rules: ColumnRules) -> Self {
+        self.column_rules = Arc::new(rules);
+        self
     }
 
     /// Serves `listener` until `shutdown` turns true, then waits for open sessions to end.
@@ -125,7 +136,12 @@ impl PostgresFrontend {
             .get(&key)
             .map(|t| t.cancels.subscribe())
             .unwrap_or_else(|| watch::Sender::new(0).subscribe());
-        let gate = SessionGate::new(session.clone(), session.masker().await.clone(), cancels);
+        let gate = SessionGate::new(
+            session.clone(),
+            session.masker().await.clone(),
+            Arc::clone(&self.column_rules),
+            cancels,
+        );
         let mut shutdown = shutdown;
         let outcome = tokio::select! {
             r = relay::run(&mut stream, upstream_conn.0, &gate) => match r {
@@ -355,6 +371,7 @@ impl PostgresFrontend {
 struct SessionGate {
     session: Session,
     masker: Masker,
+    rules: Arc<ColumnRules>,
     /// Masking counts of the request whose rows are streaming now, audited when the next
     /// request is decided or the session ends; and the data class each column name hints
     /// at, so a streaming result resolves its column names once, not once per cell.
@@ -364,10 +381,11 @@ struct SessionGate {
 }
 
 impl SessionGate {
-    fn new(session: Session, masker: Masker, cancels: watch::Receiver<u64>) -> Self {
+    fn new(session: Session, masker: Masker, rules: Arc<ColumnRules>, cancels: watch::Receiver<u64>) -> Self {
         Self {
             session,
             masker,
+            rules,
             counts: Mutex::new((0, MaskCounts::default(), HintCache::default())),
             cancels,
         }
@@ -383,24 +401,51 @@ impl SessionGate {
     }
 }
 
-/// Column names seen in this session and the data class each hints at
-/// ([`gatehouse_mask::column_hint`]); a handful of entries, searched in order.
+/// Column names seen in this session and the data classes each announces
+/// ([`gatehouse_mask::column_hint`] and the rules that name a column without a table); a
+/// handful of entries, searched in order.
 #[derive(Default)]
-struct HintCache(Vec<(String, Option<DataClass>)>);
+struct HintCache(Vec<(String, DataClasses)>);
 
 impl HintCache {
     /// Past this many distinct names, hints are resolved each time (still correct, slower).
     const MAX: usize = 64;
 
-    fn hint(&mut self, column: &str) -> Option<DataClass> {
+    fn hint(&mut self, column: &str, rules: &ColumnRules) -> DataClasses {
         if let Some((_, hint)) = self.0.iter().find(|(name, _)| name == column) {
             return *hint;
         }
-        let hint = gatehouse_mask::column_hint(column);
+        let hint = DataClasses::EMPTY
+            .with_opt(gatehouse_mask::column_hint(column))
+            .union(rules.bare_column_classes(column));
         if self.0.len() < Self::MAX {
             self.0.push((column.to_owned(), hint));
         }
         hint
+    }
+}
+
+impl SessionGate {
+    /// The JSON of whole table rows, masked key by key: a key is masked as the class its name
+    /// announces or a rule on one of the tables gives it. `None` when `text` is not JSON.
+    fn mask_row_json<'a>(&self, rows: &[Table], text: &'a str, counts: &mut MaskCounts) -> Option<Cow<'a, str>> {
+        if !text.trim_start().starts_with(['{', '[']) {
+            return None;
+        }
+        let mut json: serde_json::Value = serde_json::from_str(text).ok()?;
+        let tables: Vec<TableRef<'_>> = rows.iter().map(Table::as_ref).collect();
+        let before = counts.total();
+        let key_class = |key: &str| {
+            let classes = DataClasses::EMPTY
+                .with_opt(gatehouse_mask::column_hint(key))
+                .union(self.rules.column_classes(&tables, key));
+            self.masker.strictest(classes)
+        };
+        self.masker.mask_json_with(&mut json, counts, &key_class);
+        if counts.total() == before {
+            return Some(Cow::Borrowed(text));
+        }
+        Some(Cow::Owned(json.to_string()))
     }
 }
 
@@ -529,10 +574,55 @@ impl StatementGate for SessionGate {
         };
         let mut guard = self.counts.lock().unwrap_or_else(|p| p.into_inner());
         let (_, counts, hints) = &mut *guard;
-        match self.masker.mask_hinted(hints.hint(column), text, counts) {
+        let class = self.masker.strictest(hints.hint(column, &self.rules));
+        match self.masker.mask_hinted(class, text, counts) {
             Cow::Borrowed(_) => Cow::Borrowed(value),
             Cow::Owned(masked) => Cow::Owned(masked.into_bytes()),
         }
+    }
+
+    fn column_rules(&self) -> &ColumnRules {
+        &self.rules
+    }
+
+    /// A value derived from sources of several classes is masked as the most sensitive one
+    /// the session may not see; the JSON of whole rows key by key.
+    fn mask_traced<'a>(&self, _column: &str, trace: &ColumnTrace, value: &'a [u8]) -> Cow<'a, [u8]> {
+        if self.masker.is_noop() {
+            return Cow::Borrowed(value);
+        }
+        let Ok(text) = std::str::from_utf8(value) else {
+            return Cow::Borrowed(value);
+        };
+        let mut guard = self.counts.lock().unwrap_or_else(|p| p.into_inner());
+        let counts = &mut guard.1;
+        let direct = self.masker.strictest(trace.classes);
+        let masked = match direct {
+            None if !trace.rows.is_empty() => match self.mask_row_json(&trace.rows, text, counts) {
+                Some(json) => json,
+                None => self
+                    .masker
+                    .mask_hinted(self.masker.strictest(trace.row_classes), text, counts),
+            },
+            class => self.masker.mask_hinted(class, text, counts),
+        };
+        match masked {
+            Cow::Borrowed(_) => Cow::Borrowed(value),
+            Cow::Owned(masked) => Cow::Owned(masked.into_bytes()),
+        }
+    }
+
+    fn count_nulled(&self, trace: &ColumnTrace) {
+        // A whole row without rules has no class to count it under.
+        if let Some(class) = self.masker.strictest(trace.classes.union(trace.row_classes)) {
+            let mut guard = self.counts.lock().unwrap_or_else(|p| p.into_inner());
+            guard.1.add(class, 1);
+        }
+    }
+
+    fn masks_traced(&self, trace: &ColumnTrace) -> bool {
+        !self.masker.is_noop()
+            && (!trace.rows.is_empty() || self.masker.strictest(trace.classes.union(trace.row_classes)).is_some())
     }
 }
 
@@ -621,6 +711,8 @@ mod tests {
     #[test]
     fn hint_cache_answers_as_column_hint_does_and_stays_bounded() {
         let mut cache = HintCache::default();
+        let rules = ColumnRules::default();
+        let hint = |name: &str| DataClasses::EMPTY.with_opt(gatehouse_mask::column_hint(name));
         let names = [
             "email",
             "customer_email",
@@ -632,15 +724,38 @@ mod tests {
         ];
         for _ in 0..3 {
             for name in names {
-                assert_eq!(cache.hint(name), gatehouse_mask::column_hint(name), "{name}");
+                assert_eq!(cache.hint(name, &rules), hint(name), "{name}");
             }
         }
         assert_eq!(cache.0.len(), names.len());
         for i in 0..200 {
             let name = format!("col_{i}_email");
-            assert_eq!(cache.hint(&name), gatehouse_mask::column_hint(&name));
+            assert_eq!(cache.hint(&name, &rules), hint(&name));
         }
         assert_eq!(cache.0.len(), HintCache::MAX);
-        assert_eq!(cache.hint("ssn"), gatehouse_mask::column_hint("ssn"));
+        assert_eq!(cache.hint("ssn", &rules), hint("ssn"));
+    }
+
+    #[test]
+    fn hint_cache_adds_rules_that_name_a_column_in_any_table() {
+        let rules = gatehouse_mask::MaskConfig {
+            columns: [("ssn_last4", "ssn"), ("people.full_name", "secret")]
+                .into_iter()
+                .map(|(k, v)| (k.to_owned(), v.to_owned()))
+                .collect(),
+        }
+        .rules()
+        .unwrap();
+        let mut cache = HintCache::default();
+        assert_eq!(
+            cache.hint("SSN_LAST4", &rules),
+            DataClasses::EMPTY.with(gatehouse_mask::DataClass::Ssn)
+        );
+        // A `table.column` rule needs the table: the relay's trace knows it, a name alone does not.
+        assert!(cache.hint("full_name", &rules).is_empty());
+        assert_eq!(
+            cache.hint("email", &rules),
+            DataClasses::EMPTY.with(gatehouse_mask::DataClass::Email)
+        );
     }
 }
