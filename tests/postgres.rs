@@ -410,3 +410,107 @@ print(json.dumps(out))
     );
     assert_eq!(v["after"], 2);
 }
+
+/// psql with SQLSTATEs in its error output (`ERROR:  42501: ...`).
+fn psql_verbose(s: &Setup, password: &str, sql: &str) -> Output {
+    Command::new("psql")
+        .arg(format!(
+            "host=127.0.0.1 port={} dbname=orders user=someone sslmode=disable connect_timeout=10",
+            s.port
+        ))
+        .args(["-X", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-v", "VERBOSITY=verbose", "-c", sql])
+        .env("PGPASSWORD", password)
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn function_calls_are_writes_unless_the_target_catalog_says_they_are_free_of_side_effects() {
+    let s = setup_with(|_| "allow_plaintext = true\nfunction_cache_secs = 3".to_string());
+    direct(
+        &s,
+        "CREATE FUNCTION volatile_delete() RETURNS int LANGUAGE plpgsql VOLATILE
+           AS $$ BEGIN DELETE FROM customers WHERE id = 2; RETURN 1; END $$;
+         CREATE FUNCTION stable_count() RETURNS bigint LANGUAGE sql STABLE
+           AS 'SELECT count(*) FROM customers';
+         CREATE FUNCTION default_volatility() RETURNS int LANGUAGE sql AS 'SELECT 1';",
+    );
+    // Not in dba and not an agent: may read, never write (policies/).
+    let reader = s.gw.mint("rita", &[], false).unwrap();
+    let dba = s.gw.mint("alice", &["dba"], false).unwrap();
+    let superuser = |sql: &str| {
+        let o = s.pg.psql_as(s.pg.superuser(), s.pg.password(), "orders", sql).unwrap();
+        assert!(o.status.success(), "{}", err(&o));
+    };
+
+    // The catalog cannot be asked: fail closed, decided as a write, the session usable.
+    superuser("REVOKE SELECT ON pg_catalog.pg_proc FROM PUBLIC");
+    let o = psql_verbose(&s, &reader, "SELECT stable_count()");
+    assert!(!o.status.success(), "{}", out(&o));
+    assert!(err(&o).contains("ERROR:  42501"), "{}", err(&o));
+    assert!(
+        err(&o).contains("cannot verify that stable_count() is free of side effects"),
+        "{}",
+        err(&o)
+    );
+    let o = psql(&s, "orders", &dba, "SELECT stable_count()");
+    assert!(o.status.success(), "a writer is permitted the write: {}", err(&o));
+    superuser("GRANT SELECT ON pg_catalog.pg_proc TO PUBLIC");
+    let recovered = s.gw.wait_for(Duration::from_secs(10), || {
+        psql(&s, "orders", &reader, "SELECT stable_count()").status.success()
+    });
+    assert!(recovered, "{}", s.gw.log());
+
+    // A volatile function that deletes rows is a write: refused, nothing deleted.
+    let o = psql_verbose(&s, &reader, "SELECT volatile_delete()");
+    assert!(!o.status.success(), "{}", out(&o));
+    assert!(err(&o).contains("ERROR:  42501"), "{}", err(&o));
+    assert!(err(&o).contains("volatile_delete() is VOLATILE"), "{}", err(&o));
+    assert_eq!(direct(&s, "SELECT count(*) FROM customers"), "2\n");
+    let o = psql_verbose(&s, &reader, "SELECT id FROM customers WHERE id IN (SELECT volatile_delete())");
+    assert!(err(&o).contains("ERROR:  42501"), "hidden in a subquery: {}", err(&o));
+    // User-defined functions are volatile by default; unknown functions fail closed.
+    let o = psql_verbose(&s, &reader, "SELECT default_volatility()");
+    assert!(err(&o).contains("ERROR:  42501"), "{}", err(&o));
+    let o = psql_verbose(&s, &reader, "SELECT no_such_function()");
+    assert!(err(&o).contains("ERROR:  42501"), "{}", err(&o));
+    assert_eq!(direct(&s, "SELECT count(*) FROM customers"), "2\n");
+
+    // Stable and immutable functions, and the harmless volatile built-ins, stay reads.
+    let o = psql(
+        &s,
+        "orders",
+        &reader,
+        "SELECT stable_count(), now() IS NOT NULL, random() < 2, lower('X'), pg_catalog.upper('y')",
+    );
+    assert!(o.status.success(), "{}", err(&o));
+    assert_eq!(out(&o), "2|t|t|x|Y\n");
+    // psql's own catalog queries are reads.
+    let o = psql(&s, "orders", &reader, "\\d customers");
+    assert!(o.status.success(), "{}", err(&o));
+    assert!(out(&o).contains("email"), "{}", out(&o));
+
+    // Changed directly on the target: seen once the cached answer expires (3 s here).
+    direct(
+        &s,
+        "CREATE OR REPLACE FUNCTION stable_count() RETURNS bigint LANGUAGE sql VOLATILE
+           AS 'SELECT count(*) FROM customers'",
+    );
+    let refused = s.gw.wait_for(Duration::from_secs(15), || {
+        err(&psql_verbose(&s, &reader, "SELECT stable_count()")).contains("ERROR:  42501")
+    });
+    assert!(refused, "{}", s.gw.log());
+
+    // Changed through the gateway: the target's answers are dropped at once.
+    let o = psql(
+        &s,
+        "orders",
+        &dba,
+        "CREATE OR REPLACE FUNCTION stable_count() RETURNS bigint LANGUAGE sql STABLE
+           AS 'SELECT count(*) FROM customers'",
+    );
+    assert!(o.status.success(), "{}", err(&o));
+    let o = psql(&s, "orders", &reader, "SELECT stable_count()");
+    assert!(o.status.success(), "{}", err(&o));
+    assert_eq!(out(&o), "2\n");
+}
