@@ -418,7 +418,17 @@ fn psql_verbose(s: &Setup, password: &str, sql: &str) -> Output {
             "host=127.0.0.1 port={} dbname=orders user=someone sslmode=disable connect_timeout=10",
             s.port
         ))
-        .args(["-X", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-v", "VERBOSITY=verbose", "-c", sql])
+        .args([
+            "-X",
+            "-A",
+            "-t",
+            "-v",
+            "ON_ERROR_STOP=1",
+            "-v",
+            "VERBOSITY=verbose",
+            "-c",
+            sql,
+        ])
         .env("PGPASSWORD", password)
         .output()
         .unwrap()
@@ -467,7 +477,11 @@ fn function_calls_are_writes_unless_the_target_catalog_says_they_are_free_of_sid
     assert!(err(&o).contains("ERROR:  42501"), "{}", err(&o));
     assert!(err(&o).contains("volatile_delete() is VOLATILE"), "{}", err(&o));
     assert_eq!(direct(&s, "SELECT count(*) FROM customers"), "2\n");
-    let o = psql_verbose(&s, &reader, "SELECT id FROM customers WHERE id IN (SELECT volatile_delete())");
+    let o = psql_verbose(
+        &s,
+        &reader,
+        "SELECT id FROM customers WHERE id IN (SELECT volatile_delete())",
+    );
     assert!(err(&o).contains("ERROR:  42501"), "hidden in a subquery: {}", err(&o));
     // User-defined functions are volatile by default; unknown functions fail closed.
     let o = psql_verbose(&s, &reader, "SELECT default_volatility()");

@@ -460,7 +460,11 @@ mod tests {
         assert_eq!(verdict("purge", &rows), Volatility::Volatile);
         assert_eq!(verdict("mixed", &rows), Volatility::Volatile);
         assert_eq!(verdict("tidy", &rows), Volatility::Volatile, "any schema counts");
-        assert_eq!(verdict("public.tidy", &rows), Volatility::Free, "qualified: that schema only");
+        assert_eq!(
+            verdict("public.tidy", &rows),
+            Volatility::Free,
+            "qualified: that schema only"
+        );
         assert_eq!(verdict("missing", &rows), Volatility::Unknown);
         assert_eq!(verdict("other.lower", &rows), Volatility::Unknown);
         assert_eq!(verdict("db.public.tidy", &rows), Volatility::Unknown);

@@ -373,8 +373,9 @@ struct SessionGate {
     cancels: watch::Receiver<u64>,
     /// The target's function volatility (`None` only if wiring lost it: fail closed).
     catalog: Option<Arc<Catalog>>,
-    /// This session sent a statement that may change functions, perhaps in a transaction
-    /// the catalog's side connection cannot see: user-defined functions are writes now.
+    /// This session was allowed a statement that may change functions, perhaps in a
+    /// transaction the catalog's side connection cannot see: user-defined functions are
+    /// writes now.
     changed_functions: AtomicBool,
     /// Invalidate the catalog once more at the next batch, when the change has most
     /// likely been committed.
@@ -409,7 +410,6 @@ impl SessionGate {
         let changes = statements.iter().any(may_change_functions);
         if let Some(catalog) = &self.catalog {
             if changes {
-                self.changed_functions.store(true, Ordering::Relaxed);
                 self.invalidate_next.store(true, Ordering::Relaxed);
                 catalog.invalidate();
             } else if self.invalidate_next.swap(false, Ordering::Relaxed) {
@@ -608,6 +608,10 @@ impl StatementGate for SessionGate {
                 }
                 Verdict::NeedsApproval(n) => needed.push(n),
             }
+        }
+        // Not refused: the change may happen (held ones count, to stay on the safe side).
+        if statements.iter().any(may_change_functions) {
+            self.changed_functions.store(true, Ordering::Relaxed);
         }
         if needed.is_empty() {
             return Ok(Gated::Granted(permits));

@@ -937,7 +937,10 @@ async fn catalog_learns_volatility_from_the_target() {
         .unwrap();
     assert!(out.status.success());
     let started = Instant::now();
-    assert_eq!(catalog.lookup(&["stable_count"]).await.unwrap()["stable_count"], Volatility::Free);
+    assert_eq!(
+        catalog.lookup(&["stable_count"]).await.unwrap()["stable_count"],
+        Volatility::Free
+    );
     let cached = started.elapsed();
     catalog.invalidate();
     let started = Instant::now();
@@ -950,7 +953,9 @@ async fn catalog_learns_volatility_from_the_target() {
     Upstream::connect(&config(&pg, "gw", "gw-pass", "app")).await.unwrap();
     let login = started.elapsed();
     // For docs/postgres.md: why one kept side connection rather than one per lookup.
-    eprintln!("catalog lookup: first (login + query) {first:?}, cached {cached:?}, query on the open connection {asked:?}; a fresh login alone {login:?}");
+    eprintln!(
+        "catalog lookup: first (login + query) {first:?}, cached {cached:?}, query on the open connection {asked:?}; a fresh login alone {login:?}"
+    );
 
     // The target ends the idle side connection: the next lookup logs in again.
     pg.psql("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = 'gw' AND application_name = 'gatehouse'")
