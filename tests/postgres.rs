@@ -527,4 +527,46 @@ fn function_calls_are_writes_unless_the_target_catalog_says_they_are_free_of_sid
     let o = psql(&s, "orders", &reader, "SELECT stable_count()");
     assert!(o.status.success(), "{}", err(&o));
     assert_eq!(out(&o), "2\n");
+
+    // The session that changed a function (perhaps in a transaction the catalog cannot see
+    // yet) and a string that changes one decide later calls as writes: the audit says so.
+    let replace = "CREATE OR REPLACE FUNCTION stable_count() RETURNS bigint LANGUAGE sql STABLE
+                   AS 'SELECT count(*) FROM customers'";
+    let o = Command::new("psql")
+        .arg(format!(
+            "host=127.0.0.1 port={} dbname=orders user=someone sslmode=disable connect_timeout=10",
+            s.port
+        ))
+        .args(["-X", "-A", "-t", "-v", "ON_ERROR_STOP=1"])
+        .args(["-c", "SELECT stable_count() AS before_change", "-c", replace])
+        .args(["-c", "SELECT stable_count() AS after_change"])
+        .args(["-c", &format!("{replace}; SELECT stable_count() AS same_string")])
+        .env("PGPASSWORD", &dba)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", err(&o));
+    let segment = std::fs::read_to_string(s.gw.audit_dir().join("segment-000001.jsonl")).unwrap();
+    let actions = |marker: &str| -> Vec<String> {
+        segment
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .filter(|r| r.to_string().contains(marker))
+            .filter_map(|r| find_key(&r, "action").map(str::to_owned))
+            .collect()
+    };
+    assert_eq!(actions("AS before_change"), ["Postgres::read"], "{segment}");
+    assert_eq!(actions("AS after_change"), ["Postgres::write"], "{segment}");
+    assert_eq!(actions("AS same_string"), ["Postgres::write"], "{segment}");
+}
+
+/// The first string value under `key` anywhere in `v`.
+fn find_key<'v>(v: &'v serde_json::Value, key: &str) -> Option<&'v str> {
+    match v {
+        serde_json::Value::Object(map) => map
+            .get(key)
+            .and_then(serde_json::Value::as_str)
+            .or_else(|| map.values().find_map(|x| find_key(x, key))),
+        serde_json::Value::Array(items) => items.iter().find_map(|x| find_key(x, key)),
+        _ => None,
+    }
 }
