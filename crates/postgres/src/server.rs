@@ -405,14 +405,17 @@ impl SessionGate {
 
     /// For each statement, the function call that makes it a write, if any: the one async
     /// step between classification and the decision, taken only for statements that would
-    /// otherwise be reads and call functions (a plain `SELECT ... WHERE aid = 1` skips it).
+    /// otherwise be reads and call functions. Empty (no allocation, no lookup) when no
+    /// statement needs the catalog, as for a plain `SELECT ... WHERE aid = 1`.
     async fn function_writes(&self, statements: &[Statement]) -> Vec<Option<CallWrite>> {
         let changes = statements.iter().any(may_change_functions);
         if let Some(catalog) = &self.catalog {
             if changes {
                 self.invalidate_next.store(true, Ordering::Relaxed);
                 catalog.invalidate();
-            } else if self.invalidate_next.swap(false, Ordering::Relaxed) {
+            } else if self.invalidate_next.load(Ordering::Relaxed)
+                && self.invalidate_next.swap(false, Ordering::Relaxed)
+            {
                 catalog.invalidate();
             }
         }
@@ -422,7 +425,7 @@ impl SessionGate {
             .flat_map(|s| s.functions.iter().map(String::as_str))
             .collect();
         if asked.is_empty() {
-            return statements.iter().map(|_| None).collect();
+            return Vec::new();
         }
         asked.sort_unstable();
         asked.dedup();
@@ -580,7 +583,8 @@ impl StatementGate for SessionGate {
         let audit_masker = Masker::all();
         let mut permits = Vec::with_capacity(statements.len());
         let mut needed = Vec::new();
-        for (statement, call) in statements.iter().zip(&calls) {
+        for (i, statement) in statements.iter().enumerate() {
+            let call = calls.get(i).and_then(Option::as_ref);
             // Literals in the statement text may themselves be sensitive: the text that
             // policy sees and the audit log keeps is masked like a response would be.
             let mut ignored = MaskCounts::default();
@@ -600,7 +604,7 @@ impl StatementGate for SessionGate {
                 .session
                 .decide(action(kind), context)
                 .await
-                .map_err(|r| explained(refusal(r), call.as_ref()))?
+                .map_err(|r| explained(refusal(r), call))?
             {
                 Verdict::Permit(permit) => {
                     self.counts.lock().unwrap_or_else(|p| p.into_inner()).0 = permit.request();
