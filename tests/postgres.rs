@@ -551,3 +551,163 @@ fn columns_derived_from_masked_columns_are_masked() {
         assert_eq!(values, ["1", "<masked:email>"]);
     });
 }
+
+/// psql with SQLSTATEs in its error output (`ERROR:  42501: ...`).
+fn psql_verbose(s: &Setup, password: &str, sql: &str) -> Output {
+    Command::new("psql")
+        .arg(format!(
+            "host=127.0.0.1 port={} dbname=orders user=someone sslmode=disable connect_timeout=10",
+            s.port
+        ))
+        .args([
+            "-X",
+            "-A",
+            "-t",
+            "-v",
+            "ON_ERROR_STOP=1",
+            "-v",
+            "VERBOSITY=verbose",
+            "-c",
+            sql,
+        ])
+        .env("PGPASSWORD", password)
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn function_calls_are_writes_unless_the_target_catalog_says_they_are_free_of_side_effects() {
+    let s = setup_with(|_| "allow_plaintext = true\nfunction_cache_secs = 3".to_string());
+    direct(
+        &s,
+        "CREATE FUNCTION volatile_delete() RETURNS int LANGUAGE plpgsql VOLATILE
+           AS $$ BEGIN DELETE FROM customers WHERE id = 2; RETURN 1; END $$;
+         CREATE FUNCTION stable_count() RETURNS bigint LANGUAGE sql STABLE
+           AS 'SELECT count(*) FROM customers';
+         CREATE FUNCTION default_volatility() RETURNS int LANGUAGE sql AS 'SELECT 1';",
+    );
+    // Not in dba and not an agent: may read, never write (policies/).
+    let reader = s.gw.mint("rita", &[], false).unwrap();
+    let dba = s.gw.mint("alice", &["dba"], false).unwrap();
+    let superuser = |sql: &str| {
+        let o = s.pg.psql_as(s.pg.superuser(), s.pg.password(), "orders", sql).unwrap();
+        assert!(o.status.success(), "{}", err(&o));
+    };
+
+    // The catalog cannot be asked: fail closed, decided as a write, the session usable.
+    superuser("REVOKE SELECT ON pg_catalog.pg_proc FROM PUBLIC");
+    let o = psql_verbose(&s, &reader, "SELECT stable_count()");
+    assert!(!o.status.success(), "{}", out(&o));
+    assert!(err(&o).contains("ERROR:  42501"), "{}", err(&o));
+    assert!(
+        err(&o).contains("cannot verify that stable_count() is free of side effects"),
+        "{}",
+        err(&o)
+    );
+    let o = psql(&s, "orders", &dba, "SELECT stable_count()");
+    assert!(o.status.success(), "a writer is permitted the write: {}", err(&o));
+    superuser("GRANT SELECT ON pg_catalog.pg_proc TO PUBLIC");
+    let recovered = s.gw.wait_for(Duration::from_secs(10), || {
+        psql(&s, "orders", &reader, "SELECT stable_count()").status.success()
+    });
+    assert!(recovered, "{}", s.gw.log());
+
+    // A volatile function that deletes rows is a write: refused, nothing deleted.
+    let o = psql_verbose(&s, &reader, "SELECT volatile_delete()");
+    assert!(!o.status.success(), "{}", out(&o));
+    assert!(err(&o).contains("ERROR:  42501"), "{}", err(&o));
+    assert!(err(&o).contains("volatile_delete() is VOLATILE"), "{}", err(&o));
+    assert_eq!(direct(&s, "SELECT count(*) FROM customers"), "2\n");
+    let o = psql_verbose(
+        &s,
+        &reader,
+        "SELECT id FROM customers WHERE id IN (SELECT volatile_delete())",
+    );
+    assert!(err(&o).contains("ERROR:  42501"), "hidden in a subquery: {}", err(&o));
+    // User-defined functions are volatile by default; unknown functions fail closed.
+    let o = psql_verbose(&s, &reader, "SELECT default_volatility()");
+    assert!(err(&o).contains("ERROR:  42501"), "{}", err(&o));
+    let o = psql_verbose(&s, &reader, "SELECT no_such_function()");
+    assert!(err(&o).contains("ERROR:  42501"), "{}", err(&o));
+    assert_eq!(direct(&s, "SELECT count(*) FROM customers"), "2\n");
+
+    // Stable and immutable functions, and the harmless volatile built-ins, stay reads.
+    let o = psql(
+        &s,
+        "orders",
+        &reader,
+        "SELECT stable_count(), now() IS NOT NULL, random() < 2, lower('X'), pg_catalog.upper('y')",
+    );
+    assert!(o.status.success(), "{}", err(&o));
+    assert_eq!(out(&o), "2|t|t|x|Y\n");
+    // psql's own catalog queries are reads.
+    let o = psql(&s, "orders", &reader, "\\d customers");
+    assert!(o.status.success(), "{}", err(&o));
+    assert!(out(&o).contains("email"), "{}", out(&o));
+
+    // Changed directly on the target: seen once the cached answer expires (3 s here).
+    direct(
+        &s,
+        "CREATE OR REPLACE FUNCTION stable_count() RETURNS bigint LANGUAGE sql VOLATILE
+           AS 'SELECT count(*) FROM customers'",
+    );
+    let refused = s.gw.wait_for(Duration::from_secs(15), || {
+        err(&psql_verbose(&s, &reader, "SELECT stable_count()")).contains("ERROR:  42501")
+    });
+    assert!(refused, "{}", s.gw.log());
+
+    // Changed through the gateway: the target's answers are dropped at once.
+    let o = psql(
+        &s,
+        "orders",
+        &dba,
+        "CREATE OR REPLACE FUNCTION stable_count() RETURNS bigint LANGUAGE sql STABLE
+           AS 'SELECT count(*) FROM customers'",
+    );
+    assert!(o.status.success(), "{}", err(&o));
+    let o = psql(&s, "orders", &reader, "SELECT stable_count()");
+    assert!(o.status.success(), "{}", err(&o));
+    assert_eq!(out(&o), "2\n");
+
+    // The session that changed a function (perhaps in a transaction the catalog cannot see
+    // yet) and a string that changes one decide later calls as writes: the audit says so.
+    let replace = "CREATE OR REPLACE FUNCTION stable_count() RETURNS bigint LANGUAGE sql STABLE
+                   AS 'SELECT count(*) FROM customers'";
+    let o = Command::new("psql")
+        .arg(format!(
+            "host=127.0.0.1 port={} dbname=orders user=someone sslmode=disable connect_timeout=10",
+            s.port
+        ))
+        .args(["-X", "-A", "-t", "-v", "ON_ERROR_STOP=1"])
+        .args(["-c", "SELECT stable_count() AS before_change", "-c", replace])
+        .args(["-c", "SELECT stable_count() AS after_change"])
+        .args(["-c", &format!("{replace}; SELECT stable_count() AS same_string")])
+        .env("PGPASSWORD", &dba)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", err(&o));
+    let segment = std::fs::read_to_string(s.gw.audit_dir().join("segment-000001.jsonl")).unwrap();
+    let actions = |marker: &str| -> Vec<String> {
+        segment
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .filter(|r| r.to_string().contains(marker))
+            .filter_map(|r| find_key(&r, "action").map(str::to_owned))
+            .collect()
+    };
+    assert_eq!(actions("AS before_change"), ["Postgres::read"], "{segment}");
+    assert_eq!(actions("AS after_change"), ["Postgres::write"], "{segment}");
+    assert_eq!(actions("AS same_string"), ["Postgres::write"], "{segment}");
+}
+
+/// The first string value under `key` anywhere in `v`.
+fn find_key<'v>(v: &'v serde_json::Value, key: &str) -> Option<&'v str> {
+    match v {
+        serde_json::Value::Object(map) => map
+            .get(key)
+            .and_then(serde_json::Value::as_str)
+            .or_else(|| map.values().find_map(|x| find_key(x, key))),
+        serde_json::Value::Array(items) => items.iter().find_map(|x| find_key(x, key)),
+        _ => None,
+    }
+}

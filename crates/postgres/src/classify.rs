@@ -5,8 +5,10 @@
 //! The whole parse tree is walked (through pg_query's serialisable protobuf form), so a
 //! write hidden in a CTE, a subquery's `FOR UPDATE` or a side-effecting function call
 //! anywhere in the statement is seen. Known limits, on purpose for this layer:
-//! `EXECUTE <prepared>` cannot be classified from its text and is `Admin`; functions are
-//! judged by name from a fixed list (catalog volatility is looked up elsewhere); an
+//! `EXECUTE <prepared>` cannot be classified from its text and is `Admin`; here functions
+//! are judged by name only, from the fixed lists below, and every function called is
+//! reported in [`Statement::functions`] so that the gate can ask the target's catalog
+//! whether the rest are volatile (`crate::catalog`, which makes such a read a write); an
 //! unqualified table named like a CTE of the same statement is taken to be the CTE.
 
 mod cache;

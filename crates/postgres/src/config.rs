@@ -29,6 +29,11 @@ pub struct PostgresConfig {
     /// Time a client has from connecting to being logged in, in seconds.
     #[serde(default = "default_auth_timeout")]
     pub auth_timeout_secs: u64,
+    /// How long each target's answer about a function's volatility is kept, in seconds
+    /// (0: ask the target for every statement that calls functions). A change made
+    /// directly on the target (`CREATE OR REPLACE FUNCTION`) is seen after at most this.
+    #[serde(default = "default_function_cache")]
+    pub function_cache_secs: u64,
     /// Databases behind the gateway.
     #[serde(default)]
     pub targets: Vec<PostgresTarget>,
@@ -68,6 +73,10 @@ fn default_max_connections() -> usize {
 
 fn default_auth_timeout() -> u64 {
     10
+}
+
+fn default_function_cache() -> u64 {
+    60
 }
 
 fn default_port() -> u16 {
@@ -111,6 +120,9 @@ impl PostgresConfig {
         }
         if !(1..=300).contains(&self.auth_timeout_secs) {
             return Err("postgres.auth_timeout_secs: must be between 1 and 300".into());
+        }
+        if self.function_cache_secs > 3600 {
+            return Err("postgres.function_cache_secs: must be at most 3600".into());
         }
         for (i, t) in self.targets.iter().enumerate() {
             let key = format!("postgres.targets[{i}] ({})", t.name);

@@ -1,6 +1,7 @@
 //! PostgreSQL frontend of Gatehouse: classifies statements with PostgreSQL's own grammar,
 //! logs in upstream with the gateway's credential, and relays messages through a gate.
 
+pub mod catalog;
 pub mod classify;
 pub mod config;
 pub mod provenance;

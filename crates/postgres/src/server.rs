@@ -20,6 +20,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio_rustls::TlsAcceptor;
 
+use crate::catalog::{self, Catalog, Volatility};
 use crate::classify::{Statement, StatementKind};
 use crate::config::PostgresConfig;
 use crate::provenance::{ColumnTrace, Table};
@@ -54,6 +55,8 @@ pub struct PostgresFrontend {
     tls: Option<TlsAcceptor>,
     allow_plaintext: bool,
     upstreams: HashMap<String, UpstreamConfig>,
+    /// Each target's function volatility, shared by its sessions.
+    catalogs: HashMap<String, Arc<Catalog>>,
     cancels: Mutex<HashMap<(i32, i32), CancelTarget>>,
     max_connections: usize,
     auth_timeout: Duration,
@@ -79,12 +82,18 @@ impl PostgresFrontend {
         config: &PostgresConfig,
         tls: Option<Arc<rustls::ServerConfig>>,
     ) -> Result<Self, String> {
-        let upstreams = config.upstreams()?.into_iter().collect();
+        let upstreams: HashMap<String, UpstreamConfig> = config.upstreams()?.into_iter().collect();
+        let ttl = Duration::from_secs(config.function_cache_secs);
+        let catalogs = upstreams
+            .iter()
+            .map(|(name, upstream)| (name.clone(), Arc::new(Catalog::new(upstream.clone(), ttl))))
+            .collect();
         Ok(Self {
             gateway,
             tls: tls.map(TlsAcceptor::from),
             allow_plaintext: config.allow_plaintext,
             upstreams,
+            catalogs,
             cancels: Mutex::new(HashMap::new()),
             max_connections: config.max_connections,
             auth_timeout: Duration::from_secs(config.auth_timeout_secs),
@@ -136,11 +145,13 @@ impl PostgresFrontend {
             .get(&key)
             .map(|t| t.cancels.subscribe())
             .unwrap_or_else(|| watch::Sender::new(0).subscribe());
+        let catalog = self.catalogs.get(&session.target().name).cloned();
         let gate = SessionGate::new(
             session.clone(),
             session.masker().await.clone(),
             Arc::clone(&self.column_rules),
             cancels,
+            catalog,
         );
         let mut shutdown = shutdown;
         let outcome = tokio::select! {
@@ -378,17 +389,120 @@ struct SessionGate {
     counts: Mutex<(u64, MaskCounts, HintCache)>,
     /// Changes with each CancelRequest for this connection: withdraws a held statement.
     cancels: watch::Receiver<u64>,
+    /// The target's function volatility (`None` only if wiring lost it: fail closed).
+    catalog: Option<Arc<Catalog>>,
+    /// This session was allowed a statement that may change functions, perhaps in a
+    /// transaction the catalog's side connection cannot see: user-defined functions are
+    /// writes now.
+    changed_functions: AtomicBool,
+    /// Invalidate the catalog once more at the next batch, when the change has most
+    /// likely been committed.
+    invalidate_next: AtomicBool,
+}
+
+/// Why a statement's function call makes it a write.
+struct CallWrite {
+    function: String,
+    why: String,
+    /// The catalog could not be asked.
+    unverified: bool,
 }
 
 impl SessionGate {
-    fn new(session: Session, masker: Masker, rules: Arc<ColumnRules>, cancels: watch::Receiver<u64>) -> Self {
+    fn new(
+        session: Session,
+        masker: Masker,
+        rules: Arc<ColumnRules>,
+        cancels: watch::Receiver<u64>,
+        catalog: Option<Arc<Catalog>>,
+    ) -> Self {
         Self {
             session,
             masker,
             rules,
             counts: Mutex::new((0, MaskCounts::default(), HintCache::default())),
             cancels,
+            catalog,
+            changed_functions: AtomicBool::new(false),
+            invalidate_next: AtomicBool::new(false),
         }
+    }
+
+    /// For each statement, the function call that makes it a write, if any: the one async
+    /// step between classification and the decision, taken only for statements that would
+    /// otherwise be reads and call functions. Empty (no allocation, no lookup) when no
+    /// statement needs the catalog, as for a plain `SELECT ... WHERE aid = 1`.
+    async fn function_writes(&self, statements: &[Statement]) -> Vec<Option<CallWrite>> {
+        let changes = statements.iter().any(may_change_functions);
+        if let Some(catalog) = &self.catalog {
+            if changes {
+                self.invalidate_next.store(true, Ordering::Relaxed);
+                catalog.invalidate();
+            } else if self.invalidate_next.load(Ordering::Relaxed)
+                && self.invalidate_next.swap(false, Ordering::Relaxed)
+            {
+                catalog.invalidate();
+            }
+        }
+        let mut asked: Vec<&str> = statements
+            .iter()
+            .filter(|s| catalog::needs_catalog(s))
+            .flat_map(|s| s.functions.iter().map(String::as_str))
+            .collect();
+        if asked.is_empty() {
+            return Vec::new();
+        }
+        asked.sort_unstable();
+        asked.dedup();
+        let mut failure = None;
+        let answers = match &self.catalog {
+            // The same string changes functions before these calls run: no answer holds.
+            _ if changes => HashMap::new(),
+            None => {
+                failure = Some("no catalog for this target".to_owned());
+                HashMap::new()
+            }
+            Some(catalog) => match catalog.lookup(&asked).await {
+                Ok(answers) => answers,
+                Err(error) => {
+                    tracing::warn!(%error, "Function volatility lookup failed; calls are decided as writes.");
+                    failure = Some(error.to_string());
+                    HashMap::new()
+                }
+            },
+        };
+        let distrust = self.changed_functions.load(Ordering::Relaxed);
+        statements
+            .iter()
+            .map(|s| {
+                if !catalog::needs_catalog(s) {
+                    return None;
+                }
+                let function = catalog::first_writing_call(s, &answers, distrust)?.to_owned();
+                let why = match (&failure, answers.get(&function)) {
+                    (Some(error), _) => format!(
+                        "gatehouse cannot verify that {function}() is free of side effects: the target's catalog could not be asked ({error}); the statement was decided as a write"
+                    ),
+                    _ if changes => format!(
+                        "{function}() is called in a query string that changes functions; the statement was decided as a write"
+                    ),
+                    (None, Some(Volatility::Free)) => format!(
+                        "{function}() is user-defined and this session changed functions; the statement was decided as a write"
+                    ),
+                    (None, Some(Volatility::Unknown) | None) => format!(
+                        "the target's catalog knows no function {function}(); the statement was decided as a write"
+                    ),
+                    (None, Some(_)) => format!(
+                        "{function}() is VOLATILE in the target's catalog (it may modify data); the statement was decided as a write"
+                    ),
+                };
+                Some(CallWrite {
+                    function,
+                    why,
+                    unverified: failure.is_some(),
+                })
+            })
+            .collect()
     }
 
     async fn flush_masking(&self) {
@@ -461,6 +575,34 @@ fn action(kind: StatementKind) -> &'static str {
     }
 }
 
+/// Statements that may create, replace, rename or drop functions (administration can, by
+/// `DO`, extensions and the like): the target's cached volatility answers are dropped.
+fn may_change_functions(statement: &Statement) -> bool {
+    let tag = statement.tag.as_str();
+    statement.kind == StatementKind::Admin
+        || (statement.kind == StatementKind::Ddl
+            && (["FUNCTION", "PROCEDURE", "ROUTINE", "AGGREGATE", "EXTENSION"]
+                .iter()
+                .any(|w| tag.contains(w))
+                || matches!(tag, "RENAME" | "ALTER OBJECT SCHEMA")))
+}
+
+/// A refusal of a statement decided as a write because of a function call says so.
+fn explained(mut r: Refusal, call: Option<&CallWrite>) -> Refusal {
+    let Some(call) = call else { return r };
+    if call.unverified {
+        r.message = format!(
+            "gatehouse cannot verify that {}() is free of side effects: {}",
+            call.function, r.message
+        );
+    }
+    r.detail = Some(match r.detail.take() {
+        Some(detail) => format!("{}; {detail}", call.why),
+        None => call.why.clone(),
+    });
+    r
+}
+
 fn refusal(r: CoreRefusal) -> Refusal {
     let detail = (!r.policies.is_empty()).then(|| format!("decided by policy {}", r.policies.join(", ")));
     let (sqlstate, hint) = match r.kind {
@@ -489,10 +631,12 @@ impl StatementGate for SessionGate {
 
     async fn decide(&self, sql: &str, statements: &[Statement]) -> Result<Gated<Self::Grant, Self::Hold>, Refusal> {
         self.flush_masking().await;
+        let calls = self.function_writes(statements).await;
         let audit_masker = Masker::all();
         let mut permits = Vec::with_capacity(statements.len());
         let mut needed = Vec::new();
-        for statement in statements {
+        for (i, statement) in statements.iter().enumerate() {
+            let call = calls.get(i).and_then(Option::as_ref);
             // Literals in the statement text may themselves be sensitive: the text that
             // policy sees and the audit log keeps is masked like a response would be.
             let mut ignored = MaskCounts::default();
@@ -504,11 +648,15 @@ impl StatementGate for SessionGate {
                 "has_where": statement.has_where,
                 "statement": text,
             });
+            let kind = match call {
+                Some(_) => StatementKind::Write,
+                None => statement.kind,
+            };
             match self
                 .session
-                .decide(action(statement.kind), context)
+                .decide(action(kind), context)
                 .await
-                .map_err(refusal)?
+                .map_err(|r| explained(refusal(r), call))?
             {
                 Verdict::Permit(permit) => {
                     self.counts.lock().unwrap_or_else(|p| p.into_inner()).0 = permit.request();
@@ -516,6 +664,10 @@ impl StatementGate for SessionGate {
                 }
                 Verdict::NeedsApproval(n) => needed.push(n),
             }
+        }
+        // Not refused: the change may happen (held ones count, to stay on the safe side).
+        if statements.iter().any(may_change_functions) {
+            self.changed_functions.store(true, Ordering::Relaxed);
         }
         if needed.is_empty() {
             return Ok(Gated::Granted(permits));

@@ -865,3 +865,116 @@ async fn upstream_tls_require_and_verify_full() {
     let err = Upstream::connect(&cfg).await.err().unwrap();
     assert!(matches!(err, UpstreamError::Tls(_)), "{err}");
 }
+
+/// The catalog side connection against a real target: verdicts from `pg_proc`, answers
+/// cached until invalidated, a target closing the idle connection survived, and a dead
+/// target an error (never a verdict).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn catalog_learns_volatility_from_the_target() {
+    use gatehouse_postgres::catalog::{Catalog, Volatility};
+    use std::time::{Duration, Instant};
+
+    let pg = target();
+    let out = pg
+        .psql_as(
+            "gw",
+            "gw-pass",
+            "app",
+            "CREATE FUNCTION volatile_delete() RETURNS int LANGUAGE plpgsql VOLATILE
+               AS $$ BEGIN DELETE FROM scratch; RETURN 1; END $$;
+             CREATE FUNCTION stable_count() RETURNS bigint LANGUAGE sql STABLE
+               AS 'SELECT count(*) FROM customers';
+             CREATE SCHEMA \"odd\"\"schema\";
+             CREATE FUNCTION \"odd\"\"schema\".\"We\\ird\"() RETURNS int LANGUAGE sql IMMUTABLE AS 'SELECT 1';",
+        )
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let catalog = Catalog::new(config(&pg, "gw", "gw-pass", "app"), Duration::from_secs(60));
+    let names = [
+        "volatile_delete",
+        "stable_count",
+        "public.stable_count",
+        "now",
+        "random",
+        "lower",
+        "count",
+        "gen_random_uuid",
+        "pg_catalog.random",
+        "no_such_function",
+        "other.stable_count",
+        "odd\"schema.We\\ird",
+    ];
+    let started = Instant::now();
+    let answers = catalog.lookup(&names).await.unwrap();
+    let first = started.elapsed();
+    let expect = [
+        Volatility::Volatile,
+        Volatility::Free,
+        Volatility::Free,
+        Volatility::BuiltinFree,
+        Volatility::BuiltinFree,
+        Volatility::BuiltinFree,
+        Volatility::BuiltinFree,
+        Volatility::BuiltinFree,
+        Volatility::BuiltinFree,
+        Volatility::Unknown,
+        Volatility::Unknown,
+        Volatility::Free,
+    ];
+    for (name, v) in names.iter().zip(expect) {
+        assert_eq!(answers.get(*name), Some(&v), "{name}");
+    }
+
+    // Cached: a change on the target is not seen until the answers are dropped.
+    let out = pg
+        .psql_as(
+            "gw",
+            "gw-pass",
+            "app",
+            "CREATE OR REPLACE FUNCTION stable_count() RETURNS bigint LANGUAGE sql VOLATILE
+               AS 'SELECT count(*) FROM customers'",
+        )
+        .unwrap();
+    assert!(out.status.success());
+    let started = Instant::now();
+    assert_eq!(
+        catalog.lookup(&["stable_count"]).await.unwrap()["stable_count"],
+        Volatility::Free
+    );
+    let cached = started.elapsed();
+    catalog.invalidate();
+    let started = Instant::now();
+    assert_eq!(
+        catalog.lookup(&["stable_count"]).await.unwrap()["stable_count"],
+        Volatility::Volatile
+    );
+    let asked = started.elapsed();
+    let started = Instant::now();
+    Upstream::connect(&config(&pg, "gw", "gw-pass", "app")).await.unwrap();
+    let login = started.elapsed();
+    // For docs/postgres.md: why one kept side connection rather than one per lookup.
+    eprintln!(
+        "catalog lookup: first (login + query) {first:?}, cached {cached:?}, query on the open connection {asked:?}; a fresh login alone {login:?}"
+    );
+
+    // The target ends the idle side connection: the next lookup logs in again.
+    pg.psql("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = 'gw' AND application_name = 'gatehouse'")
+        .unwrap();
+    catalog.invalidate();
+    assert_eq!(
+        catalog.lookup(&["volatile_delete"]).await.unwrap()["volatile_delete"],
+        Volatility::Volatile
+    );
+
+    // A target that cannot be reached is an error, and the next lookups fail fast.
+    let dead = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let mut cfg = config(&pg, "gw", "gw-pass", "app");
+    cfg.port = dead.local_addr().unwrap().port();
+    drop(dead);
+    let unreachable = Catalog::new(cfg, Duration::from_secs(60));
+    assert!(unreachable.lookup(&["now"]).await.is_err());
+    let started = Instant::now();
+    let again = unreachable.lookup(&["lower"]).await.unwrap_err();
+    assert!(started.elapsed() < Duration::from_millis(100));
+    assert!(again.to_string().contains("moments ago"), "{again}");
+}

@@ -98,7 +98,9 @@ async fn serve(listen: SocketAddr, acceptor: tokio_rustls::TlsAcceptor, upstream
 
 async fn relay(client: TcpStream, acceptor: tokio_rustls::TlsAcceptor, upstream: Arc<Upstream>) -> anyhow::Result<()> {
     client.set_nodelay(true)?;
-    let client = acceptor.accept(client).await?;
+    let Ok(client) = acceptor.accept(client).await else {
+        return Ok(()); // a connection that never spoke TLS (kube-bench's readiness probe)
+    };
     let tcp = TcpStream::connect(upstream.addr)
         .await
         .with_context(|| format!("cannot connect to {}", upstream.addr))?;
