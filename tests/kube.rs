@@ -1266,6 +1266,19 @@ fn config_map_data_and_env_values_pass_through_the_content_detectors() {
     let pod = ok(&s.kubectl(&lead, &["get", "pod", "mailer", "-n", "shop", "-o", "yaml"]));
     assert!(pod.contains("lena@example.com"), "{pod}");
 
+    // `get -o yaml | apply` with masked values is refused: the real ones stay.
+    let ops = s.gw.mint("olga", &["ops"], false).unwrap();
+    let masked = ok(&s.kubectl(&ops, &["get", "configmap", "contacts", "-n", "shop", "-o", "yaml"]));
+    assert!(masked.contains("***@example.com"), "{masked}");
+    let manifest = s.dir.path().join("contacts.yaml");
+    std::fs::write(&manifest, masked.replace("mode: fast", "mode: slow")).unwrap();
+    let out = s.kubectl(&ops, &["apply", "--validate=false", "-f", manifest.to_str().unwrap()]);
+    assert!(!out.status.success(), "{}", stdout(&out));
+    assert!(stderr(&out).contains("a value the gateway masked"), "{}", stderr(&out));
+    let stored = s.api.object("configmaps", "shop", "contacts").unwrap();
+    assert_eq!(stored["data"]["owner"], "lena@example.com");
+    assert_eq!(stored["data"]["mode"], "fast");
+
     // The API server holds the real values; the audit counts, never shows them.
     assert_eq!(
         s.api.object("configmaps", "shop", "contacts").unwrap()["data"]["owner"],

@@ -691,6 +691,11 @@ impl KubeFrontend {
                 "gatehouse: the request body carries the Secret masking placeholder; writing it would replace real Secret values with masked ones. Apply the real values from their source instead",
             ));
         }
+        if gatehouse_mask::carries_masked_value(&bytes) {
+            return Err(Status::bad_request(
+                "gatehouse: the request body carries a value the gateway masked (such as j***@example.com, ************4242 or <masked:secret>); writing it would replace the real value with its masked form. Apply the real values from their source instead",
+            ));
+        }
         Ok(bytes)
     }
 

@@ -34,7 +34,7 @@ use serde::{Deserialize, Serialize};
 
 pub use hint::column_hint;
 pub use kube::{KUBE_MASKED_DATA, KUBE_MASKED_STRING, mask_kube_secret};
-pub use masker::Masker;
+pub use masker::{Masker, carries_masked_value};
 pub use rules::{ColumnRules, MaskConfig, TableRef};
 
 /// A kind of sensitive value. Policy decides per class, once per session, who sees it unmasked.

@@ -239,6 +239,46 @@ fn write_masked(out: &mut String, class: DataClass, text: &str) {
     }
 }
 
+/// True when `text` (a request body: JSON or YAML, possibly with Go's `\u003c` escapes)
+/// holds a value in a form this masker writes: a class marker (`<masked:email>`, Kubernetes'
+/// `<masked>`), a masked address (`j***@example.com`), or starred digits that keep their last
+/// ones (`************4242`, `***-**-6789`, `(***) ***-**67`). Writing such a value back would
+/// replace the real one with its masked form. Runs of single stars (`*/5 * * * *`, a cron
+/// schedule) and stars followed by nothing are not masked forms.
+pub fn carries_masked_value(text: &[u8]) -> bool {
+    let has = |needle: &[u8]| text.windows(needle.len()).any(|w| w == needle);
+    if has(b"<masked") || has(b"\\u003cmasked") || has(b"***@") {
+        return true;
+    }
+    let mut i = 0;
+    while i < text.len() {
+        if text[i] != b'*' {
+            i += 1;
+            continue;
+        }
+        // A run of star groups joined by separators, then what follows it.
+        let (mut stars, mut longest, mut group) = (0, 0, 0);
+        let mut j = i;
+        while j < text.len() {
+            match text[j] {
+                b'*' => {
+                    stars += 1;
+                    group += 1;
+                    longest = longest.max(group);
+                }
+                b' ' | b'-' | b'(' | b')' | b'.' => group = 0,
+                _ => break,
+            }
+            j += 1;
+        }
+        if stars >= 4 && longest >= 3 && text.get(j).is_some_and(u8::is_ascii_alphanumeric) {
+            return true;
+        }
+        i = j.max(i + 1);
+    }
+    false
+}
+
 /// Stars every ASCII digit of `text` but the last `keep`.
 fn star_digits(out: &mut String, text: &str, keep: usize) {
     let digits = text.bytes().filter(u8::is_ascii_digit).count();
@@ -364,6 +404,38 @@ mod tests {
         assert!(matches!(m.mask_bytes(&binary, &mut counts), Cow::Borrowed(_)));
         assert_eq!(m.mask_bytes(b"x 123-45-6789", &mut counts).as_ref(), b"x ***-**-6789");
         assert!(matches!(m.mask_bytes(b"plain", &mut counts), Cow::Borrowed(_)));
+    }
+
+    #[test]
+    fn masked_forms_are_recognised_in_request_bodies() {
+        let m = Masker::new(DataClass::ALL);
+        let mut counts = MaskCounts::default();
+        let masked = m.mask_text(
+            "owner lena@example.com card 4111 1111 1111 1111 ssn 123-45-6789 key AKIAIOSFODNN7EXAMPLE",
+            &mut counts,
+        );
+        assert!(carries_masked_value(masked.as_bytes()), "{masked}");
+        for form in [
+            "j***@example.com",
+            "************1111",
+            "****-****-****-1111",
+            "***-**-6789",
+            "(***) ***-**67",
+            "<masked:secret>",
+            "<masked>",
+            "\\u003cmasked:email\\u003e",
+        ] {
+            assert!(carries_masked_value(form.as_bytes()), "{form}");
+        }
+        for plain in [
+            "schedule: \"*/5 * * * *\"",
+            "* * * * * /usr/bin/backup",
+            "password: ********",
+            "a*b*c 2**10",
+            "lena@example.com 4111 1111 1111 1111",
+        ] {
+            assert!(!carries_masked_value(plain.as_bytes()), "{plain}");
+        }
     }
 
     #[test]
