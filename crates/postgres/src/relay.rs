@@ -935,6 +935,15 @@ impl<G: StatementGate> Relay<'_, G> {
             }
             _ => {}
         }
+        if matches!(frame.tag, b'E' | b'N') {
+            // PostgreSQL echoes values in its messages (`DETAIL:  Failing row contains (...)`,
+            // a RAISE NOTICE): they pass the same detectors as result values.
+            if let Some((message, masked)) = scrub_message(self.gate, &frame.bytes) {
+                self.stats.values_masked += masked;
+                self.to_client.put_slice(&message);
+                return Ok(());
+            }
+        }
         self.to_client.put_slice(&frame.bytes);
         Ok(())
     }
@@ -1348,6 +1357,45 @@ struct CopyTraces<'a> {
 /// a delimiter. Each field is masked by the trace of its position; with another DELIMITER
 /// or in CSV the row does not split into its fields, and each piece (usually the whole
 /// line) is masked by every field's trace together. `\N` (NULL) stays as it is.
+/// An ErrorResponse or NoticeResponse from the target with every free-text field (message,
+/// detail, hint, context, the internal query, names) passed through the gate's masking as a
+/// value of no known column; `None` when nothing changed or the message does not parse (it
+/// is then relayed as it came: the target's own framing was already checked). Severity,
+/// SQLSTATE, positions and source locations are left alone.
+fn scrub_message<G: StatementGate>(gate: &G, message: &[u8]) -> Option<(BytesMut, u64)> {
+    let mut rest = message.get(5..)?;
+    let mut out = BytesMut::with_capacity(message.len() + 32);
+    out.put_u8(*message.first()?);
+    out.put_u32(0); // the length, once known
+    let mut masked = 0u64;
+    loop {
+        let (&code, tail) = rest.split_first()?;
+        if code == 0 {
+            out.put_u8(0);
+            break;
+        }
+        let end = tail.iter().position(|&b| b == 0)?;
+        let value = &tail[..end];
+        let scrubbed = match code {
+            b'S' | b'V' | b'C' | b'P' | b'p' | b'F' | b'L' | b'R' => Cow::Borrowed(value),
+            _ => gate.mask_value("", value),
+        };
+        if let Cow::Owned(_) = scrubbed {
+            masked += 1;
+        }
+        out.put_u8(code);
+        out.put_slice(&scrubbed);
+        out.put_u8(0);
+        rest = &tail[end + 1..];
+    }
+    if masked == 0 {
+        return None;
+    }
+    let len = u32::try_from(out.len() - 1).ok()?;
+    out[1..5].copy_from_slice(&len.to_be_bytes());
+    Some((out, masked))
+}
+
 fn mask_copy_row<G: StatementGate>(
     gate: &G,
     traces: &CopyTraces<'_>,

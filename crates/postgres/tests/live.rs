@@ -629,6 +629,39 @@ async fn copy_to_stdout_rows_are_masked_by_content() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn values_echoed_in_errors_and_notices_are_masked() {
+    let pg = target();
+    let port = gateway(config(&pg, "gw", "gw-pass", "app")).await;
+    let script = "CREATE TEMP TABLE signups (email text CHECK (email NOT LIKE 'zed%'));\n\
+                  INSERT INTO signups VALUES ('zed@example.com');\n\
+                  DO $$ BEGIN RAISE NOTICE 'welcome %', 'amy@example.com'; END $$;\n\
+                  SELECT 'still here';\n";
+    // The target itself echoes both addresses.
+    let mut plain_err = String::new();
+    for sql in script.lines().collect::<Vec<_>>().chunks(2).map(|c| c.join("\n")) {
+        let plain = pg.psql_as("gw", "gw-pass", "app", &sql).unwrap();
+        plain_err.push_str(&String::from_utf8_lossy(&plain.stderr));
+    }
+    assert!(
+        plain_err.contains("Failing row contains (zed@example.com)"),
+        "{plain_err}"
+    );
+    assert!(plain_err.contains("welcome amy@example.com"), "{plain_err}");
+
+    let out = psql(port, &[], Some(script)).await;
+    assert!(
+        out.stderr.contains("Failing row contains (zed@masked.invalid)"),
+        "{}",
+        out.stderr
+    );
+    assert!(out.stderr.contains("welcome amy@masked.invalid"), "{}", out.stderr);
+    assert!(!out.stderr.contains("@example.com"), "{}", out.stderr);
+    // SQLSTATE-bearing fields are untouched: psql still names the violated constraint.
+    assert!(out.stderr.contains("violates check constraint"), "{}", out.stderr);
+    assert!(out.stdout.contains("still here"), "{}", out.stdout);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn binary_results_without_describe_are_masked() {
     let pg = target();
     let port = gateway(config(&pg, "gw", "gw-pass", "app")).await;
