@@ -58,15 +58,19 @@ fn setup_with(listener: impl FnOnce(&std::path::Path) -> String) -> Setup {
 }
 
 fn psql(s: &Setup, db: &str, password: &str, sql: &str) -> Output {
-    Command::new("psql")
-        .arg(format!(
-            "host=127.0.0.1 port={} dbname={db} user=someone sslmode=disable connect_timeout=10",
-            s.port
-        ))
-        .args(["-X", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-c", sql])
-        .env("PGPASSWORD", password)
-        .output()
-        .unwrap()
+    psql_command(s, db, password).args(["-c", sql]).output().unwrap()
+}
+
+/// psql on database `db` through the gateway, before its `-c`.
+fn psql_command(s: &Setup, db: &str, password: &str) -> Command {
+    let mut cmd = Command::new("psql");
+    cmd.arg(format!(
+        "host=127.0.0.1 port={} dbname={db} user=someone sslmode=disable connect_timeout=10",
+        s.port
+    ))
+    .args(["-X", "-A", "-t", "-v", "ON_ERROR_STOP=1"])
+    .env("PGPASSWORD", password);
+    cmd
 }
 
 fn out(o: &Output) -> String {
@@ -554,23 +558,8 @@ fn columns_derived_from_masked_columns_are_masked() {
 
 /// psql with SQLSTATEs in its error output (`ERROR:  42501: ...`).
 fn psql_verbose(s: &Setup, password: &str, sql: &str) -> Output {
-    Command::new("psql")
-        .arg(format!(
-            "host=127.0.0.1 port={} dbname=orders user=someone sslmode=disable connect_timeout=10",
-            s.port
-        ))
-        .args([
-            "-X",
-            "-A",
-            "-t",
-            "-v",
-            "ON_ERROR_STOP=1",
-            "-v",
-            "VERBOSITY=verbose",
-            "-c",
-            sql,
-        ])
-        .env("PGPASSWORD", password)
+    psql_command(s, "orders", password)
+        .args(["-v", "VERBOSITY=verbose", "-c", sql])
         .output()
         .unwrap()
 }

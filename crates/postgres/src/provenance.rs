@@ -920,13 +920,7 @@ fn from_item(item: &Value, scope: &mut Scope<'_>, ctes: &Ctes<'_>) {
                 None => Outputs::default(),
             };
             let alias = node.get("alias").filter(|a| !a.is_null());
-            let names: Vec<String> = alias
-                .map(|a| array(a, "colnames"))
-                .unwrap_or_default()
-                .iter()
-                .filter_map(|n| string_node(n))
-                .collect();
-            outputs.rename(&names);
+            outputs.rename(&alias_columns(alias));
             scope.items.push(Item {
                 alias: alias.map(|a| str_field(a, "aliasname").to_owned()).unwrap_or_default(),
                 kind: ItemKind::Derived(outputs),
@@ -1017,13 +1011,7 @@ fn range_var(node: &Value, scope: &mut Scope<'_>, ctes: &Ctes<'_>) {
     let kind = match ctes.get(name).filter(|_| schema.is_empty()) {
         Some(outputs) => {
             let mut outputs = outputs.clone();
-            let names: Vec<String> = alias
-                .map(|a| array(a, "colnames"))
-                .unwrap_or_default()
-                .iter()
-                .filter_map(|n| string_node(n))
-                .collect();
-            outputs.rename(&names);
+            outputs.rename(&alias_columns(alias));
             ItemKind::Derived(outputs)
         }
         None => {
@@ -1192,6 +1180,16 @@ fn array<'a>(v: &'a Value, key: &str) -> Vec<&'a Value> {
 
 fn str_field<'a>(v: &'a Value, key: &str) -> &'a str {
     v.get(key).and_then(Value::as_str).unwrap_or("")
+}
+
+/// The column names an `Alias` node gives (`AS x(a, b)`); empty without an alias.
+fn alias_columns(alias: Option<&Value>) -> Vec<String> {
+    alias
+        .map(|a| array(a, "colnames"))
+        .unwrap_or_default()
+        .iter()
+        .filter_map(|n| string_node(n))
+        .collect()
 }
 
 /// A `String` node's text.

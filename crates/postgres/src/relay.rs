@@ -1366,7 +1366,7 @@ fn scrub_message<G: StatementGate>(gate: &G, message: &[u8]) -> Option<(BytesMut
     let mut rest = message.get(5..)?;
     let mut out = BytesMut::with_capacity(message.len() + 32);
     out.put_u8(*message.first()?);
-    out.put_u32(0); // the length, once known
+    out.put_i32(0);
     let mut masked = 0u64;
     loop {
         let (&code, tail) = rest.split_first()?;
@@ -1391,9 +1391,7 @@ fn scrub_message<G: StatementGate>(gate: &G, message: &[u8]) -> Option<(BytesMut
     if masked == 0 {
         return None;
     }
-    let len = u32::try_from(out.len() - 1).ok()?;
-    out[1..5].copy_from_slice(&len.to_be_bytes());
-    Some((out, masked))
+    finish_message(out).ok().map(|m| (m, masked))
 }
 
 fn mask_copy_row<G: StatementGate>(
