@@ -22,7 +22,7 @@
 # statement, under valgrind's callgrind: a figure that does not depend on what else the
 # machine is doing. It runs TXNS (default 1000) select-only transactions per client in
 # -M simple and prints the instructions of the relay loop (everything after login) divided by
-# the statements.
+# the statements. CALLGRIND_OUT=FILE keeps the profile for callgrind_annotate.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$(pwd)
@@ -240,6 +240,7 @@ if [ "${CALLGRIND:-0}" = 1 ]; then
     kill -TERM "${pids[-1]}"
     for _ in $(seq 1 600); do kill -0 "${pids[-1]}" 2>/dev/null || break; sleep 0.1; done
     statements=$((clients * txns))
+    [ -z "${CALLGRIND_OUT:-}" ] || cp "$work/callgrind.out" "$CALLGRIND_OUT"
     callgrind_annotate --inclusive=yes "$work/callgrind.out" 2>/dev/null | awk -v n="$statements" '
         /relay::run::\{\{closure\}\} \[/ && !tasks { gsub(",", "", $1); tasks = $1 }
         /PolicyEngine::authorize_with \[/ && !policy { gsub(",", "", $1); policy = $1 }

@@ -135,21 +135,48 @@ pub enum LineError {
 
 /// Builds the stored line (without newline) and its hash for an event.
 pub fn seal(seq: u64, time: &str, prev: &str, event: &AuditEvent) -> Result<(String, String), serde_json::Error> {
-    let event_json = serde_json::to_string(event)?;
-    // An internally tagged enum always serialises as a non-empty object.
-    let fields = event_json.strip_prefix('{').unwrap_or(&event_json);
-    let prefix = prefix(seq, time, prev)?;
-    let mut hasher = digest::Context::new(&digest::SHA256);
-    hasher.update(prefix.as_bytes());
-    hasher.update(fields.as_bytes());
-    let hash = hex::encode(hasher.finish().as_ref());
-    let mut line = String::with_capacity(prefix.len() + hash.len() + fields.len() + 10);
-    line.push_str(&prefix);
-    line.push_str("\"hash\":\"");
-    line.push_str(&hash);
-    line.push_str("\",");
-    line.push_str(fields);
+    let mut line = Vec::with_capacity(512);
+    let hash = seal_into(&mut line, seq, time, prev, event)?;
+    // Only JSON was written: the serialiser and the ASCII prefix produce UTF-8.
+    let line = String::from_utf8(line).map_err(|e| serde_json::Error::io(std::io::Error::other(e)))?;
     Ok((line, hash))
+}
+
+/// [`seal`] appending the line (without newline) to `out`, as the writer does: the event
+/// is serialised once, in place, with no intermediate string. On error `out` is left as
+/// it was.
+pub fn seal_into(
+    out: &mut Vec<u8>,
+    seq: u64,
+    time: &str,
+    prev: &str,
+    event: &AuditEvent,
+) -> Result<String, serde_json::Error> {
+    let start = out.len();
+    let hash_at = match write_prefix(out, seq, time, prev) {
+        Ok(at) => at,
+        Err(e) => {
+            out.truncate(start);
+            return Err(e);
+        }
+    };
+    out.extend_from_slice(b"\"hash\":\"");
+    let hex_at = out.len();
+    out.extend_from_slice(&[b'0'; 64]);
+    out.extend_from_slice(b"\",");
+    let fields_at = out.len();
+    if let Err(e) = serde_json::to_writer(&mut *out, event) {
+        out.truncate(start);
+        return Err(e);
+    }
+    // An internally tagged enum always serialises as a non-empty object: drop its `{`.
+    out.remove(fields_at);
+    let mut hasher = digest::Context::new(&digest::SHA256);
+    hasher.update(&out[start..hash_at]);
+    hasher.update(&out[fields_at..]);
+    let hash = hex::encode(hasher.finish().as_ref());
+    out[hex_at..hex_at + 64].copy_from_slice(hash.as_bytes());
+    Ok(hash)
 }
 
 /// Parses one stored line and checks its hash against its bytes.
@@ -185,11 +212,43 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
 }
 
 fn prefix(seq: u64, time: &str, prev: &str) -> Result<String, serde_json::Error> {
-    Ok(format!(
-        "{{\"seq\":{seq},\"time\":{},\"prev\":{},",
-        json_str(time)?,
-        json_str(prev)?
-    ))
+    let mut out = Vec::with_capacity(128);
+    write_prefix(&mut out, seq, time, prev)?;
+    String::from_utf8(out).map_err(|e| serde_json::Error::io(std::io::Error::other(e)))
+}
+
+/// Appends `{"seq":N,"time":"...","prev":"...",` to `out`; returns where it ends. The
+/// writer's time and hash strings need no escaping, so they are copied as they are; any
+/// other string (a record being checked) goes through the JSON serialiser.
+fn write_prefix(out: &mut Vec<u8>, seq: u64, time: &str, prev: &str) -> Result<usize, serde_json::Error> {
+    let plain = |s: &str| s.bytes().all(|b| b.is_ascii_graphic() && b != b'"' && b != b'\\');
+    out.extend_from_slice(b"{\"seq\":");
+    out.extend_from_slice(itoa_u64(seq, &mut [0; 20]));
+    for (key, value) in [(&b",\"time\":"[..], time), (&b",\"prev\":"[..], prev)] {
+        out.extend_from_slice(key);
+        if plain(value) {
+            out.push(b'"');
+            out.extend_from_slice(value.as_bytes());
+            out.push(b'"');
+        } else {
+            serde_json::to_writer(&mut *out, value)?;
+        }
+    }
+    out.push(b',');
+    Ok(out.len())
+}
+
+/// `n` in decimal, written into the end of `buf`.
+fn itoa_u64(mut n: u64, buf: &mut [u8; 20]) -> &[u8] {
+    let mut i = buf.len();
+    loop {
+        i -= 1;
+        buf[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            return &buf[i..];
+        }
+    }
 }
 
 fn json_str(s: &str) -> Result<String, serde_json::Error> {

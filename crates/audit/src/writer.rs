@@ -51,8 +51,9 @@ struct Inner {
     tx: Option<mpsc::Sender<Job>>,
     shared: Arc<Shared>,
     thread: Option<JoinHandle<()>>,
-    /// Group commit: the writer, used in place by appenders (no writer thread).
-    direct: Option<Mutex<Option<Writer>>>,
+    /// Group commit: the writer, used in place by appenders (no writer thread); the
+    /// group-commit thread holds a weak reference to write what [`AuditLog::submit`] left.
+    direct: Option<Arc<Mutex<Option<Writer>>>>,
 }
 
 struct Shared {
@@ -68,6 +69,8 @@ struct Shared {
 enum Reply {
     Async(oneshot::Sender<Result<u64, AuditError>>),
     Blocking(mpsc::SyncSender<Result<u64, AuditError>>),
+    /// [`AuditLog::submit`]: nobody waits.
+    None,
 }
 
 enum Job {
@@ -90,8 +93,12 @@ struct Writer {
     /// Shared with the group-commit thread, which fsyncs it.
     segment: Arc<File>,
     segment_len: u64,
+    /// The last record sealed (written, or waiting in `deferred`).
     seq: u64,
     hash: String,
+    /// Sealed lines of submitted records not yet written: they go out with the next
+    /// appended record's write, or the group-commit thread writes them within its delay.
+    deferred: Vec<u8>,
     failed: Option<String>,
     /// Group commit: hands written records to the thread that makes them durable.
     group: Option<GroupCommit>,
@@ -109,15 +116,28 @@ struct GroupCommit {
 struct GroupState {
     pending: Mutex<Pending>,
     wake: Condvar,
+    /// The writer, to write submitted records no append carried out in time.
+    writer: std::sync::OnceLock<std::sync::Weak<Mutex<Option<Writer>>>>,
 }
 
 #[derive(Default)]
 struct Pending {
     /// The segment the last records went to, and the last record: `(seq, hash)`.
     written: Option<(Arc<File>, u64, String)>,
-    /// When the oldest record not yet fsynced was written.
+    /// When the oldest record not yet fsynced was written (or submitted).
     since: Option<Instant>,
+    /// The writer holds submitted records it has not written yet.
+    deferred: bool,
     stop: bool,
+}
+
+/// How a batch is written.
+#[derive(Clone, Copy)]
+enum WriteMode {
+    /// Written now, and fsynced before returning when `durable`.
+    Now { durable: bool },
+    /// Sealed now, written later ([`AuditLog::submit`]).
+    Deferred,
 }
 
 /// Records per batch at most, so one batch's latency stays bounded under a flood.
@@ -171,6 +191,7 @@ impl AuditLog {
                 let state = Arc::new(GroupState {
                     pending: Mutex::new(Pending::default()),
                     wake: Condvar::new(),
+                    writer: std::sync::OnceLock::new(),
                 });
                 let syncer = Syncer {
                     dir: dir.to_owned(),
@@ -196,20 +217,24 @@ impl AuditLog {
             segment_len,
             seq,
             hash,
+            deferred: Vec::new(),
             failed: None,
             group,
             _lock: lock,
         };
         tracing::info!(dir = %dir.display(), seq, "Audit log opened.");
-        if writer.group.is_some() {
+        if let Some(group) = &writer.group {
             // Group commit: a write is a short syscall, made by the appending task itself
             // under a lock; the disk waits happen on the group-commit thread.
+            let state = Arc::clone(&group.state);
+            let direct = Arc::new(Mutex::new(Some(writer)));
+            let _ = state.writer.set(Arc::downgrade(&direct));
             return Ok(Self {
                 inner: Arc::new(Inner {
                     tx: None,
                     shared,
                     thread: None,
-                    direct: Some(Mutex::new(Some(writer))),
+                    direct: Some(direct),
                 }),
             });
         }
@@ -256,9 +281,32 @@ impl AuditLog {
         let queued = Instant::now();
         let mut guard = lock(direct);
         let writer = guard.as_mut().ok_or(AuditError::WriterGone)?;
-        let result = writer.write_checked(std::iter::once(&event), false);
+        let result = writer.write_checked(std::iter::once(&event), WriteMode::Now { durable: false });
         writer.record_latency(queued);
         result.map_err(AuditError::Unhealthy)
+    }
+
+    /// Records `event` without waiting for it to be written: for what happened after a
+    /// request was already decided and forwarded (how a statement completed), where no
+    /// caller needs the acknowledgement. The record is sealed into the chain now, in order;
+    /// with group commit it is written together with the next appended record, or by the
+    /// group-commit thread within its delay, and made durable with them; with
+    /// `fsync = "always"` the writer thread writes and fsyncs it in its next batch. A
+    /// record submitted just before the gateway process dies can be lost; one appended is
+    /// never. Fails only when the log is already unhealthy.
+    pub fn submit(&self, event: AuditEvent) -> Result<(), AuditError> {
+        let Some(direct) = &self.inner.direct else {
+            return self.send(event, Reply::None);
+        };
+        if !self.healthy() {
+            return Err(AuditError::Unhealthy(self.last_error().unwrap_or_default()));
+        }
+        let mut guard = lock(direct);
+        let writer = guard.as_mut().ok_or(AuditError::WriterGone)?;
+        writer
+            .write_checked(std::iter::once(&event), WriteMode::Deferred)
+            .map(drop)
+            .map_err(AuditError::Unhealthy)
     }
 
     /// False once a write or fsync failed; the gateway must then refuse new requests.
@@ -373,13 +421,17 @@ impl Writer {
                 continue;
             }
             let durable = matches!(self.opts.fsync, FsyncPolicy::Always);
-            self.commit(std::mem::take(&mut batch), durable);
+            self.commit(std::mem::take(&mut batch), WriteMode::Now { durable });
         }
         self.close();
     }
 
-    /// The syncer makes the rest durable and stops; the directory lock goes with `self`.
+    /// Submitted records are written, the syncer makes the rest durable and stops; the
+    /// directory lock goes with `self`.
     fn close(mut self) {
+        if let Err(e) = self.write_deferred() {
+            tracing::error!(error = %e, "Writing the last submitted audit records failed.");
+        }
         if let Some(group) = self.group.take() {
             lock(&group.state.pending).stop = true;
             group.state.wake.notify_one();
@@ -416,18 +468,21 @@ impl Writer {
     /// waiting sender gets the error and the log stays refused. Records of a failed batch may
     /// still be on disk (e.g. written but not fsynced, or HEAD failed): they verify, so the
     /// log can hold more than was acknowledged but never less.
-    fn commit(&mut self, batch: Vec<(AuditEvent, Instant, Reply)>, durable: bool) {
-        let result = self.write_checked(batch.iter().map(|(e, _, _)| e), durable);
+    fn commit(&mut self, batch: Vec<(AuditEvent, Instant, Reply)>, how: WriteMode) {
+        let result = self.write_checked(batch.iter().map(|(e, _, _)| e), how);
         for (i, (_, queued, reply)) in batch.into_iter().enumerate() {
             let answer = match &result {
                 Ok(first_seq) => Ok(first_seq + i as u64),
                 Err(e) => Err(AuditError::Unhealthy(e.clone())),
             };
-            self.record_latency(queued);
+            if !matches!(reply, Reply::None) {
+                self.record_latency(queued);
+            }
             // A caller that gave up waiting no longer needs the answer.
             let _ = match reply {
                 Reply::Async(tx) => tx.send(answer).map_err(drop),
                 Reply::Blocking(tx) => tx.send(answer).map_err(drop),
+                Reply::None => Ok(()),
             };
         }
     }
@@ -437,7 +492,7 @@ impl Writer {
     fn write_checked<'a>(
         &mut self,
         events: impl Iterator<Item = &'a AuditEvent>,
-        durable: bool,
+        how: WriteMode,
     ) -> Result<u64, String> {
         let result = match &self.failed {
             Some(e) => Err(e.clone()),
@@ -445,7 +500,7 @@ impl Writer {
             None if !self.shared.healthy.load(Ordering::Acquire) => {
                 Err(lock(&self.shared.last_error).clone().unwrap_or_default())
             }
-            None => self.write_batch(events, durable),
+            None => self.write_batch(events, how),
         };
         if let Err(e) = &result {
             self.fail(e);
@@ -453,31 +508,50 @@ impl Writer {
         result
     }
 
-    /// Returns the seq of the batch's first record.
-    fn write_batch<'a>(&mut self, events: impl Iterator<Item = &'a AuditEvent>, durable: bool) -> Result<u64, String> {
-        let mut buf = Vec::new();
+    /// Seals a batch after the submitted records still waiting and, unless it is
+    /// [`WriteMode::Deferred`] too, writes them all in one write. Returns the seq of the
+    /// batch's first record.
+    fn write_batch<'a>(&mut self, events: impl Iterator<Item = &'a AuditEvent>, how: WriteMode) -> Result<u64, String> {
+        let mut buf = std::mem::take(&mut self.deferred);
         let (mut seq, mut hash) = (self.seq, self.hash.clone());
         let first_seq = seq + 1;
         for event in events {
             let time = humantime::format_rfc3339_millis(SystemTime::now()).to_string();
-            let (line, h) =
-                chain::seal(seq + 1, &time, &hash, event).map_err(|e| format!("cannot serialise event: {e}"))?;
-            let len = line.len() as u64 + 1;
-            if self.segment_len + buf.len() as u64 > 0
-                && self.segment_len + buf.len() as u64 + len > self.opts.segment_max_bytes
+            let before = buf.len();
+            let h = chain::seal_into(&mut buf, seq + 1, &time, &hash, event)
+                .map_err(|e| format!("cannot serialise event: {e}"))?;
+            buf.push(b'\n');
+            if self.segment_len + before as u64 > 0 && self.segment_len + buf.len() as u64 > self.opts.segment_max_bytes
             {
                 // A segment is complete and durable before the next one starts.
+                let line = buf.split_off(before);
                 self.flush(&mut buf, true)?;
                 self.rotate()?;
+                buf = line;
             }
-            buf.extend_from_slice(line.as_bytes());
-            buf.push(b'\n');
             seq += 1;
             hash = h;
         }
-        self.flush(&mut buf, durable)?;
         self.seq = seq;
         self.hash = hash;
+        let durable = match how {
+            WriteMode::Deferred => {
+                self.deferred = buf;
+                if let Some(group) = &self.group {
+                    let mut pending = lock(&group.state.pending);
+                    pending.deferred = true;
+                    if pending.since.is_none() {
+                        pending.since = Some(Instant::now());
+                        group.state.wake.notify_one();
+                    }
+                }
+                return Ok(first_seq);
+            }
+            WriteMode::Now { durable } => durable,
+        };
+        self.flush(&mut buf, durable)?;
+        // Keep the buffer's capacity for the next batch.
+        self.deferred = buf;
         if durable {
             // The records are durable now; HEAD only has to follow.
             self.shared.batches.fetch_add(1, Ordering::Relaxed);
@@ -488,12 +562,22 @@ impl Writer {
             // the syncer fsyncs this segment, then writes HEAD.
             let mut pending = lock(&group.state.pending);
             pending.written = Some((Arc::clone(&self.segment), self.seq, self.hash.clone()));
+            pending.deferred = false;
             if pending.since.is_none() {
                 pending.since = Some(Instant::now());
                 group.state.wake.notify_one();
             }
         }
         Ok(first_seq)
+    }
+
+    /// Writes the submitted records still waiting, if any.
+    fn write_deferred(&mut self) -> Result<(), String> {
+        if self.deferred.is_empty() {
+            return Ok(());
+        }
+        self.write_checked(std::iter::empty(), WriteMode::Now { durable: false })
+            .map(drop)
     }
 
     fn flush(&mut self, buf: &mut Vec<u8>, durable: bool) -> Result<(), String> {
@@ -578,14 +662,21 @@ impl Syncer {
                 return; // stopped with nothing left to sync
             };
             let stopping = pending.stop;
+            let deferred = pending.deferred;
             drop(pending);
             if !stopping {
                 // Let more records join this fsync, up to the promised delay.
                 std::thread::sleep(self.max_delay.saturating_sub(since.elapsed()));
             }
+            if deferred {
+                self.write_deferred();
+            }
             let mut pending = lock(&state.pending);
             let written = pending.written.take();
-            pending.since = None;
+            // Submitted after the write above: the next round writes them (a failed log
+            // writes nothing more, and a stopping writer wrote its own).
+            let again = pending.deferred && !stopping && self.shared.healthy.load(Ordering::Acquire);
+            pending.since = again.then(Instant::now);
             drop(pending);
             if let Some((segment, seq, hash)) = written {
                 self.sync(&segment, seq, &hash, stopping);
@@ -606,6 +697,20 @@ impl Syncer {
         self.head_behind = Some((seq, hash.to_owned()));
         if stopping || self.head_written.elapsed() >= HEAD_INTERVAL {
             self.move_head();
+        }
+    }
+
+    /// Writes what was submitted and no append has carried out since (the writer's lock is
+    /// taken only here, never while holding `pending`).
+    fn write_deferred(&self) {
+        let Some(writer) = self.state.writer.get().and_then(std::sync::Weak::upgrade) else {
+            return;
+        };
+        let mut guard = lock(&writer);
+        if let Some(writer) = guard.as_mut()
+            && let Err(e) = writer.write_deferred()
+        {
+            tracing::error!(error = %e, "Writing submitted audit records failed.");
         }
     }
 

@@ -94,3 +94,91 @@ async fn group_commit_head_follows_within_its_interval_and_on_close() {
     assert_eq!(read_head(dir.path()).unwrap().map(|h| h.seq), Some(last));
     verify(dir.path()).unwrap();
 }
+
+/// The records in the log's segments, by reading the files (not through the writer).
+fn stored(dir: &Path) -> Vec<u64> {
+    crate::read_records(dir)
+        .unwrap()
+        .into_iter()
+        .map(|r| match r.unwrap().event {
+            AuditEvent::PolicyReloaded { generation, .. } => generation,
+            other => panic!("unexpected record {other:?}"),
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn submitted_records_go_out_with_the_next_append_in_order() {
+    let dir = tempfile::tempdir().unwrap();
+    // A delay long enough that only the append can have written the submitted records.
+    let opts = AuditOptions {
+        fsync: FsyncPolicy::Group {
+            max_delay: std::time::Duration::from_secs(3),
+        },
+        ..AuditOptions::default()
+    };
+    let log = AuditLog::open(dir.path(), opts).unwrap();
+    assert_eq!(log.append(event(1)).await.unwrap(), 1);
+    log.submit(event(2)).unwrap();
+    log.submit(event(3)).unwrap();
+    assert_eq!(
+        stored(dir.path()),
+        [1],
+        "submitted records are not written on their own"
+    );
+    assert_eq!(
+        log.append(event(4)).await.unwrap(),
+        4,
+        "submitted records took seqs 2 and 3"
+    );
+    assert_eq!(stored(dir.path()), [1, 2, 3, 4]);
+    assert_eq!(log.write_latency().count, 2, "only appends are waited for");
+    drop(log);
+    let report = verify(dir.path()).unwrap();
+    assert_eq!((report.records, report.problem), (4, None));
+}
+
+#[tokio::test]
+async fn submitted_records_are_written_within_the_group_delay_and_on_close() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = AuditLog::open(dir.path(), group_commit()).unwrap();
+    log.submit(event(1)).unwrap();
+    let deadline = Instant::now() + std::time::Duration::from_secs(5);
+    while stored(dir.path()).is_empty() {
+        assert!(Instant::now() < deadline, "a submitted record was never written");
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    // Made durable and named by HEAD like any record.
+    while log.head().0 != 1 {
+        assert!(Instant::now() < deadline, "the submitted record was never fsynced");
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    // Submitted and closed at once: closing writes it.
+    log.submit(event(2)).unwrap();
+    drop(log);
+    assert_eq!(stored(dir.path()), [1, 2]);
+    assert_eq!(read_head(dir.path()).unwrap().map(|h| h.seq), Some(2));
+    verify(dir.path()).unwrap();
+}
+
+#[tokio::test]
+async fn submitted_records_are_written_by_the_writer_thread_with_fsync_always() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = AuditLog::open(dir.path(), AuditOptions::default()).unwrap();
+    log.submit(event(1)).unwrap();
+    assert_eq!(log.append(event(2)).await.unwrap(), 2);
+    assert_eq!(stored(dir.path()), [1, 2]);
+    drop(log);
+    verify(dir.path()).unwrap();
+}
+
+#[tokio::test]
+async fn submit_is_refused_once_the_log_failed() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = AuditLog::open(dir.path(), group_commit()).unwrap();
+    log.submit(event(1)).unwrap();
+    log.redirect_segment(Path::new("/dev/full"));
+    // The append carries the submitted record with it, and both fail.
+    assert!(matches!(log.append(event(2)).await, Err(AuditError::Unhealthy(_))));
+    assert!(matches!(log.submit(event(3)), Err(AuditError::Unhealthy(_))));
+}
