@@ -592,7 +592,7 @@ impl Session {
     }
 
     /// Records how many values of each class were masked in one request's response.
-    pub async fn record_masking(&self, request: u64, counts: &MaskCounts) {
+    pub fn record_masking(&self, request: u64, counts: &MaskCounts) {
         if counts.is_empty() {
             return;
         }
@@ -601,7 +601,7 @@ impl Session {
             request,
             counts: counts.to_map(),
         };
-        if let Err(error) = self.inner.gateway.audit().append(event).await {
+        if let Err(error) = self.inner.gateway.audit().submit(event) {
             tracing::error!(session = %self.inner.id, %error, "Audit write of masking counts failed.");
         }
     }

@@ -1071,56 +1071,67 @@ struct Metered {
 
 impl Metered {
     fn finish(&mut self, reason: Option<&str>) {
-        let Some((gateway, record)) = self.finish.take() else {
+        let Some((gateway, mut record)) = self.finish.take() else {
             return;
         };
-        let bytes = self.bytes;
-        let status = self.status;
         let duration_ms = u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX);
-        let mut reason = record.reason.clone().or_else(|| reason.map(str::to_string));
-        let started = self.started;
+        let reason = record.reason.take().or_else(|| reason.map(str::to_string));
+        let Some(ended) = record.tunnel.take() else {
+            record.write(&gateway, self.status, self.bytes, duration_ms, reason);
+            return;
+        };
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
             return;
         };
+        let (status, bytes, started) = (self.status, self.bytes, self.started);
         runtime.spawn(async move {
-            let mut record = record;
-            let (mut bytes, mut duration_ms) = (bytes, duration_ms);
-            if let Some(ended) = record.tunnel.take() {
-                // The request lasts as long as its stream: audited when the stream closes.
-                let end = ended.await.unwrap_or_default();
-                bytes += end.bytes_in + end.bytes_out;
-                duration_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
-                reason = match (end.exit, end.error) {
-                    (Some(exit), None) => Some(exit),
-                    (Some(exit), Some(error)) => Some(format!("{exit}; {error}")),
-                    (None, Some(error)) => Some(error),
-                    (None, None) => None,
-                };
-            }
-            let counts = record.masked.as_ref().map(|c| lock(c).clone()).unwrap_or_default();
-            if let (Some(session), Some(request)) = (&record.session, record.request) {
-                session.record_masking(request, &counts).await;
-            }
-            let event = AuditEvent::KubeRequest {
-                session: record.session.as_ref().map(|s| s.id().to_string()),
-                request: record.request,
-                target: record.target,
-                client_addr: record.client.to_string(),
-                method: record.method,
-                path: record.path,
-                verb: record.verb,
-                attributes: record.attributes,
-                decision: record.decision.into(),
-                policies: record.policies,
+            // The request lasts as long as its stream: audited when the stream closes.
+            let end = ended.await.unwrap_or_default();
+            let duration_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
+            let reason = match (end.exit, end.error) {
+                (Some(exit), None) => Some(exit),
+                (Some(exit), Some(error)) => Some(format!("{exit}; {error}")),
+                (None, Some(error)) => Some(error),
+                (None, None) => None,
+            };
+            record.write(
+                &gateway,
                 status,
-                bytes,
+                bytes + end.bytes_in + end.bytes_out,
                 duration_ms,
                 reason,
-            };
-            if let Err(error) = gateway.audit().append(event).await {
-                tracing::error!(%error, "Audit write of a Kubernetes request failed.");
-            }
+            );
         });
+    }
+}
+
+impl Record {
+    /// Writes the request's record (and its masking counts) once its response is over. It
+    /// was decided (and that decision audited) before it was forwarded, so nobody waits for
+    /// this write: it goes out with the next record or within the group-commit delay.
+    fn write(self, gateway: &Gateway, status: u16, bytes: u64, duration_ms: u64, reason: Option<String>) {
+        if let (Some(session), Some(request), Some(masked)) = (&self.session, self.request, &self.masked) {
+            session.record_masking(request, &lock(masked));
+        }
+        let event = AuditEvent::KubeRequest {
+            session: self.session.as_ref().map(|s| s.id().to_string()),
+            request: self.request,
+            target: self.target,
+            client_addr: self.client.to_string(),
+            method: self.method,
+            path: self.path,
+            verb: self.verb,
+            attributes: self.attributes,
+            decision: self.decision.into(),
+            policies: self.policies,
+            status,
+            bytes,
+            duration_ms,
+            reason,
+        };
+        if let Err(error) = gateway.audit().submit(event) {
+            tracing::error!(%error, "Audit write of a Kubernetes request failed.");
+        }
     }
 }
 

@@ -511,7 +511,7 @@ impl SessionGate {
             let request = guard.0;
             (request, std::mem::take(&mut guard.1))
         };
-        self.session.record_masking(request, &counts).await;
+        self.session.record_masking(request, &counts);
     }
 }
 
