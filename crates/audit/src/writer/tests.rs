@@ -99,7 +99,6 @@ async fn group_commit_head_follows_within_its_interval_and_on_close() {
 fn stored(dir: &Path) -> Vec<u64> {
     crate::read_records(dir)
         .unwrap()
-        .into_iter()
         .map(|r| match r.unwrap().event {
             AuditEvent::PolicyReloaded { generation, .. } => generation,
             other => panic!("unexpected record {other:?}"),
