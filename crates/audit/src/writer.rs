@@ -68,6 +68,8 @@ struct Shared {
 enum Reply {
     Async(oneshot::Sender<Result<u64, AuditError>>),
     Blocking(mpsc::SyncSender<Result<u64, AuditError>>),
+    /// Queued by [`AuditLog::submit`]: nobody waits for the answer.
+    None,
 }
 
 enum Job {
@@ -249,6 +251,21 @@ impl AuditLog {
         rx.recv().map_err(|_| AuditError::WriterGone)?
     }
 
+    /// Appends `event` without waiting for it: for records that must not slow the data
+    /// path (a statement's completion). With group commit it is written in place, as
+    /// [`Self::append`] does (a short syscall, no wait for the disk); with the writer thread
+    /// it is queued behind the caller's earlier appends, which keeps their order. A failure
+    /// is not returned: it makes the log unhealthy, which refuses the next awaited append.
+    pub fn submit(&self, event: AuditEvent) {
+        let result = match &self.inner.direct {
+            Some(direct) => self.append_direct(direct, event).map(drop),
+            None => self.send(event, Reply::None),
+        };
+        if let Err(error) = result {
+            tracing::warn!(%error, "An audit record submitted without waiting was not written.");
+        }
+    }
+
     fn append_direct(&self, direct: &Mutex<Option<Writer>>, event: AuditEvent) -> Result<u64, AuditError> {
         if !self.healthy() {
             return Err(AuditError::Unhealthy(self.last_error().unwrap_or_default()));
@@ -428,6 +445,7 @@ impl Writer {
             let _ = match reply {
                 Reply::Async(tx) => tx.send(answer).map_err(drop),
                 Reply::Blocking(tx) => tx.send(answer).map_err(drop),
+                Reply::None => Ok(()),
             };
         }
     }

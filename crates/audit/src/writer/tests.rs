@@ -94,3 +94,27 @@ async fn group_commit_head_follows_within_its_interval_and_on_close() {
     assert_eq!(read_head(dir.path()).unwrap().map(|h| h.seq), Some(last));
     verify(dir.path()).unwrap();
 }
+
+#[tokio::test]
+async fn submitted_records_keep_their_order_with_appends_in_both_modes() {
+    for opts in [AuditOptions::default(), group_commit()] {
+        let dir = tempfile::tempdir().unwrap();
+        let log = AuditLog::open(dir.path(), opts).unwrap();
+        assert_eq!(log.append(event(1)).await.unwrap(), 1);
+        log.submit(event(2));
+        log.submit(event(3));
+        // An awaited append after them is acknowledged after them: one queue.
+        assert_eq!(log.append(event(4)).await.unwrap(), 4);
+        drop(log);
+        let report = verify(dir.path()).unwrap();
+        assert_eq!((report.records, report.problem), (4, None));
+        let generations: Vec<u64> = crate::read_records(dir.path())
+            .unwrap()
+            .map(|r| match r.unwrap().event {
+                AuditEvent::PolicyReloaded { generation, .. } => generation,
+                other => panic!("unexpected {other:?}"),
+            })
+            .collect();
+        assert_eq!(generations, [1, 2, 3, 4]);
+    }
+}
