@@ -638,11 +638,24 @@ fn each_forwarded_statement_gets_a_completion_record_with_its_outcome() {
             let rows = client.query(&statement, &[&"ada@example.com", &0i32]).await.unwrap();
             assert_eq!(rows.len(), 1);
         }
+        // A partial fetch: each Execute that stops at the row limit is its own record.
+        let mut client = client;
+        let tx = client.transaction().await.unwrap();
+        let portal = tx.bind("SELECT id FROM customers ORDER BY id", &[]).await.unwrap();
+        assert_eq!(tx.query_portal(&portal, 1).await.unwrap().len(), 1);
+        tx.commit().await.unwrap();
     });
+    let suspended: Vec<_> = audit_events(&s, "statement_completed")
+        .into_iter()
+        .filter(|v| v["suspended"] == true)
+        .collect();
+    assert_eq!(suspended.len(), 1, "{suspended:?}");
+    assert_eq!(suspended[0]["rows"], 1);
+    assert!(suspended[0].get("command_tag").is_none());
     let executions = || {
         audit_events(&s, "statement_completed")
             .into_iter()
-            .filter(|v| v["parameters"].is_array())
+            .filter(|v| v["parameters"].is_array() && v["command_tag"] == "SELECT 1")
             .collect::<Vec<_>>()
     };
     assert!(s.gw.wait_for(Duration::from_secs(10), || executions().len() == 2));
