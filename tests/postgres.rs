@@ -509,7 +509,8 @@ fn columns_derived_from_masked_columns_are_masked() {
     // Counts per class reach the audit log; the values never do.
     let audit = || std::fs::read_to_string(s.gw.audit_dir().join("segment-000001.jsonl")).unwrap_or_default();
     assert!(
-        s.gw.wait_for(Duration::from_secs(10), || audit().contains("\"masking_applied\"")
+        s.gw.wait_for(Duration::from_secs(10), || audit().contains("\"statement_completed\"")
+            && audit().contains("\"masked\":{")
             && audit().contains("\"secret\":")),
         "{}",
         audit()
@@ -554,6 +555,129 @@ fn columns_derived_from_masked_columns_are_masked() {
             .collect();
         assert_eq!(values, ["1", "<masked:email>"]);
     });
+}
+
+/// The audit records of one kind, parsed.
+fn audit_events(s: &Setup, kind: &str) -> Vec<serde_json::Value> {
+    let text = std::fs::read_to_string(s.gw.audit_dir().join("segment-000001.jsonl")).unwrap_or_default();
+    text.lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter(|v| v["event"] == kind)
+        .collect()
+}
+
+#[test]
+fn each_forwarded_statement_gets_a_completion_record_with_its_outcome() {
+    let s = setup();
+    let dba = s.gw.mint("alice", &["dba"], false).unwrap();
+    let completed = |tag: &str| {
+        audit_events(&s, "statement_completed")
+            .into_iter()
+            .filter(|v| v["command_tag"] == tag)
+            .collect::<Vec<_>>()
+    };
+
+    // Two statements in one string, the second fails: the first has its tag and row count,
+    // the second the target's SQLSTATE and message, the email it echoes scrubbed.
+    let o = psql(
+        &s,
+        "orders",
+        &dba,
+        "UPDATE customers SET name = name WHERE id >= 1; SELECT 'eve@example.net'::int",
+    );
+    assert!(!o.status.success());
+    assert!(err(&o).contains("invalid input syntax for type integer"), "{}", err(&o));
+    assert!(s.gw.wait_for(Duration::from_secs(10), || !completed("UPDATE 2").is_empty()));
+    let update = &completed("UPDATE 2")[0];
+    assert_eq!(update["rows"], 2, "{update}");
+    assert!(update["duration_us"].as_u64().is_some(), "{update}");
+    let failed: Vec<_> = audit_events(&s, "statement_completed")
+        .into_iter()
+        .filter(|v| v["error"].is_object())
+        .collect();
+    assert_eq!(failed.len(), 1, "{failed:?}");
+    assert_eq!(failed[0]["error"]["code"], "22P02");
+    assert_eq!(failed[0]["request"], update["request"].as_u64().unwrap() + 1);
+    let message = failed[0]["error"]["message"].as_str().unwrap();
+    assert!(
+        message.starts_with("invalid input syntax for type integer"),
+        "{message}"
+    );
+    assert!(!message.contains("eve@example.net"), "{message}");
+    // Each completion answers a decision recorded under the same request number.
+    let decided: Vec<u64> = audit_events(&s, "request_decided")
+        .iter()
+        .map(|v| v["request"].as_u64().unwrap())
+        .collect();
+    assert!(decided.contains(&update["request"].as_u64().unwrap()), "{decided:?}");
+
+    // COPY TO STDOUT reports the rows it copied.
+    let o = psql(&s, "orders", &dba, "COPY (SELECT id FROM customers) TO STDOUT");
+    assert!(o.status.success(), "{}", err(&o));
+    assert!(s.gw.wait_for(Duration::from_secs(10), || !completed("COPY 2").is_empty()));
+    assert_eq!(completed("COPY 2")[0]["rows"], 2);
+
+    // A prepared statement executed twice: two records under its Parse's request, each with
+    // the Bind parameters (binary, decoded by the types the target described), masked.
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let conn = format!(
+            "host=127.0.0.1 port={} dbname=orders user=someone password={dba} sslmode=disable",
+            s.port
+        );
+        let (client, connection) = tokio_postgres::connect(&conn, tokio_postgres::NoTls).await.unwrap();
+        tokio::spawn(connection);
+        let statement = client
+            .prepare("SELECT name FROM customers WHERE email = $1 AND id > $2")
+            .await
+            .unwrap();
+        for _ in 0..2 {
+            let rows = client.query(&statement, &[&"ada@example.com", &0i32]).await.unwrap();
+            assert_eq!(rows.len(), 1);
+        }
+        // A partial fetch: each Execute that stops at the row limit is its own record.
+        let mut client = client;
+        let tx = client.transaction().await.unwrap();
+        let portal = tx.bind("SELECT id FROM customers ORDER BY id", &[]).await.unwrap();
+        assert_eq!(tx.query_portal(&portal, 1).await.unwrap().len(), 1);
+        tx.commit().await.unwrap();
+    });
+    let suspended: Vec<_> = audit_events(&s, "statement_completed")
+        .into_iter()
+        .filter(|v| v["suspended"] == true)
+        .collect();
+    assert_eq!(suspended.len(), 1, "{suspended:?}");
+    assert_eq!(suspended[0]["rows"], 1);
+    assert!(suspended[0].get("command_tag").is_none());
+    let executions = || {
+        audit_events(&s, "statement_completed")
+            .into_iter()
+            .filter(|v| v["parameters"].is_array() && v["command_tag"] == "SELECT 1")
+            .collect::<Vec<_>>()
+    };
+    assert!(s.gw.wait_for(Duration::from_secs(10), || executions().len() == 2));
+    let executions = executions();
+    assert_eq!(executions[0]["request"], executions[1]["request"]);
+    for e in &executions {
+        assert_eq!(e["command_tag"], "SELECT 1", "{e}");
+        assert_eq!(e["rows"], 1, "{e}");
+        let params = e["parameters"].as_array().unwrap();
+        assert_eq!(params.len(), 2, "{e}");
+        assert_eq!(params[1], "0", "{e}");
+        let email = params[0].as_str().unwrap();
+        assert!(email.contains("@example.com") && email != "ada@example.com", "{e}");
+    }
+
+    // Values never reach the log, and the chain still verifies.
+    let segment = std::fs::read_to_string(s.gw.audit_dir().join("segment-000001.jsonl")).unwrap();
+    assert!(!segment.contains("eve@example.net"), "{segment}");
+    assert!(!segment.contains("ada@example.com"), "{segment}");
+    let cfg = s.gw.config_path().display().to_string();
+    let verify = s.gw.cli(&["audit", "verify", "--config", &cfg]).unwrap();
+    assert!(verify.status.success(), "{}", err(&verify));
 }
 
 /// psql with SQLSTATEs in its error output (`ERROR:  42501: ...`).

@@ -173,6 +173,38 @@ pub enum AuditEvent {
         /// How many values were masked per data class; never the values.
         counts: BTreeMap<String, u64>,
     },
+    /// The target answered one forwarded statement (PostgreSQL): what it did, how long it
+    /// took, and the values the statement was executed with, masked. A statement costs at most
+    /// two records: its `request_decided` before it is forwarded and this one after.
+    StatementCompleted {
+        /// Session id.
+        session: String,
+        /// The request (statement) this answers, as in its `request_decided` record.
+        request: u64,
+        /// From forwarding (or the previous statement's answer, within one query string)
+        /// to the target's answer, in microseconds.
+        duration_us: u64,
+        /// The command tag, e.g. `SELECT 3`, `INSERT 0 1`, `UPDATE 5`, `COPY 1000`; absent
+        /// after an error, for an empty query and for a suspended portal.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        command_tag: Option<String>,
+        /// Rows returned or affected, from the tag (or counted, for a suspended portal).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        rows: Option<u64>,
+        /// The target's error for this statement, its text scrubbed by the detectors.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        error: Option<TargetFailure>,
+        /// Bind parameters of an extended-protocol execution, masked (`null` for NULL).
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        parameters: Vec<Option<String>>,
+        /// How many values of each class were masked in the answer; never the values.
+        #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+        masked: BTreeMap<String, u64>,
+        /// The execution stopped at the client's row limit (PortalSuspended); a later
+        /// execution of the same portal continues it.
+        #[serde(default, skip_serializing_if = "is_false")]
+        suspended: bool,
+    },
     /// A channel of a session ended (an SSH exec, shell, subsystem or forward): how its
     /// program ended and how many bytes flowed each way.
     ChannelEnded {
@@ -301,6 +333,19 @@ pub enum AuditEvent {
     },
 }
 
+/// An error the target reported for one statement.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct TargetFailure {
+    /// SQLSTATE, e.g. `23505`.
+    pub code: String,
+    /// The primary message, scrubbed by the content detectors.
+    pub message: String,
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
+}
+
 impl From<&Identity> for Actor {
     fn from(id: &Identity) -> Self {
         Self {
@@ -337,6 +382,7 @@ impl AuditEvent {
             | Self::ApprovalExecuted { session, .. }
             | Self::TargetError { session, .. }
             | Self::MaskingApplied { session, .. }
+            | Self::StatementCompleted { session, .. }
             | Self::ChannelEnded { session, .. }
             | Self::FileTransferred { session, .. }
             | Self::ProtocolError { session, .. }
@@ -385,6 +431,7 @@ impl AuditEvent {
             Self::ApprovalExecuted { .. } => "approval_executed",
             Self::TargetError { .. } => "target_error",
             Self::MaskingApplied { .. } => "masking_applied",
+            Self::StatementCompleted { .. } => "statement_completed",
             Self::ChannelEnded { .. } => "channel_ended",
             Self::FileTransferred { .. } => "file_transferred",
             Self::ProtocolError { .. } => "protocol_error",

@@ -20,6 +20,6 @@ mod writer;
 pub use chain::{Chain, ProblemKind, Record, VerifyProblem, sha256_hex};
 pub use config::{AuditConfig, AuditOptions, FsyncMode, FsyncPolicy};
 pub use error::AuditError;
-pub use event::{Actor, AuditEvent};
+pub use event::{Actor, AuditEvent, TargetFailure};
 pub use read::{SessionSummary, VerifyReport, read_records, session_records, sessions, verify};
 pub use writer::{AuditLog, LatencyStats};

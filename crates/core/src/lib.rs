@@ -19,10 +19,11 @@ pub use approvals::{
 };
 pub use credentials::{CREDENTIAL_PREFIX, CredentialInfo, CredentialStore, IssuedCredential};
 pub use error::{CoreError, Refusal, RefusalKind};
+pub use gatehouse_audit::TargetFailure;
 pub use gateway::{Gateway, GatewayParts, Protocol, Target};
 pub use listener::{check_listener_tls, serve_connections, stopped};
 pub use metrics::Metrics;
-pub use session::{ApprovalNeeded, HeldRequest, Permit, Session, Verdict};
+pub use session::{ApprovalNeeded, Completion, HeldRequest, Permit, Session, Verdict};
 
 /// A short random identifier, hex encoded: `bytes` of randomness from the system generator.
 pub fn random_id(prefix: &str, bytes: usize) -> String {

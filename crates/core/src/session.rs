@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
-use gatehouse_audit::AuditEvent;
+use gatehouse_audit::{AuditEvent, TargetFailure};
 use gatehouse_identity::Identity;
 use gatehouse_mask::{DataClass, MaskCounts, Masker};
 use gatehouse_policy::{AuthzRequest, Decision, EntityCache, Namespace};
@@ -226,6 +226,26 @@ impl HeldRequest {
             )),
         }
     }
+}
+
+/// What the target did with one forwarded request (a statement), for
+/// [`Session::record_completion`].
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Completion {
+    /// The request number its decision was recorded under.
+    pub request: u64,
+    /// From forwarding to the target's answer.
+    pub duration: Duration,
+    /// The target's command tag (`SELECT 3`, `UPDATE 5`, ...).
+    pub command_tag: Option<String>,
+    /// Rows returned or affected.
+    pub rows: Option<u64>,
+    /// The target's error, already scrubbed.
+    pub error: Option<TargetFailure>,
+    /// Parameters it ran with, already masked.
+    pub parameters: Vec<Option<String>>,
+    /// It stopped at the client's row limit and may continue.
+    pub suspended: bool,
 }
 
 /// One caller on one target; cheap to clone into the tasks of a connection.
@@ -603,6 +623,31 @@ impl Session {
         };
         if let Err(error) = self.inner.gateway.audit().submit(event) {
             tracing::error!(session = %self.inner.id, %error, "Audit write of masking counts failed.");
+        }
+    }
+
+    /// Records what the target answered to one forwarded request, with the masking counts
+    /// of that answer, without waiting for the log: the data path never waits for these
+    /// records. They take their place in the chain at once, after this session's earlier
+    /// records, and are written with the next decision or within the group-commit delay.
+    pub fn record_completion(&self, completion: Completion, masked: &MaskCounts) {
+        let event = AuditEvent::StatementCompleted {
+            session: self.inner.id.clone(),
+            request: completion.request,
+            duration_us: u64::try_from(completion.duration.as_micros()).unwrap_or(u64::MAX),
+            command_tag: completion.command_tag,
+            rows: completion.rows,
+            error: completion.error,
+            parameters: completion.parameters,
+            masked: if masked.is_empty() {
+                Default::default()
+            } else {
+                masked.to_map()
+            },
+            suspended: completion.suspended,
+        };
+        if let Err(error) = self.inner.gateway.audit().submit(event) {
+            tracing::error!(session = %self.inner.id, %error, "Audit write of a statement's completion failed.");
         }
     }
 

@@ -3,6 +3,7 @@
 
 pub mod catalog;
 pub mod classify;
+pub mod completion;
 pub mod config;
 pub mod provenance;
 pub mod relay;

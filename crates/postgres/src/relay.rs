@@ -17,8 +17,9 @@ use std::borrow::Cow;
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::future::Future;
 use std::sync::Arc;
+use std::time::Instant;
 
-use bytes::{Buf, BufMut, BytesMut};
+use bytes::{Buf, BufMut, Bytes, BytesMut};
 use pgwire::messages::data::RowDescription;
 use pgwire::messages::extendedquery::{Bind, Close, Describe, Execute, Parse};
 use pgwire::messages::response::{ErrorResponse, NoticeResponse, ReadyForQuery, TransactionStatus};
@@ -28,6 +29,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use gatehouse_mask::ColumnRules;
 
 use crate::classify::{self, Statement};
+use crate::completion::{self, Outcome};
 use crate::provenance::{ColumnTrace, Named, Provenance};
 use crate::upstream::{MAX_BACKEND_MESSAGE, Upstream};
 use crate::wire::{self, Frame};
@@ -87,6 +89,19 @@ pub trait StatementGate: Send + Sync + 'static {
     /// A binary value of a traced column was sent as NULL (for the masking counts).
     fn count_nulled(&self, trace: &ColumnTrace) {
         let _ = trace;
+    }
+    /// The request number of the first statement of a granted batch; the batch's other
+    /// statements follow it in order (`first + i`). `None`: no completions are reported.
+    fn first_request(&self, grant: &Self::Grant) -> Option<u64> {
+        let _ = grant;
+        None
+    }
+    /// The target answered a forwarded statement: called once per statement of a simple
+    /// Query that ran (a statement after one that failed never ran and is not reported), and
+    /// once per Execute (or for the Parse or Bind the target refused), after the answer was
+    /// relayed to the client and its values passed the masking. Must not wait.
+    fn completed(&self, request: u64, outcome: Outcome<'_>) {
+        let _ = (request, outcome);
     }
 }
 
@@ -169,16 +184,30 @@ enum Pending {
         traces: Vec<Arc<Provenance>>,
         /// The statement whose results stream now (counted by CommandComplete).
         next: usize,
+        /// Request number of the first statement (`None`: a refusal's placeholder).
+        request: Option<u64>,
+        /// When the statement `next` began: forwarding, or the previous one's answer.
+        since: Instant,
     },
     Parse {
         refusal: Option<Refusal>,
         name: String,
         trace: Option<Arc<Provenance>>,
+        /// The request its decision was recorded under (`None`: a refusal's placeholder).
+        request: Option<u64>,
+        /// Parameter types the client gave (0: unspecified).
+        param_types: Vec<u32>,
+        since: Instant,
     },
     Bind {
         portal: String,
         statement: String,
         formats: Vec<i16>,
+        /// The parameter values and their formats, turned into text once the target has
+        /// bound them (the statement's parameter types are known by then).
+        parameters: Vec<Option<Bytes>>,
+        param_formats: Vec<i16>,
+        since: Instant,
     },
     Describe {
         portal: bool,
@@ -189,6 +218,9 @@ enum Pending {
     Execute {
         portal: String,
         columns: Option<Vec<Column>>,
+        since: Instant,
+        /// DataRows relayed for it (the count of a suspended execution).
+        rows: u64,
     },
     Close {
         statement: bool,
@@ -202,6 +234,18 @@ struct Portal {
     statement: String,
     formats: Vec<i16>,
     described: Option<Vec<Column>>,
+    /// The request of its statement's Parse.
+    request: Option<u64>,
+    /// Its Bind parameters as text, for the audit record of its first execution.
+    parameters: Vec<Option<String>>,
+}
+
+/// A prepared statement the target confirmed: the request its Parse was decided under and
+/// its parameter types (from Parse, then from the target's ParameterDescription).
+#[derive(Debug)]
+struct Prepared {
+    request: Option<u64>,
+    param_types: Vec<u32>,
 }
 
 /// What to do after a batch of messages.
@@ -218,8 +262,20 @@ struct Held<H> {
     frame: Frame,
     /// The prepared statement's name for a Parse; `None` for a Query.
     parse_name: Option<String>,
+    /// Parameter types a held Parse gave.
+    param_types: Vec<u32>,
     /// Provenance of the held statements.
     traces: Vec<Arc<Provenance>>,
+}
+
+/// A statement the target answered, to report once the answer is relayed.
+struct Done {
+    request: u64,
+    since: Instant,
+    /// DataRows relayed (for a suspended execution).
+    rows: u64,
+    parameters: Vec<Option<String>>,
+    suspended: bool,
 }
 
 /// SQL-level cursors and prepared statements remembered per connection; past this the
@@ -241,6 +297,8 @@ struct Relay<'g, G> {
     /// what a later `FETCH` or `EXECUTE` returns.
     named_rows: HashMap<(Named, String), Arc<Provenance>>,
     portals: HashMap<String, Portal>,
+    /// Prepared statements the target confirmed, by name: what their executions answer.
+    prepared: HashMap<String, Prepared>,
     /// Columns of the simple-query result now streaming.
     current: Option<Vec<Column>>,
     /// A text-format COPY TO STDOUT is streaming: its CopyData rows are masked.
@@ -288,6 +346,7 @@ where
         traced: HashMap::new(),
         named_rows: HashMap::new(),
         portals: HashMap::new(),
+        prepared: HashMap::new(),
         current: None,
         copy_out_text: false,
         copy_traces: Vec::new(),
@@ -342,6 +401,7 @@ where
                                 hold,
                                 frame,
                                 parse_name,
+                                param_types,
                                 traces,
                             } = held;
                             let decided = {
@@ -378,7 +438,7 @@ where
                             };
                             match parse_name {
                                 None => relay.query_decided(&frame, decided, traces)?,
-                                Some(name) => relay.parse_decided(&frame, name, decided, traces)?,
+                                Some(name) => relay.parse_decided(&frame, name, param_types, decided, traces)?,
                             }
                             relay.flush(&mut client, &mut target).await?;
                         }
@@ -449,6 +509,7 @@ impl<G: StatementGate> Relay<'_, G> {
                             hold,
                             frame,
                             parse_name: None,
+                            param_types: Vec::new(),
                             traces,
                         }));
                     }
@@ -482,11 +543,14 @@ impl<G: StatementGate> Relay<'_, G> {
                             hold,
                             frame,
                             parse_name: Some(name),
+                            param_types: parse.type_oids,
                             traces,
                         }));
                     }
-                    Ok(Gated::Granted(grant)) => self.parse_decided(&frame, name, Ok(grant), traces)?,
-                    Err(refusal) => self.parse_decided(&frame, name, Err(refusal), traces)?,
+                    Ok(Gated::Granted(grant)) => {
+                        self.parse_decided(&frame, name, parse.type_oids, Ok(grant), traces)?;
+                    }
+                    Err(refusal) => self.parse_decided(&frame, name, Vec::new(), Err(refusal), traces)?,
                 }
             }
             b'B' => {
@@ -507,6 +571,9 @@ impl<G: StatementGate> Relay<'_, G> {
                     portal,
                     statement,
                     formats: bind.result_column_format_codes,
+                    parameters: bind.parameters,
+                    param_formats: bind.parameter_format_codes,
+                    since: Instant::now(),
                 };
                 self.forward_extended(frame, Some(pending));
             }
@@ -538,7 +605,12 @@ impl<G: StatementGate> Relay<'_, G> {
                 if !self.client_described_portals.contains(&portal) {
                     self.inject_describe_portal(&portal)?;
                 }
-                let pending = Pending::Execute { portal, columns: None };
+                let pending = Pending::Execute {
+                    portal,
+                    columns: None,
+                    since: Instant::now(),
+                    rows: 0,
+                };
                 self.forward_extended(frame, Some(pending));
             }
             b'C' => {
@@ -594,12 +666,15 @@ impl<G: StatementGate> Relay<'_, G> {
     ) -> Result<(), RelayError> {
         match decided {
             Ok(grant) => {
+                let request = self.gate.first_request(&grant);
                 self.forward_decided(grant, &frame.bytes);
                 self.remember_named(&traces);
                 self.pending.push_back(Pending::Query {
                     refusal: None,
                     traces,
                     next: 0,
+                    request,
+                    since: Instant::now(),
                 });
                 Ok(())
             }
@@ -613,11 +688,13 @@ impl<G: StatementGate> Relay<'_, G> {
         &mut self,
         frame: &Frame,
         name: String,
+        param_types: Vec<u32>,
         decided: Result<G::Grant, Refusal>,
         traces: Vec<Arc<Provenance>>,
     ) -> Result<(), RelayError> {
         match decided {
             Ok(grant) => {
+                let request = self.gate.first_request(&grant);
                 self.forward_decided(grant, &frame.bytes);
                 self.remember_named(&traces);
                 self.client_described_statements.remove(&name);
@@ -627,6 +704,9 @@ impl<G: StatementGate> Relay<'_, G> {
                     refusal: None,
                     name,
                     trace,
+                    request,
+                    param_types,
+                    since: Instant::now(),
                 });
                 self.extended_open = true;
             }
@@ -644,6 +724,9 @@ impl<G: StatementGate> Relay<'_, G> {
                         refusal: Some(refusal),
                         name: String::new(),
                         trace: None,
+                        request: None,
+                        param_types: Vec::new(),
+                        since: Instant::now(),
                     });
                     self.extended_open = true;
                 }
@@ -745,6 +828,8 @@ impl<G: StatementGate> Relay<'_, G> {
                 refusal: Some(refusal),
                 traces: Vec::new(),
                 next: 0,
+                request: None,
+                since: Instant::now(),
             });
             Ok(())
         }
@@ -802,6 +887,8 @@ impl<G: StatementGate> Relay<'_, G> {
     }
 
     fn target_message(&mut self, frame: Frame) -> Result<(), RelayError> {
+        // The statement this message finishes, reported once the message is relayed.
+        let mut done = None;
         match frame.tag {
             b'D' => return self.data_row(frame),
             b'H' => {
@@ -826,6 +913,7 @@ impl<G: StatementGate> Relay<'_, G> {
             }
             b'E' => {
                 self.copy_out_text = false;
+                done = self.failed_statement();
                 let replaced = match self.pending.front_mut() {
                     Some(Pending::Query { refusal, .. }) => refusal.take(),
                     Some(Pending::Parse { refusal, .. }) => refusal.take(),
@@ -852,7 +940,14 @@ impl<G: StatementGate> Relay<'_, G> {
                 }
             }
             b'1' | b'2' | b'3' => match self.pending.pop_front() {
-                Some(Pending::Parse { name, trace, .. }) => {
+                Some(Pending::Parse {
+                    name,
+                    trace,
+                    request,
+                    param_types,
+                    ..
+                }) => {
+                    self.prepared.insert(name.clone(), Prepared { request, param_types });
                     self.statements.remove(&name);
                     match trace {
                         Some(trace) => self.traced.insert(name, trace),
@@ -863,18 +958,31 @@ impl<G: StatementGate> Relay<'_, G> {
                     portal,
                     statement,
                     formats,
+                    parameters,
+                    param_formats,
+                    ..
                 }) => {
+                    let prepared = self.prepared.get(&statement);
+                    let request = prepared.and_then(|p| p.request);
+                    // Only a gate that hears of completions needs the parameters as text.
+                    let parameters = match (request, prepared) {
+                        (Some(_), Some(p)) => completion::parameters(&parameters, &param_formats, &p.param_types),
+                        _ => Vec::new(),
+                    };
                     self.portals.insert(
                         portal,
                         Portal {
                             statement,
                             formats,
                             described: None,
+                            request,
+                            parameters,
                         },
                     );
                 }
                 Some(Pending::Close { statement, name }) => {
                     if statement {
+                        self.prepared.remove(&name);
                         self.statements.remove(&name);
                         self.traced.remove(&name);
                     } else {
@@ -913,6 +1021,18 @@ impl<G: StatementGate> Relay<'_, G> {
                     }
                 }
             }
+            b't' => {
+                // ParameterDescription: the statement's parameter types, resolved by the
+                // target (binary parameters are decoded by them for the audit).
+                if let Some(Pending::Describe {
+                    portal: false, name, ..
+                }) = self.pending.front()
+                    && let Some(prepared) = self.prepared.get_mut(name)
+                    && prepared.request.is_some()
+                {
+                    prepared.param_types = completion::parameter_types(&frame.bytes);
+                }
+            }
             b'n' => {
                 if let Some(Pending::Describe { portal, name, injected }) = self.pending.pop_front() {
                     self.described(portal, name, Vec::new());
@@ -924,10 +1044,35 @@ impl<G: StatementGate> Relay<'_, G> {
             b'C' | b'I' | b's' => {
                 match self.pending.front_mut() {
                     Some(Pending::Execute { .. }) => {
-                        self.pending.pop_front();
+                        if let Some(Pending::Execute {
+                            portal, since, rows, ..
+                        }) = self.pending.pop_front()
+                        {
+                            done = self.executed(&portal, since, rows, frame.tag == b's');
+                        }
                     }
                     // The next result of the string is the next statement's.
-                    Some(Pending::Query { next, .. }) if frame.tag == b'C' => *next += 1,
+                    Some(Pending::Query {
+                        next,
+                        request,
+                        traces,
+                        since,
+                        ..
+                    }) if frame.tag == b'C' => {
+                        if let Some(first) = *request
+                            && *next < traces.len()
+                        {
+                            let now = Instant::now();
+                            done = Some(Done {
+                                request: first + *next as u64,
+                                since: std::mem::replace(since, now),
+                                rows: 0,
+                                parameters: Vec::new(),
+                                suspended: false,
+                            });
+                        }
+                        *next += 1;
+                    }
                     _ => {}
                 }
                 self.current = None;
@@ -941,11 +1086,90 @@ impl<G: StatementGate> Relay<'_, G> {
             if let Some((message, masked)) = scrub_message(self.gate, &frame.bytes) {
                 self.stats.values_masked += masked;
                 self.to_client.put_slice(&message);
+                self.report(done, &frame);
                 return Ok(());
             }
         }
         self.to_client.put_slice(&frame.bytes);
+        self.report(done, &frame);
         Ok(())
+    }
+
+    /// The statement an ErrorResponse answers, when it is one the gate allowed: the
+    /// simple-query statement now running, or the Parse, Bind or Execute the target refused.
+    fn failed_statement(&mut self) -> Option<Done> {
+        let started = |request: u64, since: Instant, parameters: Vec<Option<String>>| Done {
+            request,
+            since,
+            rows: 0,
+            parameters,
+            suspended: false,
+        };
+        match self.pending.front_mut()? {
+            Pending::Query {
+                refusal: None,
+                request: Some(first),
+                traces,
+                next,
+                since,
+            } if *next < traces.len() => Some(started(*first + *next as u64, *since, Vec::new())),
+            Pending::Parse {
+                refusal: None,
+                request: Some(request),
+                since,
+                ..
+            } => Some(started(*request, *since, Vec::new())),
+            Pending::Bind {
+                statement,
+                parameters,
+                param_formats,
+                since,
+                ..
+            } => {
+                let prepared = self.prepared.get(statement)?;
+                let parameters = completion::parameters(parameters, param_formats, &prepared.param_types);
+                Some(started(prepared.request?, *since, parameters))
+            }
+            Pending::Execute { portal, since, .. } => {
+                let since = *since;
+                let portal = portal.clone();
+                self.executed(&portal, since, 0, false)
+            }
+            _ => None,
+        }
+    }
+
+    /// An execution of `portal` ended: its parameters go with its first record.
+    fn executed(&mut self, portal: &str, since: Instant, rows: u64, suspended: bool) -> Option<Done> {
+        let portal = self.portals.get_mut(portal)?;
+        Some(Done {
+            request: portal.request?,
+            since,
+            rows,
+            parameters: std::mem::take(&mut portal.parameters),
+            suspended,
+        })
+    }
+
+    /// Tells the gate what the target answered to a finished statement.
+    fn report(&self, done: Option<Done>, frame: &Frame) {
+        let Some(done) = done else { return };
+        let mut outcome = Outcome {
+            duration: done.since.elapsed(),
+            parameters: done.parameters,
+            suspended: done.suspended,
+            ..Outcome::default()
+        };
+        match frame.tag {
+            b'C' => {
+                outcome.command_tag = completion::command_tag(&frame.bytes);
+                outcome.rows = outcome.command_tag.and_then(completion::tag_rows);
+            }
+            b'E' => outcome.error = Some(completion::error_fields(&frame.bytes)),
+            b's' => outcome.rows = Some(done.rows),
+            _ => {}
+        }
+        self.gate.completed(done.request, outcome);
     }
 
     fn described(&mut self, portal: bool, name: String, mut columns: Vec<Column>) {
@@ -1095,11 +1319,16 @@ impl<G: StatementGate> Relay<'_, G> {
 
     fn data_row(&mut self, frame: Frame) -> Result<(), RelayError> {
         let resolved = match self.pending.front() {
-            Some(Pending::Execute { portal, columns: None }) => Some(self.portal_columns(portal)),
+            Some(Pending::Execute {
+                portal, columns: None, ..
+            }) => Some(self.portal_columns(portal)),
             _ => None,
         };
-        if let (Some(cols), Some(Pending::Execute { columns, .. })) = (resolved, self.pending.front_mut()) {
-            *columns = Some(cols);
+        if let Some(Pending::Execute { columns, rows, .. }) = self.pending.front_mut() {
+            *rows += 1;
+            if let Some(cols) = resolved {
+                *columns = Some(cols);
+            }
         }
         let columns: &[Column] = match self.pending.front() {
             Some(Pending::Execute { columns: Some(c), .. }) => c,

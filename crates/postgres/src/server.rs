@@ -12,7 +12,8 @@ use std::time::Duration;
 
 use bytes::{BufMut, BytesMut};
 use gatehouse_core::{
-    Gateway, HeldRequest, Protocol, Refusal as CoreRefusal, RefusalKind, Session, Verdict, serve_connections, stopped,
+    Completion, Gateway, HeldRequest, Protocol, Refusal as CoreRefusal, RefusalKind, Session, TargetFailure, Verdict,
+    serve_connections, stopped,
 };
 use gatehouse_mask::{ColumnRules, DataClasses, MaskCounts, Masker, TableRef};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -22,6 +23,7 @@ use tokio_rustls::TlsAcceptor;
 
 use crate::catalog::{self, Catalog, Volatility};
 use crate::classify::{Statement, StatementKind};
+use crate::completion::Outcome;
 use crate::config::PostgresConfig;
 use crate::provenance::{ColumnTrace, Table};
 use crate::relay::{self, Gated, Refusal, StatementGate};
@@ -383,9 +385,11 @@ struct SessionGate {
     session: Session,
     masker: Masker,
     rules: Arc<ColumnRules>,
-    /// Masking counts of the request whose rows are streaming now, audited when the next
-    /// request is decided or the session ends; and the data class each column name hints
-    /// at, so a streaming result resolves its column names once, not once per cell.
+    /// Masking counts of the statement whose rows are streaming now, audited with its
+    /// completion (what is left when the next request is decided or the session ends, e.g.
+    /// from notices, is audited as `masking_applied` under the last decided request); and
+    /// the data class each column name hints at, so a streaming result resolves its column
+    /// names once, not once per cell.
     counts: Mutex<(u64, MaskCounts, HintCache)>,
     /// Changes with each CancelRequest for this connection: withdraws a held statement.
     cancels: watch::Receiver<u64>,
@@ -776,6 +780,69 @@ impl StatementGate for SessionGate {
         !self.masker.is_noop()
             && (!trace.rows.is_empty() || self.masker.strictest(trace.classes.union(trace.row_classes)).is_some())
     }
+
+    /// Statements are decided in order, one request each, so a batch's requests are
+    /// consecutive from its smallest (a held batch's permits come back allowed-first).
+    fn first_request(&self, grant: &Self::Grant) -> Option<u64> {
+        grant.iter().map(gatehouse_core::Permit::request).min()
+    }
+
+    /// One `statement_completed` record, not awaited: the masking counts of the answer, the
+    /// target's error and the parameters with every detector applied, like the statement
+    /// text of the decision record.
+    fn completed(&self, request: u64, outcome: Outcome<'_>) {
+        let masked = std::mem::take(&mut self.counts.lock().unwrap_or_else(|p| p.into_inner()).1);
+        let audit_masker = Masker::all();
+        let mut ignored = MaskCounts::default();
+        let error = outcome.error.map(|e| TargetFailure {
+            code: e.code.to_owned(),
+            message: audit_masker.mask_text(e.message, &mut ignored).into_owned(),
+        });
+        let parameters = outcome
+            .parameters
+            .into_iter()
+            .map(|p| p.map(|value| audit_parameter(&audit_masker, value)))
+            .collect();
+        let completion = Completion {
+            request,
+            duration: outcome.duration,
+            command_tag: outcome.command_tag.map(str::to_owned),
+            rows: outcome.rows,
+            error,
+            parameters,
+            suspended: outcome.suspended,
+        };
+        self.session.record_completion(completion, &masked);
+    }
+}
+
+/// Parameters longer than this are recorded by size only (masking them would cost more
+/// than the statement).
+const MAX_AUDITED_PARAMETER: usize = 64 * 1024;
+
+/// Masked parameters are cut to this many bytes in the record.
+const AUDITED_PARAMETER_PREFIX: usize = 1024;
+
+/// A parameter's text for the audit: masked by every detector, then cut to a prefix.
+fn audit_parameter(masker: &Masker, value: String) -> String {
+    if value.len() > MAX_AUDITED_PARAMETER {
+        return format!("<text, {} bytes>", value.len());
+    }
+    let mut ignored = MaskCounts::default();
+    let mut text = match masker.mask_text(&value, &mut ignored) {
+        Cow::Borrowed(_) => value,
+        Cow::Owned(masked) => masked,
+    };
+    if text.len() > AUDITED_PARAMETER_PREFIX {
+        let mut cut = AUDITED_PARAMETER_PREFIX;
+        while !text.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        let len = text.len();
+        text.truncate(cut);
+        text.push_str(&format!("... ({len} bytes)"));
+    }
+    text
 }
 
 /// Resolves once the shutdown flag turns true (or its sender is gone).

@@ -198,6 +198,8 @@ struct RequestRow {
     reason: Option<String>,
     masked: BTreeMap<String, u64>,
     approvals: Vec<String>,
+    /// What the target answered (PostgreSQL statements): tag or error, and duration.
+    outcomes: Vec<String>,
 }
 
 /// `/sessions/{id}`.
@@ -270,6 +272,28 @@ pub async fn show(State(console): State<Arc<Console>>, headers: HeaderMap, Path(
                 for (class, n) in counts {
                     *row.masked.entry(class.clone()).or_default() += n;
                 }
+            }
+            AuditEvent::StatementCompleted {
+                request,
+                duration_us,
+                command_tag,
+                error,
+                suspended,
+                masked,
+                ..
+            } => {
+                let row = rows.entry(*request).or_default();
+                for (class, n) in masked {
+                    *row.masked.entry(class.clone()).or_default() += n;
+                }
+                let what = match (error, command_tag) {
+                    (Some(e), _) => format!("error {}: {}", e.code, e.message),
+                    (None, Some(tag)) => tag.clone(),
+                    (None, None) if *suspended => "suspended".to_owned(),
+                    (None, None) => "done".to_owned(),
+                };
+                row.outcomes
+                    .push(format!("{what} ({:.1} ms)", *duration_us as f64 / 1000.0));
             }
             AuditEvent::ApprovalRequested {
                 approval,
@@ -399,7 +423,13 @@ pub async fn show(State(console): State<Arc<Console>>, headers: HeaderMap, Path(
                     .reason
                     .as_deref()
                     .map(|r| format!("<div class=\"reason\">{}</div>", esc(r)))
-                    .unwrap_or_default(),
+                    .into_iter()
+                    .chain(
+                        row.outcomes
+                            .iter()
+                            .map(|o| format!("<div class=\"outcome\">{}</div>", esc(o)))
+                    )
+                    .collect::<String>(),
                 policies = esc(&row.policies.join(", ")),
                 masked = if row.masked.is_empty() {
                     String::from("—")
