@@ -29,7 +29,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$(pwd)
-gatehouse="$root/target/release/gatehouse"
+gatehouse=${GATEHOUSE:-$root/target/release/gatehouse}
 relay_bin="$root/target/release/copy-relay"
 duration=${DURATION:-15}
 scale=${SCALE:-10}
@@ -266,8 +266,8 @@ rows=(
     "direct|$pg_port|bench|$password|bench"
     "copy-relay|$relay_port|bench|$password|bench"
     "gatehouse fsync=group|$gw_group_port|alice|$(cat "$work/gw-group/token")|bench"
-    "gatehouse fsync=always|$gw_always_port|alice|$(cat "$work/gw-always/token")|bench"
 )
+[ "$pgbench_runs" = 1 ] && rows+=("gatehouse fsync=always|$gw_always_port|alice|$(cat "$work/gw-always/token")|bench")
 [ -n "$pgbouncer_row" ] && rows=("${rows[@]:0:2}" "$pgbouncer_row" "${rows[@]:2}")
 results="$work/results"
 : >"$results"

@@ -83,6 +83,26 @@ const fn byte_table() -> [u8; 256] {
 /// without overlaps (the earliest, then the longest, wins).
 pub(crate) fn detect(s: &str, classes: ClassSet, out: &mut Vec<Span>) {
     let b = s.as_bytes();
+    // A value that is one address and nothing else (an email column): every other detector
+    // could only find something inside it, which the address would claim, so they need not
+    // run (nor the pre-pass). No other detector ends a match on an address's alphabetic TLD.
+    if classes.has(DataClass::Email) && b.len() >= 6 && b[b.len() - 1].is_ascii_alphabetic() && b.contains(&b'@') {
+        let first = out.len();
+        emails(b, out);
+        if let [only] = &out[first..]
+            && only.start == 0
+            && only.end == b.len()
+        {
+            return;
+        }
+        out.truncate(first);
+    }
+    detect_all(s, classes, out);
+}
+
+/// `detect` running every detector the pre-pass calls for.
+fn detect_all(s: &str, classes: ClassSet, out: &mut Vec<Span>) {
+    let b = s.as_bytes();
     let f = features(b);
     if f.at && classes.has(DataClass::Email) {
         emails(b, out);
@@ -1065,5 +1085,37 @@ mod tests {
         );
         assert_eq!(spans.len(), 1);
         assert_eq!(spans[0].class, DataClass::Card);
+    }
+
+    #[test]
+    fn whole_cell_addresses_skip_the_other_detectors_with_the_same_result() {
+        let values = [
+            "user1@example.com",
+            "4111111111111111@example.com",
+            "+14155552671@example.com",
+            "a@4111111111111111.io",
+            "x@123-45-6789.org",
+            "GB82WEST12345698765432@bank.co",
+            "AKIAIOSFODNN7EXAMPLE@aws.com",
+            "eyJhbGciOiJIUzI1NiJ9@jwt.io",
+            "u***@example.com",
+            "a@b.c",
+            "not an address@example.com",
+            "4111111111111111 a@example.com",
+            "a@example.com 4111111111111111",
+            "a@example.com1",
+        ];
+        for classes in [
+            all(),
+            ClassSet::EMPTY.with(DataClass::Email),
+            ClassSet::EMPTY.with(DataClass::Card),
+        ] {
+            for value in values {
+                let (mut fast, mut full) = (Vec::new(), Vec::new());
+                detect(value, classes, &mut fast);
+                detect_all(value, classes, &mut full);
+                assert_eq!(fast, full, "{value}");
+            }
+        }
     }
 }
