@@ -16,7 +16,10 @@
 # Then a ROWS-row result (default 1,000,000) with an email column streamed with psql to
 # /dev/null, direct and through a fresh gateway, as `SELECT` (DataRows, masked by column
 # name and content) and as `COPY (SELECT ...) TO STDOUT` (masked by content): MB/s and the
-# gateway's peak resident memory (VmHWM) (STREAM=0 skips it).
+# gateway's peak resident memory (VmHWM) (STREAM=0 skips it; PGBENCH=0 runs only this part).
+# The stream also goes through the copy relay: the floor any relay costs on this machine.
+# BASELINE=path/to/another/gatehouse adds a gateway run by that binary to the stream runs
+# (before/after figures from the same run).
 #
 # CALLGRIND=1 instead counts the instructions the gateway (fsync=group) spends per
 # statement, under valgrind's callgrind: a figure that does not depend on what else the
@@ -26,7 +29,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$(pwd)
-gatehouse="$root/target/release/gatehouse"
+gatehouse=${GATEHOUSE:-$root/target/release/gatehouse}
 relay_bin="$root/target/release/copy-relay"
 duration=${DURATION:-15}
 scale=${SCALE:-10}
@@ -131,9 +134,12 @@ SQL
 printf '%s\n' "$password" > "$work/bench.pw"
 chmod 600 "$work/bench.pw"
 
-echo "pgbench.sh: pgbench -i -s $scale (direct) ..."
-PGPASSWORD="$password" pgbench -i -q -s "$scale" -h 127.0.0.1 -p "$pg_port" -U bench bench \
-    >"$work/init.log" 2>&1 || die "pgbench -i failed: $(cat "$work/init.log")"
+pgbench_runs=${PGBENCH:-1}
+if [ "$pgbench_runs" = 1 ]; then
+    echo "pgbench.sh: pgbench -i -s $scale (direct) ..."
+    PGPASSWORD="$password" pgbench -i -q -s "$scale" -h 127.0.0.1 -p "$pg_port" -U bench bench \
+        >"$work/init.log" 2>&1 || die "pgbench -i failed: $(cat "$work/init.log")"
+fi
 
 # --- copy relay -------------------------------------------------------------------------
 free_port relay_port
@@ -143,7 +149,9 @@ wait_for "copy-relay" bash -c "exec 3<>/dev/tcp/127.0.0.1/$relay_port"
 
 # --- pgbouncer (session mode), when installed -------------------------------------------
 pgbouncer_row=""
-if command -v pgbouncer >/dev/null; then
+if [ "$pgbench_runs" != 1 ]; then
+    :
+elif command -v pgbouncer >/dev/null; then
     free_port bouncer_port
     mkdir -p "$work/pgbouncer"
     printf '"bench" "%s"\n' "$password" >"$work/pgbouncer/userlist.txt"
@@ -251,7 +259,7 @@ if [ "${CALLGRIND:-0}" = 1 ]; then
         }'
     exit 0
 fi
-start_gateway gw-always always
+[ "$pgbench_runs" = 1 ] && start_gateway gw-always always
 
 # --- runs ---------------------------------------------------------------------------------
 # Rows: label, port, user, password, database.
@@ -259,12 +267,14 @@ rows=(
     "direct|$pg_port|bench|$password|bench"
     "copy-relay|$relay_port|bench|$password|bench"
     "gatehouse fsync=group|$gw_group_port|alice|$(cat "$work/gw-group/token")|bench"
-    "gatehouse fsync=always|$gw_always_port|alice|$(cat "$work/gw-always/token")|bench"
 )
+[ "$pgbench_runs" = 1 ] && rows+=("gatehouse fsync=always|$gw_always_port|alice|$(cat "$work/gw-always/token")|bench")
 [ -n "$pgbouncer_row" ] && rows=("${rows[@]:0:2}" "$pgbouncer_row" "${rows[@]:2}")
 results="$work/results"
 : >"$results"
+[ "$pgbench_runs" = 1 ] || MODES=none
 for mode in ${MODES:-simple extended prepared}; do
+    [ "$mode" = none ] && continue
     for row in "${rows[@]}"; do
         IFS='|' read -r label port user pass db <<<"$row"
         echo "pgbench.sh: $label, -M $mode, ${duration}s ..."
@@ -286,7 +296,7 @@ load_after_tps=$(cut -d' ' -f1-3 /proc/loadavg)
 # --- one client: added latency ------------------------------------------------------------
 latencies="$work/latencies"
 : >"$latencies"
-if [ "${LATENCY:-1}" = 1 ]; then
+if [ "${LATENCY:-1}" = 1 ] && [ "$pgbench_runs" = 1 ]; then
     for mode in ${MODES:-simple extended prepared}; do
         for row in "${rows[@]}"; do
             IFS='|' read -r label port user pass db <<<"$row"
@@ -314,6 +324,15 @@ CREATE TABLE people AS
     SELECT i AS id, 'user' || i || '@example.com' AS email, md5(i::text) AS note
     FROM generate_series(1, $rows_n) AS i;
 SQL
+    stream_paths="direct copy-relay gatehouse"
+    if [ -n "${BASELINE:-}" ]; then
+        [ -x "$BASELINE" ] || die "BASELINE=$BASELINE is not an executable"
+        gatehouse_now=$gatehouse
+        gatehouse=$BASELINE
+        start_gateway gw-baseline group
+        gatehouse=$gatehouse_now
+        stream_paths="direct copy-relay baseline gatehouse"
+    fi
     start_gateway gw-stream group
     stream_pid=${pids[-1]}
     rss_before=$(awk '/^VmRSS/ { print $2 }' "/proc/$stream_pid/status")
@@ -323,8 +342,13 @@ SQL
             select) sql="SELECT id, email, note FROM people" ;;
             copy) sql="COPY (SELECT id, email, note FROM people) TO STDOUT" ;;
         esac
-        for path in direct gatehouse direct gatehouse; do
-            if [ "$path" = direct ]; then port=$pg_port user=bench pass=$password; else port=$gw_stream_port user=alice pass=$gw_token; fi
+        for path in $stream_paths $stream_paths; do
+            case "$path" in
+                baseline) port=$gw_baseline_port user=alice pass=$(cat "$work/gw-baseline/token") ;;
+                direct) port=$pg_port user=bench pass=$password ;;
+                copy-relay) port=$relay_port user=bench pass=$password ;;
+                gatehouse) port=$gw_stream_port user=alice pass=$gw_token ;;
+            esac
             echo "pgbench.sh: stream ($kind) $path ..."
             start=$(date +%s.%N)
             bytes=$(PGPASSWORD="$pass" psql -X -q -A -t -v ON_ERROR_STOP=1 -h 127.0.0.1 -p "$port" -U "$user" -d bench \
@@ -337,20 +361,22 @@ SQL
 fi
 
 # --- report -------------------------------------------------------------------------------
-echo
-echo "pgbench -S -c $clients -j $threads -T $duration, scale $scale, $(nproc) CPUs, load $load_after_tps after the runs"
-awk -F'|' '
-    { mode[NR] = $1; label[NR] = $2; tps[NR] = $3; lat[NR] = $4
-      if ($2 == "direct") direct[$1] = $3
-      if ($2 == "copy-relay") relay[$1] = $3
-      if ($2 == "pgbouncer session") bouncer[$1] = $3 }
-    END {
-        printf "%-9s %-24s %12s %12s %10s %14s %14s\n", "protocol", "path", "tps", "latency ms", "vs direct", "vs copy-relay", "vs pgbouncer"
-        for (i = 1; i <= NR; i++) {
-            vb = bouncer[mode[i]] ? sprintf("%14.2f", tps[i] / bouncer[mode[i]]) : sprintf("%14s", "-")
-            printf "%-9s %-24s %12.0f %12.3f %10.2f %14.2f %s\n", mode[i], label[i], tps[i], lat[i], tps[i] / direct[mode[i]], tps[i] / relay[mode[i]], vb
-        }
-    }' "$results"
+if [ -s "$results" ]; then
+    echo
+    echo "pgbench -S -c $clients -j $threads -T $duration, scale $scale, $(nproc) CPUs, load $load_after_tps after the runs"
+    awk -F'|' '
+        { mode[NR] = $1; label[NR] = $2; tps[NR] = $3; lat[NR] = $4
+          if ($2 == "direct") direct[$1] = $3
+          if ($2 == "copy-relay") relay[$1] = $3
+          if ($2 == "pgbouncer session") bouncer[$1] = $3 }
+        END {
+            printf "%-9s %-24s %12s %12s %10s %14s %14s\n", "protocol", "path", "tps", "latency ms", "vs direct", "vs copy-relay", "vs pgbouncer"
+            for (i = 1; i <= NR; i++) {
+                vb = bouncer[mode[i]] ? sprintf("%14.2f", tps[i] / bouncer[mode[i]]) : sprintf("%14s", "-")
+                printf "%-9s %-24s %12.0f %12.3f %10.2f %14.2f %s\n", mode[i], label[i], tps[i], lat[i], tps[i] / direct[mode[i]], tps[i] / relay[mode[i]], vb
+            }
+        }' "$results"
+fi
 if [ -s "$latencies" ]; then
     echo
     echo "1 client (pgbench -S -c 1 -j 1 -T $duration): average latency and what each path adds over direct"
@@ -370,7 +396,7 @@ if [ -s "$latencies" ]; then
 fi
 if [ -s "$streams" ]; then
     echo
-    echo "streaming $rows_n rows (id, email, note) with psql -A -t to wc -c, two runs each, alternating"
+    echo "streaming $rows_n rows (id, email, note) with psql -A -t to wc -c, two runs each, alternating; copy-relay is a bare TCP relay"
     awk -F'|' '
         { kind[NR] = $1; path[NR] = $2; bytes[NR] = $3; secs[NR] = $4
           if ($2 == "direct" && (!best[$1] || $4 < best[$1])) best[$1] = $4 }

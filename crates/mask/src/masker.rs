@@ -181,11 +181,21 @@ impl Masker {
             return (Cow::Borrowed(s), ClassSet::EMPTY);
         }
         let mut found = ClassSet::EMPTY;
-        let Some(mut current) = self.mask_round(s, counts, &mut found) else {
+        let mut spans: Vec<Span> = Vec::new();
+        let Some(mut current) = self.mask_round(s, counts, &mut found, &mut spans) else {
             return (Cow::Borrowed(s), found);
         };
+        // A value that was one address and nothing else (an email column) is now one masked
+        // address: the next round would claim it whole as already masked and change nothing.
+        if let [only] = spans[..]
+            && only.class == DataClass::Email
+            && only.start == 0
+            && only.end == s.len()
+        {
+            return (Cow::Owned(current), found);
+        }
         for _ in 1..MAX_ROUNDS {
-            match self.mask_round(&current, counts, &mut found) {
+            match self.mask_round(&current, counts, &mut found, &mut spans) {
                 Some(next) => current = next,
                 None => break,
             }
@@ -193,11 +203,18 @@ impl Masker {
         (Cow::Owned(current), found)
     }
 
-    /// One round of detection and replacement; `None` when nothing changed.
-    fn mask_round(&self, s: &str, counts: &mut MaskCounts, found: &mut ClassSet) -> Option<String> {
-        let mut spans: Vec<Span> = Vec::new();
-        detect::detect(s, self.classes, &mut spans);
-        for span in &spans {
+    /// One round of detection and replacement; `None` when nothing changed. `spans` is
+    /// scratch space (left holding this round's spans).
+    fn mask_round(
+        &self,
+        s: &str,
+        counts: &mut MaskCounts,
+        found: &mut ClassSet,
+        spans: &mut Vec<Span>,
+    ) -> Option<String> {
+        spans.clear();
+        detect::detect(s, self.classes, spans);
+        for span in spans.iter() {
             *found = found.with(span.class);
         }
         if spans.iter().all(|span| span.done) {

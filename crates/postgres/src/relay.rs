@@ -1307,13 +1307,9 @@ impl<G: StatementGate> Relay<'_, G> {
             fields: &self.copy_traces,
             union: self.copy_union.as_deref(),
         };
-        match mask_copy_row(self.gate, &traces, &frame.bytes).map_err(RelayError::TargetProtocol)? {
-            Some((row, masked)) => {
-                self.stats.values_masked += masked;
-                self.to_client.put_slice(&row);
-            }
-            None => self.to_client.put_slice(&frame.bytes),
-        }
+        let masked = mask_copy_row_into(self.gate, &traces, &frame.bytes, &mut self.to_client)
+            .map_err(RelayError::TargetProtocol)?;
+        self.stats.values_masked += masked;
         Ok(())
     }
 
@@ -1334,13 +1330,9 @@ impl<G: StatementGate> Relay<'_, G> {
             Some(Pending::Execute { columns: Some(c), .. }) => c,
             _ => self.current.as_deref().unwrap_or(&[]),
         };
-        match mask_row(self.gate, columns, &frame.bytes).map_err(RelayError::TargetProtocol)? {
-            Some((row, masked)) => {
-                self.stats.values_masked += masked;
-                self.to_client.put_slice(&row);
-            }
-            None => self.to_client.put_slice(&frame.bytes),
-        }
+        let masked =
+            mask_row_into(self.gate, columns, &frame.bytes, &mut self.to_client).map_err(RelayError::TargetProtocol)?;
+        self.stats.values_masked += masked;
         Ok(())
     }
 }
@@ -1368,27 +1360,53 @@ const MAX_ARRAY_DIMS: i32 = 6;
 
 /// Pass each value of a DataRow through the gate; a new message if any changed.
 /// Columns the relay could not name are offered under an empty name, never skipped.
+#[cfg(test)]
 fn mask_row<G: StatementGate>(gate: &G, columns: &[Column], row: &[u8]) -> Result<Option<(BytesMut, u64)>, String> {
+    let mut out = BytesMut::new();
+    let masked = mask_row_into(gate, columns, row, &mut out)?;
+    Ok((masked > 0).then_some((out, masked)))
+}
+
+/// `mask_row` appending straight to the client's output: the row as it came when no value
+/// changed, else the row rewritten (unchanged stretches copied whole). Returns how many
+/// values were replaced; on an error nothing is appended.
+fn mask_row_into<G: StatementGate>(
+    gate: &G,
+    columns: &[Column],
+    row: &[u8],
+    out: &mut BytesMut,
+) -> Result<u64, String> {
+    let start = out.len();
+    let result = rewrite_row(gate, columns, row, out);
+    if result.is_err() {
+        out.truncate(start);
+    }
+    result
+}
+
+fn rewrite_row<G: StatementGate>(gate: &G, columns: &[Column], row: &[u8], out: &mut BytesMut) -> Result<u64, String> {
+    let start = out.len();
     let mut body = row.get(5..).ok_or("short DataRow")?;
     if body.len() < 2 {
         return Err("short DataRow".to_owned());
     }
     let count = body.get_i16();
-    let mut values: Vec<Option<Cow<'_, [u8]>>> = Vec::with_capacity(count.max(0) as usize);
     let mut masked = 0u64;
+    // Bytes of `row` before this offset are in `out` already (once something changed).
+    let mut copied = 0usize;
     for i in 0..count.max(0) as usize {
+        let at = row.len() - body.len();
         if body.len() < 4 {
             return Err("truncated DataRow".to_owned());
         }
         let len = body.get_i32();
         if len < 0 {
-            values.push(None);
             continue;
         }
         let len = len as usize;
         let value = body.get(..len).ok_or("truncated DataRow value")?;
         body = &body[len..];
-        let out = match columns.get(i) {
+        let replaced = match columns.get(i) {
             Some(c) if c.binary => {
                 if c.null_binary && !binary_reads_as_text(c.type_oid, value) {
                     // A masked class in a binary form the relay cannot rewrite: NULL is a
@@ -1396,34 +1414,43 @@ fn mask_row<G: StatementGate>(gate: &G, columns: &[Column], row: &[u8]) -> Resul
                     if let Some(trace) = &c.trace {
                         gate.count_nulled(trace);
                     }
-                    masked += 1;
-                    values.push(None);
-                    continue;
+                    None
+                } else {
+                    match mask_binary(gate, &c.name, c.trace.as_deref(), c.type_oid, value)? {
+                        Cow::Borrowed(_) => continue,
+                        Cow::Owned(v) => Some(v),
+                    }
                 }
-                mask_binary(gate, &c.name, c.trace.as_deref(), c.type_oid, value)?
             }
-            Some(c) => leaf(gate, &c.name, c.trace.as_deref(), value),
-            None => gate.mask_value("", value),
+            Some(c) => match leaf(gate, &c.name, c.trace.as_deref(), value) {
+                Cow::Borrowed(_) => continue,
+                Cow::Owned(v) => Some(v),
+            },
+            None => match gate.mask_value("", value) {
+                Cow::Borrowed(_) => continue,
+                Cow::Owned(v) => Some(v),
+            },
         };
-        if let Cow::Owned(_) = out {
-            masked += 1;
+        if masked == 0 {
+            out.reserve(row.len() + 64);
         }
-        values.push(Some(out));
+        masked += 1;
+        out.put_slice(&row[copied..at]);
+        match replaced {
+            None => out.put_i32(-1),
+            Some(v) => put_value(out, &v)?,
+        }
+        copied = row.len() - body.len();
     }
     if masked == 0 {
-        return Ok(None);
+        out.put_slice(row);
+        return Ok(0);
     }
-    let mut out = BytesMut::with_capacity(row.len() + 64);
-    out.put_u8(b'D');
-    out.put_i32(0);
-    out.put_i16(count);
-    for value in &values {
-        match value {
-            None => out.put_i32(-1),
-            Some(v) => put_value(&mut out, v)?,
-        }
-    }
-    finish_message(out).map(|m| Some((m, masked)))
+    // Bytes after the last value (none from a sound target) are dropped with the old length.
+    out.put_slice(&row[copied..row.len() - body.len()]);
+    let len = i32::try_from(out.len() - start - 1).map_err(|_| "masked row too long")?;
+    out[start + 1..start + 5].copy_from_slice(&len.to_be_bytes());
+    Ok(masked)
 }
 
 /// One text value through the gate: by its trace when it has one.
@@ -1623,56 +1650,75 @@ fn scrub_message<G: StatementGate>(gate: &G, message: &[u8]) -> Option<(BytesMut
     finish_message(out).ok().map(|m| (m, masked))
 }
 
+#[cfg(test)]
 fn mask_copy_row<G: StatementGate>(
     gate: &G,
     traces: &CopyTraces<'_>,
     message: &[u8],
 ) -> Result<Option<(BytesMut, u64)>, String> {
+    let mut out = BytesMut::new();
+    let masked = mask_copy_row_into(gate, traces, message, &mut out)?;
+    Ok((masked > 0).then_some((out, masked)))
+}
+
+/// `mask_copy_row` appending straight to the client's output: the message as it came when
+/// no field changed, else the row rewritten. Returns how many fields were replaced; on an
+/// error nothing is appended.
+fn mask_copy_row_into<G: StatementGate>(
+    gate: &G,
+    traces: &CopyTraces<'_>,
+    message: &[u8],
+    out: &mut BytesMut,
+) -> Result<u64, String> {
     let data = message.get(5..).ok_or("short CopyData")?;
-    let (line, end) = match data.strip_suffix(b"\r\n") {
-        Some(line) => (line, &b"\r\n"[..]),
-        None => match data.strip_suffix(b"\n") {
-            Some(line) => (line, &b"\n"[..]),
-            None => (data, &b""[..]),
-        },
+    let line = match data.strip_suffix(b"\r\n") {
+        Some(line) => line,
+        None => data.strip_suffix(b"\n").unwrap_or(data),
     };
-    let mut masked = 0u64;
     let expected = traces.fields.len();
-    let split = line.split(|b| *b == b'\t').count() == expected;
-    let fields: Vec<Cow<'_, [u8]>> = line
-        .split(|b| *b == b'\t')
-        .enumerate()
-        .map(|(i, field)| {
-            let trace = if split {
-                traces.fields.get(i).and_then(Option::as_deref)
-            } else {
-                traces.union
-            };
-            let out = if field == b"\\N" {
-                Cow::Borrowed(field)
-            } else {
-                leaf(gate, "", trace, field)
-            };
-            if let Cow::Owned(_) = out {
-                masked += 1;
-            }
-            out
-        })
-        .collect();
-    if masked == 0 {
-        return Ok(None);
-    }
-    let mut out = BytesMut::with_capacity(message.len() + 64);
-    out.put_u8(b'd');
-    out.put_i32(0);
-    for (i, field) in fields.iter().enumerate() {
-        if i > 0 {
-            out.put_u8(b'\t');
+    let split = line.iter().filter(|&&b| b == b'\t').count() + 1 == expected;
+    let start = out.len();
+    let mut masked = 0u64;
+    // Bytes of `message` before this offset are in `out` already (once something changed).
+    let mut copied = 0usize;
+    let mut at = 5usize;
+    for (i, field) in line.split(|b| *b == b'\t').enumerate() {
+        let field_at = at;
+        at += field.len() + 1;
+        if field == b"\\N" {
+            continue;
         }
-        out.put_slice(field);
+        let trace = if split {
+            traces.fields.get(i).and_then(Option::as_deref)
+        } else {
+            traces.union
+        };
+        let Cow::Owned(replaced) = leaf(gate, "", trace, field) else {
+            continue;
+        };
+        if masked == 0 {
+            out.reserve(message.len() + 64);
+        }
+        masked += 1;
+        out.put_slice(&message[copied..field_at]);
+        out.put_slice(&replaced);
+        copied = field_at + field.len();
     }
-    out.put_slice(end);
-    finish_message(out).map(|m| Some((m, masked)))
+    if masked == 0 {
+        out.put_slice(message);
+        return Ok(0);
+    }
+    out.put_slice(&message[copied..]);
+    match i32::try_from(out.len() - start - 1) {
+        Ok(len) => {
+            out[start + 1..start + 5].copy_from_slice(&len.to_be_bytes());
+            Ok(masked)
+        }
+        Err(_) => {
+            out.truncate(start);
+            Err("masked row too long".to_owned())
+        }
+    }
 }
 
 #[cfg(test)]
@@ -1924,5 +1970,64 @@ mod tests {
         msg.put_i32(4 + 8);
         msg.put_slice(b"1\tplain\n");
         assert!(mask_copy_row(&Gate, &NO_TRACES, &msg).unwrap().is_none());
+    }
+
+    #[test]
+    fn rows_are_appended_to_the_output_as_they_came_or_rewritten() {
+        let columns: Vec<Column> = ["a", "b", "c", "d"]
+            .iter()
+            .map(|name| Column {
+                name: (*name).into(),
+                binary: false,
+                type_oid: 25,
+                trace: None,
+                null_binary: false,
+            })
+            .collect();
+        let mut out = BytesMut::from(&b"earlier"[..]);
+        // Unchanged rows are copied whole, byte for byte.
+        let clean = data_row(&[b"1", b"plain", b"", b"x"]);
+        assert_eq!(mask_row_into(&Gate, &columns, &clean, &mut out), Ok(0));
+        // Values changed at the start, in the middle and at the end; NULLs kept.
+        let mut dirty = BytesMut::new();
+        dirty.put_u8(b'D');
+        dirty.put_i32(0);
+        dirty.put_i16(4);
+        for v in [Some(&b"secret"[..]), None, Some(b"keep"), Some(b"secret")] {
+            match v {
+                Some(v) => put_value(&mut dirty, v).unwrap(),
+                None => dirty.put_i32(-1),
+            }
+        }
+        let dirty = finish_message(dirty).unwrap();
+        assert_eq!(mask_row_into(&Gate, &columns, &dirty, &mut out), Ok(2));
+        let mut expected = BytesMut::from(&b"earlier"[..]);
+        expected.put_slice(&clean);
+        expected.put_u8(b'D');
+        expected.put_i32(0);
+        expected.put_i16(4);
+        let start = expected.len() - 7;
+        for v in [Some(&b"XX"[..]), None, Some(b"keep"), Some(b"XX")] {
+            match v {
+                Some(v) => put_value(&mut expected, v).unwrap(),
+                None => expected.put_i32(-1),
+            }
+        }
+        let len = i32::try_from(expected.len() - start - 1).unwrap();
+        expected[start + 1..start + 5].copy_from_slice(&len.to_be_bytes());
+        assert_eq!(out, expected);
+        // A row truncated after a changed value appends nothing.
+        let truncated = &dirty[..dirty.len() - 3];
+        assert!(mask_row_into(&Gate, &columns, truncated, &mut out).is_err());
+        assert_eq!(out, expected);
+        // COPY rows likewise, after what is already there.
+        let mut copy = BytesMut::new();
+        copy.put_u8(b'd');
+        copy.put_i32(0);
+        copy.put_slice(b"secret\tkeep\t\\N\tsecret\r\n");
+        let copy = finish_message(copy).unwrap();
+        let before = out.len();
+        assert_eq!(mask_copy_row_into(&Gate, &NO_TRACES, &copy, &mut out), Ok(2));
+        assert_eq!(&out[before..], b"d\0\0\0\x13XX\tkeep\t\\N\tXX\r\n");
     }
 }
