@@ -57,6 +57,8 @@ cleanup() {
     trap - EXIT INT TERM
     # SIGTERM lets the gateways drain and flush their audit logs; whatever is still up
     # after 5 s is killed.
+    # pgbouncer runs under runuser, which does not pass SIGTERM on: its pid file names it.
+    [ -f "$work/pgbouncer/pgbouncer.pid" ] && kill -TERM "$(cat "$work/pgbouncer/pgbouncer.pid")" 2>/dev/null || true
     for pid in "${pids[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
     for pid in "${pids[@]}"; do
         for _ in $(seq 1 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.05; done
