@@ -611,6 +611,12 @@ impl Session {
             .await
     }
 
+    /// False once the audit log cannot be written: requests must not go on unrecorded,
+    /// including ones decided earlier (an execution of a prepared statement).
+    pub fn recording(&self) -> bool {
+        self.inner.gateway.audit().healthy()
+    }
+
     /// Records how many values of each class were masked in one request's response.
     pub fn record_masking(&self, request: u64, counts: &MaskCounts) {
         if counts.is_empty() {

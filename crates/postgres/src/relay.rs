@@ -103,6 +103,11 @@ pub trait StatementGate: Send + Sync + 'static {
     fn completed(&self, request: u64, outcome: Outcome<'_>) {
         let _ = (request, outcome);
     }
+    /// False when what runs now could not be recorded (the audit log failed): an Execute
+    /// of a statement decided earlier is not forwarded then, the session ends.
+    fn recording(&self) -> bool {
+        true
+    }
 }
 
 /// The gate's answer to a batch it does not refuse.
@@ -158,6 +163,9 @@ pub enum RelayError {
     /// The target broke the protocol or closed the connection.
     #[error("target protocol violation: {0}")]
     TargetProtocol(String),
+    /// The gateway cannot go on (its audit log failed); the client was told so.
+    #[error("{0}")]
+    Unavailable(String),
 }
 
 /// One column of a result, as far as masking cares.
@@ -600,6 +608,12 @@ impl<G: StatementGate> Relay<'_, G> {
                 if self.discarding {
                     return Ok(Flow::Continue);
                 }
+                if !self.gate.recording() {
+                    return Err(self.fatal(
+                        "58000",
+                        "gatehouse cannot write its audit log, so it runs no more statements; the session ends".into(),
+                    ));
+                }
                 let execute: Execute = self.decode_client(&frame)?;
                 let portal = execute.name.unwrap_or_default();
                 if !self.client_described_portals.contains(&portal) {
@@ -864,14 +878,24 @@ impl<G: StatementGate> Relay<'_, G> {
 
     /// Tell the client what it did wrong (FATAL 08P01), as PostgreSQL does before closing.
     fn client_violation(&mut self, message: String) -> RelayError {
+        self.push_fatal("08P01", &message);
+        RelayError::ClientProtocol(message)
+    }
+
+    /// Ends the session on the gateway's side with a FATAL error the client is shown.
+    fn fatal(&mut self, sqlstate: &str, message: String) -> RelayError {
+        self.push_fatal(sqlstate, &message);
+        RelayError::Unavailable(message)
+    }
+
+    fn push_fatal(&mut self, sqlstate: &str, message: &str) {
         let fields = vec![
             (b'S', "FATAL".to_owned()),
             (b'V', "FATAL".to_owned()),
-            (b'C', "08P01".to_owned()),
-            (b'M', message.clone()),
+            (b'C', sqlstate.to_owned()),
+            (b'M', message.to_owned()),
         ];
         let _ = wire::encode(&ErrorResponse::new(fields), &mut self.to_client);
-        RelayError::ClientProtocol(message)
     }
 
     /// Handle every complete target message in `buf`.

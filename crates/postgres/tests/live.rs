@@ -7,6 +7,7 @@
 use std::borrow::Cow;
 use std::process::Stdio;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use bytes::{BufMut, BytesMut};
 use gatehouse_postgres::classify::{Statement, StatementKind};
@@ -17,8 +18,12 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
 /// Refuses writes to `customers`; masks any column named `email` to `***`, and by content
-/// any `@example.com` address in other values to `@masked.invalid`.
-struct TestGate;
+/// any `@example.com` address in other values to `@masked.invalid`. `failed_audit` stands
+/// for an audit log that can no longer be written.
+#[derive(Default)]
+struct TestGate {
+    failed_audit: AtomicBool,
+}
 
 impl StatementGate for TestGate {
     type Grant = ();
@@ -59,6 +64,10 @@ impl StatementGate for TestGate {
                 hint: None,
             })
         }
+    }
+
+    fn recording(&self) -> bool {
+        !self.failed_audit.load(Ordering::Relaxed)
     }
 
     fn mask_value<'a>(&self, column: &str, value: &'a [u8]) -> Cow<'a, [u8]> {
@@ -113,9 +122,12 @@ fn count(pg: &PgServer, table: &str) -> i64 {
 
 /// Test stand-in for the lead's startup: trust-style handshake, then `relay::run`.
 async fn gateway(cfg: UpstreamConfig) -> u16 {
+    gateway_with(cfg, Arc::default()).await
+}
+
+async fn gateway_with(cfg: UpstreamConfig, gate: Arc<TestGate>) -> u16 {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = listener.local_addr().unwrap().port();
-    let gate = Arc::new(TestGate);
     tokio::spawn(async move {
         loop {
             let Ok((sock, _)) = listener.accept().await else {
@@ -402,6 +414,25 @@ async fn extended_protocol_refusal_then_good_query_on_same_connection() {
     assert_eq!(inserted, 1);
     assert_eq!(count(&pg, "customers"), 2);
     assert_eq!(count(&pg, "scratch"), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prepared_statements_do_not_run_once_the_audit_cannot_record_them() {
+    let pg = target();
+    let gate = Arc::new(TestGate::default());
+    let port = gateway_with(config(&pg, "gw", "gw-pass", "app"), gate.clone()).await;
+    let client = tokio_client(port).await;
+    // Decided (and, in the gateway, audited) once, when prepared.
+    let insert = client.prepare("INSERT INTO scratch VALUES ($1, $2)").await.unwrap();
+    assert_eq!(client.execute(&insert, &[&1i32, &"one"]).await.unwrap(), 1);
+    // The log fails: the next execution is not forwarded, the session ends with why.
+    gate.failed_audit.store(true, Ordering::Relaxed);
+    let err = client.execute(&insert, &[&2i32, &"two"]).await.unwrap_err();
+    let db = err.as_db_error().unwrap_or_else(|| panic!("not a server error: {err}"));
+    assert_eq!((db.severity(), db.code().code()), ("FATAL", "58000"), "{db}");
+    assert!(db.message().contains("cannot write its audit log"), "{db}");
+    assert!(client.is_closed() || client.simple_query("SELECT 1").await.is_err());
+    assert_eq!(count(&pg, "scratch"), 1, "the unrecorded execution reached the target");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
