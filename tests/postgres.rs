@@ -265,12 +265,7 @@ fn cancel_request_reaches_the_right_backend() {
         .build()
         .unwrap();
     runtime.block_on(async {
-        let conn = format!(
-            "host=127.0.0.1 port={} dbname=orders user=someone password={token} sslmode=disable",
-            s.port
-        );
-        let (client, connection) = tokio_postgres::connect(&conn, tokio_postgres::NoTls).await.unwrap();
-        tokio::spawn(connection);
+        let client = tokio_client(&s, &token).await;
         let cancel = client.cancel_token();
         let sleeper = tokio::spawn(async move { client.simple_query("SELECT pg_sleep(30)").await });
         // Cancel once the backend is really sleeping (the runtime's workers drive the query
@@ -507,7 +502,7 @@ fn columns_derived_from_masked_columns_are_masked() {
     assert_eq!(out(&o), "sserdda-na-ton|<masked:secret>\n");
 
     // Counts per class reach the audit log; the values never do.
-    let audit = || std::fs::read_to_string(s.gw.audit_dir().join("segment-000001.jsonl")).unwrap_or_default();
+    let audit = || audit_text(&s);
     assert!(
         s.gw.wait_for(Duration::from_secs(10), || audit().contains("\"statement_completed\"")
             && audit().contains("\"masked\":{")
@@ -523,12 +518,7 @@ fn columns_derived_from_masked_columns_are_masked() {
         .build()
         .unwrap();
     runtime.block_on(async {
-        let conn = format!(
-            "host=127.0.0.1 port={} dbname=orders user=someone password={dba} sslmode=disable",
-            s.port
-        );
-        let (client, connection) = tokio_postgres::connect(&conn, tokio_postgres::NoTls).await.unwrap();
-        tokio::spawn(connection);
+        let client = tokio_client(&s, &dba).await;
         let statement = client
             .prepare("SELECT id, reverse(email) AS x, p.full_name AS n, length(email) AS l FROM people p WHERE id = $1")
             .await
@@ -557,10 +547,27 @@ fn columns_derived_from_masked_columns_are_masked() {
     });
 }
 
+/// A tokio-postgres client logged in to the `orders` target with `password` (a token), its
+/// connection driven on the current runtime.
+async fn tokio_client(s: &Setup, password: &str) -> tokio_postgres::Client {
+    let conn = format!(
+        "host=127.0.0.1 port={} dbname=orders user=someone password={password} sslmode=disable",
+        s.port
+    );
+    let (client, connection) = tokio_postgres::connect(&conn, tokio_postgres::NoTls).await.unwrap();
+    tokio::spawn(connection);
+    client
+}
+
+/// The audit log's first segment as text (empty until it exists).
+fn audit_text(s: &Setup) -> String {
+    std::fs::read_to_string(s.gw.audit_dir().join("segment-000001.jsonl")).unwrap_or_default()
+}
+
 /// The audit records of one kind, parsed.
 fn audit_events(s: &Setup, kind: &str) -> Vec<serde_json::Value> {
-    let text = std::fs::read_to_string(s.gw.audit_dir().join("segment-000001.jsonl")).unwrap_or_default();
-    text.lines()
+    audit_text(s)
+        .lines()
         .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
         .filter(|v| v["event"] == kind)
         .collect()
@@ -624,12 +631,7 @@ fn each_forwarded_statement_gets_a_completion_record_with_its_outcome() {
         .build()
         .unwrap();
     runtime.block_on(async {
-        let conn = format!(
-            "host=127.0.0.1 port={} dbname=orders user=someone password={dba} sslmode=disable",
-            s.port
-        );
-        let (client, connection) = tokio_postgres::connect(&conn, tokio_postgres::NoTls).await.unwrap();
-        tokio::spawn(connection);
+        let client = tokio_client(&s, &dba).await;
         let statement = client
             .prepare("SELECT name FROM customers WHERE email = $1 AND id > $2")
             .await

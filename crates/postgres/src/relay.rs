@@ -1472,8 +1472,7 @@ fn rewrite_row<G: StatementGate>(gate: &G, columns: &[Column], row: &[u8], out: 
     }
     // Bytes after the last value (none from a sound target) are dropped with the old length.
     out.put_slice(&row[copied..row.len() - body.len()]);
-    let len = i32::try_from(out.len() - start - 1).map_err(|_| "masked row too long")?;
-    out[start + 1..start + 5].copy_from_slice(&len.to_be_bytes());
+    set_length(out, start)?;
     Ok(masked)
 }
 
@@ -1502,9 +1501,15 @@ fn put_value(out: &mut BytesMut, v: &[u8]) -> Result<(), String> {
 
 /// Fill in the length of a message built with a zero length after its type byte.
 fn finish_message(mut out: BytesMut) -> Result<BytesMut, String> {
-    let len = i32::try_from(out.len() - 1).map_err(|_| "masked row too long")?;
-    out[1..5].copy_from_slice(&len.to_be_bytes());
+    set_length(&mut out, 0)?;
     Ok(out)
+}
+
+/// Writes the length of the message that starts at `start` in `out` and runs to its end.
+fn set_length(out: &mut BytesMut, start: usize) -> Result<(), String> {
+    let len = i32::try_from(out.len() - start - 1).map_err(|_| "masked row too long")?;
+    out[start + 1..start + 5].copy_from_slice(&len.to_be_bytes());
+    Ok(())
 }
 
 /// Mask a binary-format value where its type's binary form is known to hold text.
@@ -1733,16 +1738,11 @@ fn mask_copy_row_into<G: StatementGate>(
         return Ok(0);
     }
     out.put_slice(&message[copied..]);
-    match i32::try_from(out.len() - start - 1) {
-        Ok(len) => {
-            out[start + 1..start + 5].copy_from_slice(&len.to_be_bytes());
-            Ok(masked)
-        }
-        Err(_) => {
-            out.truncate(start);
-            Err("masked row too long".to_owned())
-        }
+    if let Err(e) = set_length(out, start) {
+        out.truncate(start);
+        return Err(e);
     }
+    Ok(masked)
 }
 
 #[cfg(test)]

@@ -787,13 +787,13 @@ impl StatementGate for SessionGate {
         grant.iter().map(gatehouse_core::Permit::request).min()
     }
 
-    /// One `statement_completed` record, not awaited: the masking counts of the answer, the
-    /// target's error and the parameters with every detector applied, like the statement
-    /// text of the decision record.
     fn recording(&self) -> bool {
         self.session.recording()
     }
 
+    /// One `statement_completed` record, not awaited: the masking counts of the answer, the
+    /// target's error and the parameters with every detector applied, like the statement
+    /// text of the decision record.
     fn completed(&self, request: u64, outcome: Outcome<'_>) {
         let masked = std::mem::take(&mut self.counts.lock().unwrap_or_else(|p| p.into_inner()).1);
         let audit_masker = Masker::all();
