@@ -9,6 +9,8 @@
 # binaries, psql, pgbench and curl; pgbouncer (session mode) is compared when installed.
 # DURATION (seconds per run, default 15), SCALE (pgbench scale factor, default 10), CLIENTS
 # (default 8), THREADS (default 2) and MODES (default "simple extended prepared") tune it.
+# Each run also reports the CPU time (user + system) the proxy in the path spent per
+# transaction: unlike TPS it hardly changes with what else the machine is doing.
 #
 # After the throughput runs, for each mode, one client (`pgbench -S -c 1 -j 1`) direct,
 # through the copy relay and through the gateway (fsync=group): the latency each adds over
@@ -24,8 +26,9 @@
 # CALLGRIND=1 instead counts the instructions the gateway (fsync=group) spends per
 # statement, under valgrind's callgrind: a figure that does not depend on what else the
 # machine is doing. It runs TXNS (default 1000) select-only transactions per client in
-# -M simple and prints the instructions of the relay loop (everything after login) divided by
-# the statements. CALLGRIND_OUT=FILE keeps the profile for callgrind_annotate.
+# -M simple (CALLGRIND_MODE=extended or prepared for another mode) and prints the
+# instructions of the relay loop (everything after login) divided by the statements.
+# CALLGRIND_OUT=FILE keeps the profile for callgrind_annotate.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$(pwd)
@@ -147,6 +150,7 @@ fi
 free_port relay_port
 "$relay_bin" "127.0.0.1:$relay_port" "127.0.0.1:$pg_port" >"$work/relay.log" 2>&1 &
 pids+=($!)
+relay_pid=$!
 wait_for "copy-relay" bash -c "exec 3<>/dev/tcp/127.0.0.1/$relay_port"
 
 # --- pgbouncer (session mode), when installed -------------------------------------------
@@ -236,6 +240,7 @@ TOML
     "$gatehouse" token mint --config "$dir/gatehouse.toml" --sub alice --groups dba --ttl 1h \
         >"$dir/token" 2>"$dir/mint.log" || die "token mint failed: $(cat "$dir/mint.log")"
     printf -v "${name//-/_}_port" '%s' "$listen_port"
+    printf -v "${name//-/_}_pid" '%s' "$pid"
 }
 start_gateway gw-group group
 
@@ -243,7 +248,7 @@ if [ "${CALLGRIND:-0}" = 1 ]; then
     command -v callgrind_annotate >/dev/null || die "CALLGRIND=1 needs valgrind (apt-get install valgrind)"
     txns=${TXNS:-1000}
     echo "pgbench.sh: $clients clients x $txns transactions through the gateway under callgrind ..."
-    PGPASSWORD="$(cat "$work/gw-group/token")" pgbench -S -M simple -c "$clients" -j "$threads" -t "$txns" \
+    PGPASSWORD="$(cat "$work/gw-group/token")" pgbench -S -M "${CALLGRIND_MODE:-simple}" -c "$clients" -j "$threads" -t "$txns" \
         -h 127.0.0.1 -p "$gw_group_port" -U alice bench >"$work/run.log" 2>&1 \
         || die "pgbench through the gateway failed: $(tail -n 20 "$work/run.log")"
     # SIGTERM: the gateway drains, and valgrind writes its profile as the process exits.
@@ -264,6 +269,22 @@ fi
 [ "$pgbench_runs" = 1 ] && start_gateway gw-always always
 
 # --- runs ---------------------------------------------------------------------------------
+# The CPU time (user + system, all threads) the proxy of a row has used so far, in clock
+# ticks; empty for direct. Divided by the transactions of a run it is the proxy's cost per
+# transaction, a figure that depends far less on what else the machine runs than TPS does.
+proxy_ticks() {
+    local pid
+    case "$1" in
+        copy-relay) pid=$relay_pid ;;
+        "pgbouncer session") pid=$(cat "$work/pgbouncer/pgbouncer.pid") ;;
+        "gatehouse fsync=group") pid=$gw_group_pid ;;
+        "gatehouse fsync=always") pid=$gw_always_pid ;;
+        *) return 0 ;;
+    esac
+    awk '{ print $14 + $15 }' "/proc/$pid/stat"
+}
+clock_ticks=$(getconf CLK_TCK)
+
 # Rows: label, port, user, password, database.
 rows=(
     "direct|$pg_port|bench|$password|bench"
@@ -281,15 +302,22 @@ for mode in ${MODES:-simple extended prepared}; do
         IFS='|' read -r label port user pass db <<<"$row"
         echo "pgbench.sh: $label, -M $mode, ${duration}s ..."
         out="$work/run.log"
+        ticks_before=$(proxy_ticks "$label")
         PGPASSWORD="$pass" pgbench -S -M "$mode" -c "$clients" -j "$threads" -T "$duration" \
             -h 127.0.0.1 -p "$port" -U "$user" "$db" >"$out" 2>&1 \
             || die "pgbench through $label (-M $mode) failed: $(tail -n 20 "$out")"
+        ticks_after=$(proxy_ticks "$label")
+        txns=$(awk -F': ' '/^number of transactions actually processed/ { split($2, a, "/"); print a[1]; exit }' "$out")
+        cpu_us="-"
+        if [ -n "$ticks_before" ] && [ -n "$txns" ] && [ "$txns" -gt 0 ]; then
+            cpu_us=$(echo "($ticks_after - $ticks_before) * 1000000 / $clock_ticks / $txns" | bc -l)
+        fi
         tps=$(awk '/^tps = / { print $3; exit }' "$out")
         lat=$(awk '/^latency average = / { print $4; exit }' "$out")
         failed=$(awk -F': ' '/^number of failed transactions/ { split($2, a, " "); print a[1]; exit }' "$out")
         [ -n "$tps" ] && [ -n "$lat" ] || die "cannot parse pgbench output for $label: $(cat "$out")"
         [ "${failed:-0}" = 0 ] || die "$label (-M $mode): $failed failed transactions"
-        printf '%s|%s|%s|%s\n' "$mode" "$label" "$tps" "$lat" >>"$results"
+        printf '%s|%s|%s|%s|%s\n' "$mode" "$label" "$tps" "$lat" "$cpu_us" >>"$results"
     done
 done
 
@@ -367,15 +395,16 @@ if [ -s "$results" ]; then
     echo
     echo "pgbench -S -c $clients -j $threads -T $duration, scale $scale, $(nproc) CPUs, load $load_after_tps after the runs"
     awk -F'|' '
-        { mode[NR] = $1; label[NR] = $2; tps[NR] = $3; lat[NR] = $4
+        { mode[NR] = $1; label[NR] = $2; tps[NR] = $3; lat[NR] = $4; cpu[NR] = $5
           if ($2 == "direct") direct[$1] = $3
           if ($2 == "copy-relay") relay[$1] = $3
           if ($2 == "pgbouncer session") bouncer[$1] = $3 }
         END {
-            printf "%-9s %-24s %12s %12s %10s %14s %14s\n", "protocol", "path", "tps", "latency ms", "vs direct", "vs copy-relay", "vs pgbouncer"
+            printf "%-9s %-24s %12s %12s %10s %14s %14s %16s\n", "protocol", "path", "tps", "latency ms", "vs direct", "vs copy-relay", "vs pgbouncer", "proxy CPU us/tx"
             for (i = 1; i <= NR; i++) {
                 vb = bouncer[mode[i]] ? sprintf("%14.2f", tps[i] / bouncer[mode[i]]) : sprintf("%14s", "-")
-                printf "%-9s %-24s %12.0f %12.3f %10.2f %14.2f %s\n", mode[i], label[i], tps[i], lat[i], tps[i] / direct[mode[i]], tps[i] / relay[mode[i]], vb
+                vc = cpu[i] == "-" ? sprintf("%16s", "-") : sprintf("%16.1f", cpu[i])
+                printf "%-9s %-24s %12.0f %12.3f %10.2f %14.2f %s %s\n", mode[i], label[i], tps[i], lat[i], tps[i] / direct[mode[i]], tps[i] / relay[mode[i]], vb, vc
             }
         }' "$results"
 fi

@@ -142,15 +142,46 @@ pub fn seal(seq: u64, time: &str, prev: &str, event: &AuditEvent) -> Result<(Str
     Ok((line, hash))
 }
 
-/// [`seal`] appending the line (without newline) to `out`, as the writer does: the event
-/// is serialised once, in place, with no intermediate string. On error `out` is left as
-/// it was.
+/// [`seal`] appending the line (without newline) to `out`. On error `out` is left as it
+/// was.
 pub fn seal_into(
     out: &mut Vec<u8>,
     seq: u64,
     time: &str,
     prev: &str,
     event: &AuditEvent,
+) -> Result<String, serde_json::Error> {
+    seal_fields(out, seq, time, prev, &Fields::of(event)?)
+}
+
+/// An event serialised as it goes into a record, before its place in the chain is known:
+/// the writer serialises outside its locks and only seals (prefix and hash) inside them.
+#[derive(Debug)]
+pub struct Fields(Vec<u8>);
+
+impl Fields {
+    /// Serialises `event`.
+    pub fn of(event: &AuditEvent) -> Result<Self, serde_json::Error> {
+        let mut json = Vec::with_capacity(512);
+        serde_json::to_writer(&mut json, event)?;
+        Ok(Self(json))
+    }
+
+    /// The fields after the record's prefix: an internally tagged enum always serialises
+    /// as a non-empty object, so this is its JSON without the opening `{`.
+    fn after_prefix(&self) -> &[u8] {
+        self.0.get(1..).unwrap_or_default()
+    }
+}
+
+/// Appends the record line (without newline) sealing `fields` as `seq` after `prev` to
+/// `out`; returns its hash. On error `out` is left as it was.
+pub fn seal_fields(
+    out: &mut Vec<u8>,
+    seq: u64,
+    time: &str,
+    prev: &str,
+    fields: &Fields,
 ) -> Result<String, serde_json::Error> {
     let start = out.len();
     let hash_at = match write_prefix(out, seq, time, prev) {
@@ -165,12 +196,7 @@ pub fn seal_into(
     out.extend_from_slice(&[b'0'; 64]);
     out.extend_from_slice(b"\",");
     let fields_at = out.len();
-    if let Err(e) = serde_json::to_writer(&mut *out, event) {
-        out.truncate(start);
-        return Err(e);
-    }
-    // An internally tagged enum always serialises as a non-empty object: drop its `{`.
-    out.remove(fields_at);
+    out.extend_from_slice(fields.after_prefix());
     let mut hasher = digest::Context::new(&digest::SHA256);
     hasher.update(&out[start..hash_at]);
     hasher.update(&out[fields_at..]);

@@ -1,9 +1,12 @@
-//! The single writer of the log: one thread owns the files, assigns seq/prev/hash in order,
-//! and acknowledges appends only once they are written (and, with `fsync = "always"`,
+//! The single writer of the log: records are sealed (seq, prev, hash) in one order, and
+//! appends are acknowledged only once they are written (and, with `fsync = "always"`,
 //! durable), so the chain never forks and a failed write is never mistaken for a recorded
-//! one. With group commit the appending task writes in place under the writer's lock (no
-//! thread hop per record) and a second thread fsyncs what was written and moves `HEAD`, so
-//! no appender waits for the disk.
+//! one. With `fsync = "always"` one thread owns the files. With group commit the appending
+//! task seals and writes in place (no thread hop per record) and a second thread fsyncs
+//! what was written and moves `HEAD`, so no appender waits for the disk. Sealing and
+//! writing take separate locks: a record is sealed in about a microsecond, and one `write`
+//! carries every record sealed before it, so concurrent appenders share writes instead of
+//! queueing behind each other's.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::Write;
@@ -17,7 +20,7 @@ use std::time::{Duration, Instant, SystemTime};
 use serde::{Deserialize, Serialize};
 use tokio::sync::oneshot;
 
-use crate::chain::{self, Chain, GENESIS};
+use crate::chain::{self, Chain, Fields, GENESIS};
 use crate::read::{list_segments, segment_name, split_lines};
 use crate::{AuditError, AuditEvent, AuditOptions, FsyncPolicy};
 
@@ -53,7 +56,56 @@ struct Inner {
     thread: Option<JoinHandle<()>>,
     /// Group commit: the writer, used in place by appenders (no writer thread); the
     /// group-commit thread holds a weak reference to write what [`AuditLog::submit`] left.
-    direct: Option<Arc<Mutex<Option<Writer>>>>,
+    direct: Option<Arc<Direct>>,
+}
+
+/// Group commit's writer, shared by the appending tasks. Lock order: `files`, then `tip`,
+/// then the group state's `pending`.
+struct Direct {
+    /// Held only to seal a record or to take the sealed lines.
+    tip: Mutex<Tip>,
+    /// Held while writing; `None` once closed.
+    files: Mutex<Option<Writer>>,
+    group: Arc<GroupState>,
+}
+
+/// The end of the chain as sealed so far, and the sealed lines no write has carried out.
+struct Tip {
+    seq: u64,
+    hash: String,
+    lines: Vec<u8>,
+    /// Since the lines were last taken, a submitted record told the group-commit thread to
+    /// write them if no append does.
+    announced: bool,
+}
+
+impl Tip {
+    fn new(seq: u64, hash: String) -> Self {
+        Self {
+            seq,
+            hash,
+            lines: Vec::new(),
+            announced: false,
+        }
+    }
+
+    /// Seals `fields` as the next record; returns its seq.
+    fn seal(&mut self, fields: &Fields) -> Result<u64, String> {
+        let time = humantime::format_rfc3339_millis(SystemTime::now()).to_string();
+        let seq = self.seq + 1;
+        self.hash = chain::seal_fields(&mut self.lines, seq, &time, &self.hash, fields)
+            .map_err(|e| format!("cannot serialise event: {e}"))?;
+        self.lines.push(b'\n');
+        self.seq = seq;
+        Ok(seq)
+    }
+
+    /// Moves the sealed lines into `out` (empty); returns the last one's seq and hash.
+    fn take(&mut self, out: &mut Vec<u8>) -> (u64, String) {
+        std::mem::swap(&mut self.lines, out);
+        self.announced = false;
+        (self.seq, self.hash.clone())
+    }
 }
 
 struct Shared {
@@ -93,12 +145,10 @@ struct Writer {
     /// Shared with the group-commit thread, which fsyncs it.
     segment: Arc<File>,
     segment_len: u64,
-    /// The last record sealed (written, or waiting in `deferred`).
-    seq: u64,
-    hash: String,
-    /// Sealed lines of submitted records not yet written: they go out with the next
-    /// appended record's write, or the group-commit thread writes them within its delay.
-    deferred: Vec<u8>,
+    /// The seq of the last record written.
+    written: u64,
+    /// Lines on their way to the files (kept for its capacity).
+    buf: Vec<u8>,
     failed: Option<String>,
     /// Group commit: hands written records to the thread that makes them durable.
     group: Option<GroupCommit>,
@@ -117,7 +167,7 @@ struct GroupState {
     pending: Mutex<Pending>,
     wake: Condvar,
     /// The writer, to write submitted records no append carried out in time.
-    writer: std::sync::OnceLock<std::sync::Weak<Mutex<Option<Writer>>>>,
+    writer: std::sync::OnceLock<std::sync::Weak<Direct>>,
 }
 
 #[derive(Default)]
@@ -126,18 +176,9 @@ struct Pending {
     written: Option<(Arc<File>, u64, String)>,
     /// When the oldest record not yet fsynced was written (or submitted).
     since: Option<Instant>,
-    /// The writer holds submitted records it has not written yet.
+    /// Submitted records may wait in the tip, unwritten.
     deferred: bool,
     stop: bool,
-}
-
-/// How a batch is written.
-#[derive(Clone, Copy)]
-enum WriteMode {
-    /// Written now, and fsynced before returning when `durable`.
-    Now { durable: bool },
-    /// Sealed now, written later ([`AuditLog::submit`]).
-    Deferred,
 }
 
 /// Records per batch at most, so one batch's latency stays bounded under a flood.
@@ -215,19 +256,23 @@ impl AuditLog {
             segment_no,
             segment: Arc::new(segment),
             segment_len,
-            seq,
-            hash,
-            deferred: Vec::new(),
+            written: seq,
+            buf: Vec::new(),
             failed: None,
             group,
             _lock: lock,
         };
         tracing::info!(dir = %dir.display(), seq, "Audit log opened.");
+        let tip = Tip::new(seq, hash);
         if let Some(group) = &writer.group {
-            // Group commit: a write is a short syscall, made by the appending task itself
-            // under a lock; the disk waits happen on the group-commit thread.
+            // Group commit: a write is a short syscall, made by the appending task itself;
+            // the disk waits happen on the group-commit thread.
             let state = Arc::clone(&group.state);
-            let direct = Arc::new(Mutex::new(Some(writer)));
+            let direct = Arc::new(Direct {
+                tip: Mutex::new(tip),
+                files: Mutex::new(Some(writer)),
+                group: Arc::clone(&state),
+            });
             let _ = state.writer.set(Arc::downgrade(&direct));
             return Ok(Self {
                 inner: Arc::new(Inner {
@@ -241,7 +286,7 @@ impl AuditLog {
         let (tx, rx) = mpsc::channel();
         let thread = std::thread::Builder::new()
             .name("audit-writer".into())
-            .spawn(move || writer.run(rx))
+            .spawn(move || writer.run(rx, tip))
             .map_err(|e| AuditError::io("start writer thread", dir, e))?;
         Ok(Self {
             inner: Arc::new(Inner {
@@ -274,16 +319,39 @@ impl AuditLog {
         rx.recv().map_err(|_| AuditError::WriterGone)?
     }
 
-    fn append_direct(&self, direct: &Mutex<Option<Writer>>, event: AuditEvent) -> Result<u64, AuditError> {
+    /// Seals the record, then writes it unless another appender's write already carried
+    /// it (a write takes every line sealed before it).
+    fn append_direct(&self, direct: &Direct, event: AuditEvent) -> Result<u64, AuditError> {
         if !self.healthy() {
             return Err(AuditError::Unhealthy(self.last_error().unwrap_or_default()));
         }
         let queued = Instant::now();
-        let mut guard = lock(direct);
+        let fields = self.fields(&event)?;
+        let seq = lock(&direct.tip).seal(&fields).map_err(|e| self.failure(&e))?;
+        let mut guard = lock(&direct.files);
         let writer = guard.as_mut().ok_or(AuditError::WriterGone)?;
-        let result = writer.write_checked(std::iter::once(&event), WriteMode::Now { durable: false });
+        let written = if writer.written < seq {
+            writer.write_tip(&direct.tip, false)
+        } else {
+            Ok(())
+        };
         writer.record_latency(queued);
-        result.map_err(AuditError::Unhealthy)
+        written.map_err(AuditError::Unhealthy)?;
+        if writer.written < seq {
+            // Sealed after a failed write: never written.
+            return Err(AuditError::Unhealthy(self.last_error().unwrap_or_default()));
+        }
+        Ok(seq)
+    }
+
+    fn fields(&self, event: &AuditEvent) -> Result<Fields, AuditError> {
+        Fields::of(event).map_err(|e| self.failure(&format!("cannot serialise event: {e}")))
+    }
+
+    /// Fails the log with `e`.
+    fn failure(&self, e: &str) -> AuditError {
+        self.inner.shared.fail(e);
+        AuditError::Unhealthy(e.to_owned())
     }
 
     /// Records `event` without waiting for it to be written: for what happened after a
@@ -301,12 +369,21 @@ impl AuditLog {
         if !self.healthy() {
             return Err(AuditError::Unhealthy(self.last_error().unwrap_or_default()));
         }
-        let mut guard = lock(direct);
-        let writer = guard.as_mut().ok_or(AuditError::WriterGone)?;
-        writer
-            .write_checked(std::iter::once(&event), WriteMode::Deferred)
-            .map(drop)
-            .map_err(AuditError::Unhealthy)
+        let fields = self.fields(&event)?;
+        let mut tip = lock(&direct.tip);
+        tip.seal(&fields).map_err(|e| self.failure(&e))?;
+        if !tip.announced {
+            // The first record waiting since the last write: the group-commit thread
+            // writes it within its delay unless an append carries it first.
+            tip.announced = true;
+            let mut pending = lock(&direct.group.pending);
+            pending.deferred = true;
+            if pending.since.is_none() {
+                pending.since = Some(Instant::now());
+                direct.group.wake.notify_one();
+            }
+        }
+        Ok(())
     }
 
     /// False once a write or fsync failed; the gateway must then refuse new requests.
@@ -361,7 +438,7 @@ impl AuditLog {
     #[cfg(test)]
     pub(crate) fn redirect_segment(&self, path: &Path) {
         if let Some(direct) = &self.inner.direct {
-            let mut guard = lock(direct);
+            let mut guard = lock(&direct.files);
             let writer = guard.as_mut().expect("writer open");
             writer.segment = Arc::new(OpenOptions::new().write(true).open(path).expect("open redirect target"));
             return;
@@ -400,14 +477,27 @@ impl Drop for Inner {
         {
             tracing::error!("The audit writer thread panicked.");
         }
-        if let Some(writer) = self.direct.as_ref().and_then(|d| lock(d).take()) {
-            writer.close();
+        if let Some(direct) = &self.direct {
+            direct.close();
         }
     }
 }
 
+impl Direct {
+    /// Writes what was submitted and not yet written, then stops the group-commit thread.
+    fn close(&self) {
+        let Some(mut writer) = lock(&self.files).take() else {
+            return;
+        };
+        if let Err(e) = writer.write_tip(&self.tip, false) {
+            tracing::error!(error = %e, "Writing the last submitted audit records failed.");
+        }
+        writer.close();
+    }
+}
+
 impl Writer {
-    fn run(mut self, rx: mpsc::Receiver<Job>) {
+    fn run(mut self, rx: mpsc::Receiver<Job>, mut tip: Tip) {
         let mut batch = Vec::new();
         while let Ok(first) = rx.recv() {
             self.collect(first, &mut batch);
@@ -421,17 +511,14 @@ impl Writer {
                 continue;
             }
             let durable = matches!(self.opts.fsync, FsyncPolicy::Always);
-            self.commit(std::mem::take(&mut batch), WriteMode::Now { durable });
+            self.commit(&mut tip, std::mem::take(&mut batch), durable);
         }
         self.close();
     }
 
-    /// Submitted records are written, the syncer makes the rest durable and stops; the
-    /// directory lock goes with `self`.
+    /// The syncer makes what was written durable and stops; the directory lock goes with
+    /// `self`.
     fn close(mut self) {
-        if let Err(e) = self.write_deferred() {
-            tracing::error!(error = %e, "Writing the last submitted audit records failed.");
-        }
         if let Some(group) = self.group.take() {
             lock(&group.state.pending).stop = true;
             group.state.wake.notify_one();
@@ -464,12 +551,19 @@ impl Writer {
         }
     }
 
-    /// Writes (and with `durable`, fsyncs) and acknowledges one batch. On failure every
-    /// waiting sender gets the error and the log stays refused. Records of a failed batch may
-    /// still be on disk (e.g. written but not fsynced, or HEAD failed): they verify, so the
-    /// log can hold more than was acknowledged but never less.
-    fn commit(&mut self, batch: Vec<(AuditEvent, Instant, Reply)>, how: WriteMode) {
-        let result = self.write_checked(batch.iter().map(|(e, _, _)| e), how);
+    /// Seals, writes (and with `durable`, fsyncs) and acknowledges one batch. On failure
+    /// every waiting sender gets the error and the log stays refused. Records of a failed
+    /// batch may still be on disk (e.g. written but not fsynced, or HEAD failed): they
+    /// verify, so the log can hold more than was acknowledged but never less.
+    fn commit(&mut self, tip: &mut Tip, batch: Vec<(AuditEvent, Instant, Reply)>, durable: bool) {
+        let result = self.seal_batch(tip, batch.iter().map(|(e, _, _)| e)).and_then(|first| {
+            let mut buf = std::mem::take(&mut self.buf);
+            let (seq, hash) = tip.take(&mut buf);
+            let written = self.write_checked(&buf, seq, &hash, durable);
+            buf.clear();
+            self.buf = buf;
+            written.map(|()| first)
+        });
         for (i, (_, queued, reply)) in batch.into_iter().enumerate() {
             let answer = match &result {
                 Ok(first_seq) => Ok(first_seq + i as u64),
@@ -487,114 +581,111 @@ impl Writer {
         }
     }
 
-    /// Writes a batch unless the log has failed; a failure now fails the log. Returns the
-    /// seq of the batch's first record.
-    fn write_checked<'a>(
-        &mut self,
-        events: impl Iterator<Item = &'a AuditEvent>,
-        how: WriteMode,
-    ) -> Result<u64, String> {
-        let result = match &self.failed {
+    /// Seals a batch into `tip` unless the log has failed; returns its first seq.
+    fn seal_batch<'a>(&mut self, tip: &mut Tip, events: impl Iterator<Item = &'a AuditEvent>) -> Result<u64, String> {
+        self.check()?;
+        let first = tip.seq + 1;
+        for event in events {
+            let sealed = Fields::of(event)
+                .map_err(|e| format!("cannot serialise event: {e}"))
+                .and_then(|fields| tip.seal(&fields));
+            if let Err(e) = sealed {
+                self.fail(&e);
+                return Err(e);
+            }
+        }
+        Ok(first)
+    }
+
+    /// Writes every line sealed in `tip` so far (group commit: the caller's and whatever
+    /// other appenders sealed meanwhile). The tip is locked only to take the lines.
+    fn write_tip(&mut self, tip: &Mutex<Tip>, durable: bool) -> Result<(), String> {
+        let mut buf = std::mem::take(&mut self.buf);
+        let (seq, hash) = lock(tip).take(&mut buf);
+        let result = self.write_checked(&buf, seq, &hash, durable);
+        buf.clear();
+        self.buf = buf;
+        result
+    }
+
+    /// The log has not failed, here or on the group-commit thread.
+    fn check(&self) -> Result<(), String> {
+        match &self.failed {
             Some(e) => Err(e.clone()),
             // The group-commit thread failed to fsync: nothing more is acknowledged.
             None if !self.shared.healthy.load(Ordering::Acquire) => {
                 Err(lock(&self.shared.last_error).clone().unwrap_or_default())
             }
-            None => self.write_batch(events, how),
-        };
+            None => Ok(()),
+        }
+    }
+
+    /// Writes sealed `lines`, the last of them `(seq, hash)`, unless the log has failed; a
+    /// failure now fails the log.
+    fn write_checked(&mut self, lines: &[u8], seq: u64, hash: &str, durable: bool) -> Result<(), String> {
+        self.check()?;
+        if lines.is_empty() {
+            return Ok(());
+        }
+        let result = self.write_lines(lines, seq, hash, durable);
         if let Err(e) = &result {
             self.fail(e);
         }
         result
     }
 
-    /// Seals a batch after the submitted records still waiting and, unless it is
-    /// [`WriteMode::Deferred`] too, writes them all in one write. Returns the seq of the
-    /// batch's first record.
-    fn write_batch<'a>(&mut self, events: impl Iterator<Item = &'a AuditEvent>, how: WriteMode) -> Result<u64, String> {
-        let mut buf = std::mem::take(&mut self.deferred);
-        let (mut seq, mut hash) = (self.seq, self.hash.clone());
-        let first_seq = seq + 1;
-        for event in events {
-            let time = humantime::format_rfc3339_millis(SystemTime::now()).to_string();
-            let before = buf.len();
-            let h = chain::seal_into(&mut buf, seq + 1, &time, &hash, event)
-                .map_err(|e| format!("cannot serialise event: {e}"))?;
-            buf.push(b'\n');
-            if self.segment_len + before as u64 > 0 && self.segment_len + buf.len() as u64 > self.opts.segment_max_bytes
-            {
-                // A segment is complete and durable before the next one starts.
-                let line = buf.split_off(before);
-                self.flush(&mut buf, true)?;
+    /// Writes whole lines, starting a new segment before a line that would take the
+    /// current one past its size (a segment is complete and durable before the next one
+    /// starts; a line larger than a segment gets one of its own).
+    fn write_lines(&mut self, lines: &[u8], seq: u64, hash: &str, durable: bool) -> Result<(), String> {
+        let max = self.opts.segment_max_bytes;
+        let mut rest = lines;
+        while !rest.is_empty() {
+            let fits = if self.segment_len + rest.len() as u64 <= max {
+                rest.len()
+            } else {
+                whole_lines_within(rest, max.saturating_sub(self.segment_len))
+            };
+            let take = if fits == 0 && self.segment_len == 0 {
+                rest.iter().position(|&b| b == b'\n').map_or(rest.len(), |i| i + 1)
+            } else {
+                fits
+            };
+            if take == 0 {
+                self.segment
+                    .sync_data()
+                    .map_err(|e| format!("cannot fsync {}: {e}", segment_name(self.segment_no)))?;
                 self.rotate()?;
-                buf = line;
+                continue;
             }
-            seq += 1;
-            hash = h;
+            let (now, later) = rest.split_at(take);
+            (&*self.segment)
+                .write_all(now)
+                .map_err(|e| format!("cannot write {}: {e}", segment_name(self.segment_no)))?;
+            self.segment_len += now.len() as u64;
+            rest = later;
         }
-        self.seq = seq;
-        self.hash = hash;
-        let durable = match how {
-            WriteMode::Deferred => {
-                self.deferred = buf;
-                if let Some(group) = &self.group {
-                    let mut pending = lock(&group.state.pending);
-                    pending.deferred = true;
-                    if pending.since.is_none() {
-                        pending.since = Some(Instant::now());
-                        group.state.wake.notify_one();
-                    }
-                }
-                return Ok(first_seq);
-            }
-            WriteMode::Now { durable } => durable,
-        };
-        self.flush(&mut buf, durable)?;
-        // Keep the buffer's capacity for the next batch.
-        self.deferred = buf;
+        if durable {
+            self.segment
+                .sync_data()
+                .map_err(|e| format!("cannot fsync {}: {e}", segment_name(self.segment_no)))?;
+        }
+        self.written = seq;
         if durable {
             // The records are durable now; HEAD only has to follow.
             self.shared.batches.fetch_add(1, Ordering::Relaxed);
-            write_head(&self.dir, self.seq, &self.hash)?;
-            *lock(&self.shared.head) = (self.seq, self.hash.clone());
+            write_head(&self.dir, seq, hash)?;
+            *lock(&self.shared.head) = (seq, hash.to_owned());
         } else if let Some(group) = &self.group {
             // HEAD moves only after the fsync, so it never names a record a crash could lose:
             // the syncer fsyncs this segment, then writes HEAD.
             let mut pending = lock(&group.state.pending);
-            pending.written = Some((Arc::clone(&self.segment), self.seq, self.hash.clone()));
-            pending.deferred = false;
+            pending.written = Some((Arc::clone(&self.segment), seq, hash.to_owned()));
             if pending.since.is_none() {
                 pending.since = Some(Instant::now());
                 group.state.wake.notify_one();
             }
         }
-        Ok(first_seq)
-    }
-
-    /// Writes the submitted records still waiting, if any.
-    fn write_deferred(&mut self) -> Result<(), String> {
-        if self.deferred.is_empty() {
-            return Ok(());
-        }
-        self.write_checked(std::iter::empty(), WriteMode::Now { durable: false })
-            .map(drop)
-    }
-
-    fn flush(&mut self, buf: &mut Vec<u8>, durable: bool) -> Result<(), String> {
-        if buf.is_empty() {
-            return Ok(());
-        }
-        let name = segment_name(self.segment_no);
-        (&*self.segment)
-            .write_all(buf)
-            .map_err(|e| format!("cannot write {name}: {e}"))?;
-        if durable {
-            self.segment
-                .sync_data()
-                .map_err(|e| format!("cannot fsync {name}: {e}"))?;
-        }
-        self.segment_len += buf.len() as u64;
-        buf.clear();
         Ok(())
     }
 
@@ -662,7 +753,8 @@ impl Syncer {
                 return; // stopped with nothing left to sync
             };
             let stopping = pending.stop;
-            let deferred = pending.deferred;
+            // Records submitted from now on announce themselves again.
+            let deferred = std::mem::take(&mut pending.deferred);
             drop(pending);
             if !stopping {
                 // Let more records join this fsync, up to the promised delay.
@@ -673,8 +765,8 @@ impl Syncer {
             }
             let mut pending = lock(&state.pending);
             let written = pending.written.take();
-            // Submitted after the write above: the next round writes them (a failed log
-            // writes nothing more, and a stopping writer wrote its own).
+            // Submitted after the lines were taken above: the next round writes them (a
+            // failed log writes nothing more, and a stopping writer wrote its own).
             let again = pending.deferred && !stopping && self.shared.healthy.load(Ordering::Acquire);
             pending.since = again.then(Instant::now);
             drop(pending);
@@ -700,15 +792,15 @@ impl Syncer {
         }
     }
 
-    /// Writes what was submitted and no append has carried out since (the writer's lock is
-    /// taken only here, never while holding `pending`).
+    /// Writes what was submitted and no append has carried out since (the writer's locks
+    /// are taken only here, never while holding `pending`).
     fn write_deferred(&self) {
-        let Some(writer) = self.state.writer.get().and_then(std::sync::Weak::upgrade) else {
+        let Some(direct) = self.state.writer.get().and_then(std::sync::Weak::upgrade) else {
             return;
         };
-        let mut guard = lock(&writer);
+        let mut guard = lock(&direct.files);
         if let Some(writer) = guard.as_mut()
-            && let Err(e) = writer.write_deferred()
+            && let Err(e) = writer.write_tip(&direct.tip, false)
         {
             tracing::error!(error = %e, "Writing submitted audit records failed.");
         }
@@ -739,6 +831,12 @@ impl Shared {
         }
         self.healthy.store(false, Ordering::Release);
     }
+}
+
+/// How many bytes of `lines` are whole lines within `room` bytes.
+fn whole_lines_within(lines: &[u8], room: u64) -> usize {
+    let room = usize::try_from(room).unwrap_or(usize::MAX).min(lines.len());
+    lines[..room].iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1)
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
