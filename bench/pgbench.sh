@@ -9,6 +9,7 @@
 # binaries, psql, pgbench and curl; pgbouncer (session mode) is compared when installed.
 # DURATION (seconds per run, default 15), SCALE (pgbench scale factor, default 10), CLIENTS
 # (default 8), THREADS (default 2) and MODES (default "simple extended prepared") tune it.
+# GROUP_COMMIT_MS sets the gateways' group commit delay (default 5, the gateway's default).
 # Each run also reports the CPU time (user + system) the proxy in the path spent per
 # transaction: unlike TPS it hardly changes with what else the machine is doing.
 #
@@ -207,6 +208,7 @@ reload_interval = "60s"
 
 [audit]
 fsync = "$fsync"
+group_commit_ms = ${GROUP_COMMIT_MS:-5}
 
 [postgres]
 listen = "127.0.0.1:$listen_port"
