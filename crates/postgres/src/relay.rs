@@ -26,7 +26,7 @@ use pgwire::messages::response::{ErrorResponse, NoticeResponse, ReadyForQuery, T
 use pgwire::messages::simplequery::Query;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
-use gatehouse_mask::ColumnRules;
+use gatehouse_mask::{ColumnRules, DataClass, MaskCounts, Masker};
 
 use crate::classify::{self, Statement};
 use crate::completion::{self, Outcome};
@@ -80,6 +80,21 @@ pub trait StatementGate: Send + Sync + 'static {
         let _ = trace;
         self.mask_value(column, value)
     }
+    /// How every text value of one result column is masked, resolved once per result (at
+    /// RowDescription, Describe or CopyOutResponse): the relay then masks the column's values
+    /// itself, counting into its own [`MaskCounts`] that it hands over with `add_masked`,
+    /// with no call into the gate per value. Must mask exactly as `mask_traced` (with a trace)
+    /// or `mask_value` (without) would. `None`: the relay calls those per value.
+    fn column_mask(&self, column: &str, trace: Option<&ColumnTrace>) -> Option<ColumnMask> {
+        let _ = (column, trace);
+        None
+    }
+    /// Masking counts of values the relay masked by a `column_mask`: called at least once per
+    /// batch of target messages and always before `completed`, so a statement's counts are
+    /// there by the time its completion is reported.
+    fn add_masked(&self, counts: &MaskCounts) {
+        let _ = counts;
+    }
     /// Whether values of a traced column are masked for this session at all: binary values
     /// whose form the relay cannot rewrite are then sent as NULL, never as they are.
     fn masks_traced(&self, trace: &ColumnTrace) -> bool {
@@ -107,6 +122,22 @@ pub trait StatementGate: Send + Sync + 'static {
     /// of a statement decided earlier is not forwarded then, the session ends.
     fn recording(&self) -> bool {
         true
+    }
+}
+
+/// A column's masking as the gate resolved it: the relay applies it to each text value with
+/// [`Masker::mask_hinted_bytes`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ColumnMask {
+    /// The session's masker.
+    pub masker: Masker,
+    /// The class every value of the column is masked as (its name, a rule, its trace).
+    pub class: Option<DataClass>,
+}
+
+impl ColumnMask {
+    fn apply<'a>(&self, value: &'a [u8], counts: &mut MaskCounts) -> Cow<'a, [u8]> {
+        self.masker.mask_hinted_bytes(self.class, value, counts)
     }
 }
 
@@ -181,6 +212,8 @@ struct Column {
     /// The session masks the traced classes: a binary value the relay cannot rewrite as
     /// text is sent as NULL.
     null_binary: bool,
+    /// How its text values are masked, once resolved by the gate (`None`: per value).
+    mask: Option<ColumnMask>,
 }
 
 /// What the next target messages answer, in request order.
@@ -315,6 +348,10 @@ struct Relay<'g, G> {
     copy_traces: Vec<Option<Arc<ColumnTrace>>>,
     /// Every field's trace together, for rows that do not split into the expected fields.
     copy_union: Option<Arc<ColumnTrace>>,
+    /// How the streaming COPY's fields are masked, by position, as the gate resolved it.
+    copy_masks: CopyMasks,
+    /// Counts of values masked by a resolved `ColumnMask`, not yet handed to the gate.
+    masked: MaskCounts,
     /// Last transaction status the target reported.
     status: u8,
     /// After a refused Parse: drop client messages until Sync.
@@ -359,6 +396,8 @@ where
         copy_out_text: false,
         copy_traces: Vec::new(),
         copy_union: None,
+        copy_masks: CopyMasks::default(),
+        masked: MaskCounts::default(),
         status: b'I',
         discarding: false,
         answer_sync_locally: false,
@@ -900,13 +939,26 @@ impl<G: StatementGate> Relay<'_, G> {
 
     /// Handle every complete target message in `buf`.
     fn target_batch(&mut self, buf: &mut BytesMut) -> Result<(), RelayError> {
-        loop {
+        let result = loop {
             let frame = match wire::try_frame(buf, MAX_BACKEND_MESSAGE) {
                 Ok(Some(frame)) => frame,
-                Ok(None) => return Ok(()),
-                Err(e) => return Err(RelayError::TargetProtocol(e.to_string())),
+                Ok(None) => break Ok(()),
+                Err(e) => break Err(RelayError::TargetProtocol(e.to_string())),
             };
-            self.target_message(frame)?;
+            if let Err(e) = self.target_message(frame) {
+                break Err(e);
+            }
+        };
+        self.hand_over_masked();
+        result
+    }
+
+    /// The counts of values masked by resolved column masks go to the gate (once per batch of
+    /// rows, not per value).
+    fn hand_over_masked(&mut self) {
+        if !self.masked.is_empty() {
+            self.gate.add_masked(&self.masked);
+            self.masked = MaskCounts::default();
         }
     }
 
@@ -1027,6 +1079,7 @@ impl<G: StatementGate> Relay<'_, G> {
                         type_oid: f.type_id,
                         trace: None,
                         null_binary: false,
+                        mask: None,
                     })
                     .collect();
                 match self.pending.front_mut() {
@@ -1041,6 +1094,7 @@ impl<G: StatementGate> Relay<'_, G> {
                     _ => {
                         let trace = self.query_trace();
                         self.trace_columns(&mut columns, trace.as_deref());
+                        self.resolve_masks(&mut columns);
                         self.current = Some(columns);
                     }
                 }
@@ -1176,8 +1230,10 @@ impl<G: StatementGate> Relay<'_, G> {
     }
 
     /// Tells the gate what the target answered to a finished statement.
-    fn report(&self, done: Option<Done>, frame: &Frame) {
+    fn report(&mut self, done: Option<Done>, frame: &Frame) {
         let Some(done) = done else { return };
+        // The statement's masking counts go with its completion.
+        self.hand_over_masked();
         let mut outcome = Outcome {
             duration: done.since.elapsed(),
             parameters: done.parameters,
@@ -1204,6 +1260,7 @@ impl<G: StatementGate> Relay<'_, G> {
         };
         let trace = statement.and_then(|s| self.traced.get(s)).cloned();
         self.trace_columns(&mut columns, trace.as_deref());
+        self.resolve_masks(&mut columns);
         if portal {
             if let Some(p) = self.portals.get_mut(&name) {
                 p.described = Some(columns);
@@ -1262,9 +1319,29 @@ impl<G: StatementGate> Relay<'_, G> {
         }
     }
 
+    /// Each text column's masking, resolved by the gate once for the whole result.
+    fn resolve_masks(&self, columns: &mut [Column]) {
+        for column in columns {
+            column.mask = self.gate.column_mask(&column.name, column.trace.as_deref());
+        }
+    }
+
     /// CopyOutResponse: the fields of the rows to come, traced by position (COPY names no
     /// columns).
     fn copy_out_started(&mut self, message: &[u8]) {
+        self.copy_out_traced(message);
+        self.copy_masks = CopyMasks {
+            fields: self
+                .copy_traces
+                .iter()
+                .map(|t| self.gate.column_mask("", t.as_deref()))
+                .collect(),
+            union: self.gate.column_mask("", self.copy_union.as_deref()),
+            untraced: self.gate.column_mask("", None),
+        };
+    }
+
+    fn copy_out_traced(&mut self, message: &[u8]) {
         self.copy_traces.clear();
         self.copy_union = None;
         let Some(count) = message.get(6..8).map(|b| usize::from(u16::from_be_bytes([b[0], b[1]]))) else {
@@ -1319,6 +1396,7 @@ impl<G: StatementGate> Relay<'_, G> {
                     type_oid: c.type_oid,
                     trace: c.trace.clone(),
                     null_binary: c.null_binary,
+                    mask: c.mask.clone(),
                 }
             })
             .collect()
@@ -1330,8 +1408,9 @@ impl<G: StatementGate> Relay<'_, G> {
         let traces = CopyTraces {
             fields: &self.copy_traces,
             union: self.copy_union.as_deref(),
+            masks: &self.copy_masks,
         };
-        let masked = mask_copy_row_into(self.gate, &traces, &frame.bytes, &mut self.to_client)
+        let masked = mask_copy_row_into(self.gate, &traces, &frame.bytes, &mut self.to_client, &mut self.masked)
             .map_err(RelayError::TargetProtocol)?;
         self.stats.values_masked += masked;
         Ok(())
@@ -1354,8 +1433,8 @@ impl<G: StatementGate> Relay<'_, G> {
             Some(Pending::Execute { columns: Some(c), .. }) => c,
             _ => self.current.as_deref().unwrap_or(&[]),
         };
-        let masked =
-            mask_row_into(self.gate, columns, &frame.bytes, &mut self.to_client).map_err(RelayError::TargetProtocol)?;
+        let masked = mask_row_into(self.gate, columns, &frame.bytes, &mut self.to_client, &mut self.masked)
+            .map_err(RelayError::TargetProtocol)?;
         self.stats.values_masked += masked;
         Ok(())
     }
@@ -1387,28 +1466,36 @@ const MAX_ARRAY_DIMS: i32 = 6;
 #[cfg(test)]
 fn mask_row<G: StatementGate>(gate: &G, columns: &[Column], row: &[u8]) -> Result<Option<(BytesMut, u64)>, String> {
     let mut out = BytesMut::new();
-    let masked = mask_row_into(gate, columns, row, &mut out)?;
+    let masked = mask_row_into(gate, columns, row, &mut out, &mut MaskCounts::default())?;
     Ok((masked > 0).then_some((out, masked)))
 }
 
 /// `mask_row` appending straight to the client's output: the row as it came when no value
 /// changed, else the row rewritten (unchanged stretches copied whole). Returns how many
-/// values were replaced; on an error nothing is appended.
+/// values were replaced; on an error nothing is appended. Values of columns with a resolved
+/// mask are counted in `counts`, the others by the gate.
 fn mask_row_into<G: StatementGate>(
     gate: &G,
     columns: &[Column],
     row: &[u8],
     out: &mut BytesMut,
+    counts: &mut MaskCounts,
 ) -> Result<u64, String> {
     let start = out.len();
-    let result = rewrite_row(gate, columns, row, out);
+    let result = rewrite_row(gate, columns, row, out, counts);
     if result.is_err() {
         out.truncate(start);
     }
     result
 }
 
-fn rewrite_row<G: StatementGate>(gate: &G, columns: &[Column], row: &[u8], out: &mut BytesMut) -> Result<u64, String> {
+fn rewrite_row<G: StatementGate>(
+    gate: &G,
+    columns: &[Column],
+    row: &[u8],
+    out: &mut BytesMut,
+    counts: &mut MaskCounts,
+) -> Result<u64, String> {
     let start = out.len();
     let mut body = row.get(5..).ok_or("short DataRow")?;
     if body.len() < 2 {
@@ -1446,6 +1533,10 @@ fn rewrite_row<G: StatementGate>(gate: &G, columns: &[Column], row: &[u8], out: 
                     }
                 }
             }
+            Some(Column { mask: Some(mask), .. }) => match mask.apply(value, counts) {
+                Cow::Borrowed(_) => continue,
+                Cow::Owned(v) => Some(v),
+            },
             Some(c) => match leaf(gate, &c.name, c.trace.as_deref(), value) {
                 Cow::Borrowed(_) => continue,
                 Cow::Owned(v) => Some(v),
@@ -1635,6 +1726,19 @@ struct CopyTraces<'a> {
     fields: &'a [Option<Arc<ColumnTrace>>],
     /// All of them together.
     union: Option<&'a ColumnTrace>,
+    /// The gate's masking of the same, when it resolves it once.
+    masks: &'a CopyMasks,
+}
+
+/// How the gate masks a COPY's fields (`None`: by a call per value).
+#[derive(Debug, Default)]
+struct CopyMasks {
+    /// By position, for the traced fields.
+    fields: Vec<Option<ColumnMask>>,
+    /// By every field's trace together.
+    union: Option<ColumnMask>,
+    /// A field without a trace (under an empty column name).
+    untraced: Option<ColumnMask>,
 }
 
 /// Mask the fields of one text-format COPY row. Fields are split at tabs, the default
@@ -1686,18 +1790,19 @@ fn mask_copy_row<G: StatementGate>(
     message: &[u8],
 ) -> Result<Option<(BytesMut, u64)>, String> {
     let mut out = BytesMut::new();
-    let masked = mask_copy_row_into(gate, traces, message, &mut out)?;
+    let masked = mask_copy_row_into(gate, traces, message, &mut out, &mut MaskCounts::default())?;
     Ok((masked > 0).then_some((out, masked)))
 }
 
 /// `mask_copy_row` appending straight to the client's output: the message as it came when
 /// no field changed, else the row rewritten. Returns how many fields were replaced; on an
-/// error nothing is appended.
+/// error nothing is appended. Fields masked by a resolved mask are counted in `counts`.
 fn mask_copy_row_into<G: StatementGate>(
     gate: &G,
     traces: &CopyTraces<'_>,
     message: &[u8],
     out: &mut BytesMut,
+    counts: &mut MaskCounts,
 ) -> Result<u64, String> {
     let data = message.get(5..).ok_or("short CopyData")?;
     let line = match data.strip_suffix(b"\r\n") {
@@ -1717,12 +1822,23 @@ fn mask_copy_row_into<G: StatementGate>(
         if field == b"\\N" {
             continue;
         }
-        let trace = if split {
-            traces.fields.get(i).and_then(Option::as_deref)
+        let (trace, mask) = if split {
+            (
+                traces.fields.get(i).and_then(Option::as_deref),
+                traces.masks.fields.get(i).and_then(Option::as_ref),
+            )
         } else {
-            traces.union
+            (traces.union, traces.masks.union.as_ref())
         };
-        let Cow::Owned(replaced) = leaf(gate, "", trace, field) else {
+        let mask = match trace {
+            Some(_) => mask,
+            None => traces.masks.untraced.as_ref(),
+        };
+        let replaced = match mask {
+            Some(mask) => mask.apply(field, counts),
+            None => leaf(gate, "", trace, field),
+        };
+        let Cow::Owned(replaced) = replaced else {
             continue;
         };
         if masked == 0 {
@@ -1749,9 +1865,16 @@ fn mask_copy_row_into<G: StatementGate>(
 mod tests {
     use super::*;
 
+    const NO_MASKS: &CopyMasks = &CopyMasks {
+        fields: Vec::new(),
+        union: None,
+        untraced: None,
+    };
+
     const NO_TRACES: CopyTraces<'static> = CopyTraces {
         fields: &[],
         union: None,
+        masks: NO_MASKS,
     };
 
     /// Replaces every value equal to `secret` by `XX`.
@@ -1810,6 +1933,7 @@ mod tests {
             type_oid,
             null_binary: trace.is_some(),
             trace,
+            mask: None,
         };
         let columns = [
             column(false, 25, Some(traced())),
@@ -1841,6 +1965,7 @@ mod tests {
         let traces = CopyTraces {
             fields: &fields,
             union: Some(&union),
+            masks: NO_MASKS,
         };
         let mut msg = BytesMut::new();
         msg.put_u8(b'd');
@@ -1948,6 +2073,7 @@ mod tests {
                 type_oid: 1043,
                 trace: None,
                 null_binary: false,
+                mask: None,
             },
             Column {
                 name: "b".into(),
@@ -1955,6 +2081,7 @@ mod tests {
                 type_oid: 17,
                 trace: None,
                 null_binary: false,
+                mask: None,
             },
         ];
         let mut row = BytesMut::new();
@@ -2006,12 +2133,16 @@ mod tests {
                 type_oid: 25,
                 trace: None,
                 null_binary: false,
+                mask: None,
             })
             .collect();
         let mut out = BytesMut::from(&b"earlier"[..]);
         // Unchanged rows are copied whole, byte for byte.
         let clean = data_row(&[b"1", b"plain", b"", b"x"]);
-        assert_eq!(mask_row_into(&Gate, &columns, &clean, &mut out), Ok(0));
+        assert_eq!(
+            mask_row_into(&Gate, &columns, &clean, &mut out, &mut MaskCounts::default()),
+            Ok(0)
+        );
         // Values changed at the start, in the middle and at the end; NULLs kept.
         let mut dirty = BytesMut::new();
         dirty.put_u8(b'D');
@@ -2024,7 +2155,10 @@ mod tests {
             }
         }
         let dirty = finish_message(dirty).unwrap();
-        assert_eq!(mask_row_into(&Gate, &columns, &dirty, &mut out), Ok(2));
+        assert_eq!(
+            mask_row_into(&Gate, &columns, &dirty, &mut out, &mut MaskCounts::default()),
+            Ok(2)
+        );
         let mut expected = BytesMut::from(&b"earlier"[..]);
         expected.put_slice(&clean);
         expected.put_u8(b'D');
@@ -2042,7 +2176,7 @@ mod tests {
         assert_eq!(out, expected);
         // A row truncated after a changed value appends nothing.
         let truncated = &dirty[..dirty.len() - 3];
-        assert!(mask_row_into(&Gate, &columns, truncated, &mut out).is_err());
+        assert!(mask_row_into(&Gate, &columns, truncated, &mut out, &mut MaskCounts::default()).is_err());
         assert_eq!(out, expected);
         // COPY rows likewise, after what is already there.
         let mut copy = BytesMut::new();
@@ -2051,7 +2185,10 @@ mod tests {
         copy.put_slice(b"secret\tkeep\t\\N\tsecret\r\n");
         let copy = finish_message(copy).unwrap();
         let before = out.len();
-        assert_eq!(mask_copy_row_into(&Gate, &NO_TRACES, &copy, &mut out), Ok(2));
+        assert_eq!(
+            mask_copy_row_into(&Gate, &NO_TRACES, &copy, &mut out, &mut MaskCounts::default()),
+            Ok(2)
+        );
         assert_eq!(&out[before..], b"d\0\0\0\x13XX\tkeep\t\\N\tXX\r\n");
     }
 }
