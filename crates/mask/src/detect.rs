@@ -170,7 +170,11 @@ pub(crate) fn detect(s: &str, classes: ClassSet, out: &mut Vec<Span>) {
     // A value that is one address and nothing else (an email column): every other detector
     // could only find something inside it, which the address would claim, so they need not
     // run (nor the pre-pass). No other detector ends a match on an address's alphabetic TLD.
-    if classes.has(DataClass::Email) && b.len() >= 6 && b[b.len() - 1].is_ascii_alphabetic() && b.contains(&b'@') {
+    if classes.has(DataClass::Email)
+        && b.len() >= 6
+        && b[b.len() - 1].is_ascii_alphabetic()
+        && memchr::memchr(b'@', b).is_some()
+    {
         let first = out.len();
         emails(b, out);
         if let [only] = &out[first..]
@@ -296,14 +300,20 @@ fn scan(b: &[u8]) -> (usize, u32) {
     (digits, seen)
 }
 
-/// Whether `b` holds `n` ASCII digits in a row.
+/// Whether `b` holds `n` (at least 1) ASCII digits in a row. Every such run covers one of the
+/// positions `n - 1`, `2n - 1`, ...: only the runs through those are measured, and a shorter
+/// run covers at most one of them, so each byte is looked at about once at most.
 fn has_digit_run(b: &[u8], n: usize) -> bool {
-    let mut run = 0;
-    for &c in b {
-        run = if c.is_ascii_digit() { run + 1 } else { 0 };
-        if run >= n {
-            return true;
+    let mut p = n.saturating_sub(1);
+    while p < b.len() {
+        if b[p].is_ascii_digit() {
+            let left = b[..p].iter().rev().take_while(|c| c.is_ascii_digit()).count();
+            let right = b[p + 1..].iter().take_while(|c| c.is_ascii_digit()).count();
+            if left + 1 + right >= n {
+                return true;
+            }
         }
+        p += n.max(1);
     }
     false
 }
@@ -365,12 +375,11 @@ fn emails(b: &[u8], out: &mut Vec<Span>) {
     let mut floor = 0;
     let mut i = 0;
     while i < n {
-        if b[i] != b'@' {
-            i += 1;
-            continue;
-        }
-        let at = i;
-        i += 1;
+        let Some(offset) = memchr::memchr(b'@', &b[i..]) else {
+            break;
+        };
+        let at = i + offset;
+        i = at + 1;
         let mut start = at;
         while start > floor && at - start <= 64 && is_local(b[start - 1]) {
             start -= 1;

@@ -1810,13 +1810,17 @@ fn mask_copy_row_into<G: StatementGate>(
         None => data.strip_suffix(b"\n").unwrap_or(data),
     };
     let expected = traces.fields.len();
-    let split = line.iter().filter(|&&b| b == b'\t').count() + 1 == expected;
+    let split = memchr::memchr_iter(b'\t', line).count() + 1 == expected;
     let start = out.len();
     let mut masked = 0u64;
     // Bytes of `message` before this offset are in `out` already (once something changed).
     let mut copied = 0usize;
     let mut at = 5usize;
-    for (i, field) in line.split(|b| *b == b'\t').enumerate() {
+    let mut field_start = 0;
+    let ends = memchr::memchr_iter(b'\t', line).chain(std::iter::once(line.len()));
+    for (i, field_end) in ends.enumerate() {
+        let field = &line[field_start..field_end];
+        field_start = field_end + 1;
         let field_at = at;
         at += field.len() + 1;
         if field == b"\\N" {
@@ -2190,5 +2194,105 @@ mod tests {
             Ok(2)
         );
         assert_eq!(&out[before..], b"d\0\0\0\x13XX\tkeep\t\\N\tXX\r\n");
+    }
+
+    /// Masks by name hint and content with every class, per value or resolved per column.
+    struct Resolving;
+
+    impl StatementGate for Resolving {
+        type Grant = ();
+        type Hold = ();
+
+        async fn decide(&self, _: &str, _: &[classify::Statement]) -> Result<Gated<(), ()>, Refusal> {
+            Ok(Gated::Granted(()))
+        }
+
+        async fn wait(&self, (): ()) -> Result<(), Refusal> {
+            Ok(())
+        }
+
+        fn mask_value<'a>(&self, column: &str, value: &'a [u8]) -> Cow<'a, [u8]> {
+            let mut counts = MaskCounts::default();
+            Masker::all().mask_hinted_bytes(gatehouse_mask::column_hint(column), value, &mut counts)
+        }
+
+        fn column_mask(&self, column: &str, _: Option<&ColumnTrace>) -> Option<ColumnMask> {
+            Some(ColumnMask {
+                masker: Masker::all(),
+                class: gatehouse_mask::column_hint(column),
+            })
+        }
+    }
+
+    #[test]
+    fn resolved_column_masks_mask_as_the_gate_does_per_value_and_count_locally() {
+        let names = ["id", "email", "note", "password"];
+        let per_value: Vec<Column> = names
+            .iter()
+            .map(|name| Column {
+                name: (*name).into(),
+                binary: false,
+                type_oid: 25,
+                trace: None,
+                null_binary: false,
+                mask: None,
+            })
+            .collect();
+        let resolved: Vec<Column> = per_value
+            .iter()
+            .map(|c| Column {
+                mask: Resolving.column_mask(&c.name, None),
+                ..c.clone()
+            })
+            .collect();
+        let rows = [
+            data_row(&[
+                b"1",
+                b"user1@example.com",
+                b"c4ca4238a0b923820dcc509a6f75849b",
+                b"hunter2",
+            ]),
+            data_row(&[b"2", b"not an address", b"card 4111 1111 1111 1111", b""]),
+            data_row(&[b"3", b"\xff", b"plain", b"x"]),
+        ];
+        for row in &rows {
+            let (mut a, mut b) = (BytesMut::new(), BytesMut::new());
+            let mut counts = MaskCounts::default();
+            let n = mask_row_into(&Resolving, &per_value, row, &mut a, &mut counts).unwrap();
+            assert!(counts.is_empty(), "per-value masking counts in the gate");
+            let m = mask_row_into(&Resolving, &resolved, row, &mut b, &mut counts).unwrap();
+            assert_eq!((a, n), (b, m));
+        }
+        let mut counts = MaskCounts::default();
+        let mut out = BytesMut::new();
+        mask_row_into(&Resolving, &resolved, &rows[0], &mut out, &mut counts).unwrap();
+        assert_eq!(counts.get(gatehouse_mask::DataClass::Email), 1);
+        assert_eq!(counts.get(gatehouse_mask::DataClass::Secret), 1);
+        assert!(!out.windows(7).any(|w| w == b"hunter2"));
+
+        // COPY fields: untraced ones by the resolved mask of no name, like `mask_value("")`.
+        let masks = CopyMasks {
+            fields: Vec::new(),
+            union: None,
+            untraced: Resolving.column_mask("", None),
+        };
+        let traces = CopyTraces {
+            fields: &[],
+            union: None,
+            masks: &masks,
+        };
+        let mut copy = BytesMut::new();
+        copy.put_u8(b'd');
+        copy.put_i32(0);
+        copy.put_slice(b"1\tuser1@example.com\t\\N\tplain\n");
+        let copy = finish_message(copy).unwrap();
+        let (mut a, mut b) = (BytesMut::new(), BytesMut::new());
+        let mut counts = MaskCounts::default();
+        let n = mask_copy_row_into(&Resolving, &NO_TRACES, &copy, &mut a, &mut counts).unwrap();
+        assert!(counts.is_empty());
+        let m = mask_copy_row_into(&Resolving, &traces, &copy, &mut b, &mut counts).unwrap();
+        assert_eq!((&a, n), (&b, m));
+        assert_eq!(&b[5..], b"1\tu***@example.com\t\\N\tplain\n");
+        assert_eq!(counts.get(gatehouse_mask::DataClass::Email), 1);
     }
 }
