@@ -19,7 +19,10 @@
 # gateway's peak resident memory (VmHWM) (STREAM=0 skips it; PGBENCH=0 runs only this part).
 # The stream also goes through the copy relay: the floor any relay costs on this machine.
 # BASELINE=path/to/another/gatehouse adds a gateway run by that binary to the stream runs
-# (before/after figures from the same run).
+# (before/after figures from the same run). Each stream through a gateway or the copy relay
+# also reports the CPU (user + system) that process spent, in total and per row: unlike MB/s,
+# it does not depend on what else the machine runs. PERF_RECORD=DIR records a `perf record`
+# profile of the gateway under test during each stream kind (DIR/select.data, DIR/copy.data).
 #
 # CALLGRIND=1 instead counts the instructions the gateway (fsync=group) spends per
 # statement, under valgrind's callgrind: a figure that does not depend on what else the

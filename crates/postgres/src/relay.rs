@@ -1889,16 +1889,20 @@ impl<'a> Tabs<'a> {
     /// byte is zero after the XOR exactly when adding 0x7f to its low 7 bits leaves its high
     /// bit clear and so did the byte itself (no carry crosses bytes).
     fn word(&self, at: usize) -> u64 {
-        let Some(rest) = self.line.get(at..) else {
-            return 0;
+        let rest = self.line.get(at..).unwrap_or_default();
+        let (word, valid) = match rest.first_chunk::<8>() {
+            Some(chunk) => (u64::from_le_bytes(*chunk), u64::MAX),
+            None => {
+                // The last few bytes; the padding past the end is not tabs.
+                let word = rest
+                    .iter()
+                    .enumerate()
+                    .fold(0u64, |w, (i, &b)| w | (u64::from(b) << (8 * i)));
+                (word, (1u64 << (8 * rest.len())) - 1)
+            }
         };
-        let mut bytes = [0u8; 8];
-        let n = rest.len().min(8);
-        bytes[..n].copy_from_slice(&rest[..n]);
-        let x = u64::from_le_bytes(bytes) ^ Self::TABS;
+        let x = word ^ Self::TABS;
         let zero = !(((x & Self::LOW7) + Self::LOW7) | x | Self::LOW7);
-        // Padding bytes past the end are not tabs.
-        let valid = if n == 8 { u64::MAX } else { (1u64 << (8 * n)) - 1 };
         zero & valid
     }
 }
