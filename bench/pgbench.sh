@@ -22,7 +22,10 @@
 # gateway's peak resident memory (VmHWM) (STREAM=0 skips it; PGBENCH=0 runs only this part).
 # The stream also goes through the copy relay: the floor any relay costs on this machine.
 # BASELINE=path/to/another/gatehouse adds a gateway run by that binary to the stream runs
-# (before/after figures from the same run).
+# (before/after figures from the same run). Each stream through a gateway or the copy relay
+# also reports the CPU (user + system) that process spent, in total and per row: unlike MB/s,
+# it does not depend on what else the machine runs. PERF_RECORD=DIR records a `perf record`
+# profile of the gateway under test during each stream kind (DIR/select.data, DIR/copy.data).
 #
 # CALLGRIND=1 instead counts the instructions the gateway (fsync=group) spends per
 # statement, under valgrind's callgrind: a figure that does not depend on what else the
@@ -362,11 +365,16 @@ SQL
         gatehouse_now=$gatehouse
         gatehouse=$BASELINE
         start_gateway gw-baseline group
+        baseline_pid=${pids[-1]}
         gatehouse=$gatehouse_now
         stream_paths="direct copy-relay baseline gatehouse"
     fi
     start_gateway gw-stream group
     stream_pid=${pids[-1]}
+    # cpu_ticks PID: user + system CPU of the process so far, in clock ticks (0 without a PID).
+    # The gateway's CPU per row does not depend on what else the machine runs, unlike MB/s.
+    cpu_ticks() { if [ -n "$1" ]; then awk '{ print $14 + $15 }' "/proc/$1/stat"; else echo 0; fi; }
+    clk_tck=$(getconf CLK_TCK)
     rss_before=$(awk '/^VmRSS/ { print $2 }' "/proc/$stream_pid/status")
     gw_token=$(cat "$work/gw-stream/token")
     for kind in select copy; do
@@ -375,18 +383,32 @@ SQL
             copy) sql="COPY (SELECT id, email, note FROM people) TO STDOUT" ;;
         esac
         for path in $stream_paths $stream_paths; do
+            gw_pid=""
             case "$path" in
-                baseline) port=$gw_baseline_port user=alice pass=$(cat "$work/gw-baseline/token") ;;
+                baseline) port=$gw_baseline_port user=alice pass=$(cat "$work/gw-baseline/token") gw_pid=$baseline_pid ;;
                 direct) port=$pg_port user=bench pass=$password ;;
-                copy-relay) port=$relay_port user=bench pass=$password ;;
-                gatehouse) port=$gw_stream_port user=alice pass=$gw_token ;;
+                copy-relay) port=$relay_port user=bench pass=$password gw_pid=$relay_pid ;;
+                gatehouse) port=$gw_stream_port user=alice pass=$gw_token gw_pid=$stream_pid ;;
             esac
             echo "pgbench.sh: stream ($kind) $path ..."
+            perf_pid=""
+            if [ -n "${PERF_RECORD:-}" ] && [ "$path" = gatehouse ]; then
+                mkdir -p "$PERF_RECORD"
+                perf record -e cpu-clock -F 1999 -p "$gw_pid" -o "$PERF_RECORD/$kind.data" >/dev/null 2>&1 &
+                perf_pid=$!
+                sleep 1
+            fi
+            cpu_before=$(cpu_ticks "$gw_pid")
             start=$(date +%s.%N)
             bytes=$(PGPASSWORD="$pass" psql -X -q -A -t -v ON_ERROR_STOP=1 -h 127.0.0.1 -p "$port" -U "$user" -d bench \
                 -c "$sql" | wc -c) || die "streaming through $path failed"
             end=$(date +%s.%N)
-            printf '%s|%s|%s|%s\n' "$kind" "$path" "$bytes" "$(echo "$end - $start" | bc -l)" >>"$streams"
+            cpu=$(($(cpu_ticks "$gw_pid") - cpu_before))
+            if [ -n "$perf_pid" ]; then
+                kill -INT "$perf_pid" 2>/dev/null || true
+                wait "$perf_pid" 2>/dev/null || true
+            fi
+            printf '%s|%s|%s|%s|%s\n' "$kind" "$path" "$bytes" "$(echo "$end - $start" | bc -l)" "${gw_pid:+$cpu}" >>"$streams"
         done
     done
     hwm=$(awk '/^VmHWM/ { print $2 }' "/proc/$stream_pid/status")
@@ -430,13 +452,16 @@ fi
 if [ -s "$streams" ]; then
     echo
     echo "streaming $rows_n rows (id, email, note) with psql -A -t to wc -c, two runs each, alternating; copy-relay is a bare TCP relay"
-    awk -F'|' '
-        { kind[NR] = $1; path[NR] = $2; bytes[NR] = $3; secs[NR] = $4
+    echo "(gateway CPU: user + system seconds the gateway process spent during the stream, and per row)"
+    awk -F'|' -v rows="$rows_n" -v tck="$clk_tck" '
+        { kind[NR] = $1; path[NR] = $2; bytes[NR] = $3; secs[NR] = $4; cpu[NR] = $5
           if ($2 == "direct" && (!best[$1] || $4 < best[$1])) best[$1] = $4 }
         END {
-            printf "%-7s %-10s %12s %10s %10s %10s\n", "query", "path", "bytes", "seconds", "MB/s", "vs direct"
-            for (i = 1; i <= NR; i++)
-                printf "%-7s %-10s %12d %10.2f %10.1f %10.2f\n", kind[i], path[i], bytes[i], secs[i], bytes[i] / secs[i] / 1e6, best[kind[i]] / secs[i]
+            printf "%-7s %-10s %12s %10s %10s %10s %12s %12s\n", "query", "path", "bytes", "seconds", "MB/s", "vs direct", "gateway CPU", "CPU ns/row"
+            for (i = 1; i <= NR; i++) {
+                c = cpu[i] == "" ? sprintf("%12s %12s", "-", "-") : sprintf("%11.2fs %12.0f", cpu[i] / tck, cpu[i] / tck / rows * 1e9)
+                printf "%-7s %-10s %12d %10.2f %10.1f %10.2f %s\n", kind[i], path[i], bytes[i], secs[i], bytes[i] / secs[i] / 1e6, best[kind[i]] / secs[i], c
+            }
         }' "$streams"
     echo "gateway memory: VmRSS $((rss_before / 1024)) MiB after start, peak (VmHWM) $((hwm / 1024)) MiB after the streams"
 fi

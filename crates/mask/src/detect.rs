@@ -28,6 +28,9 @@ pub(crate) struct ClassSet(pub(crate) u8);
 struct Features {
     digits: usize,
     at: bool,
+    /// A card, SSN or phone number may be there: enough digits, and a separator or `+` between
+    /// them or one run long enough for an unseparated card.
+    chains: bool,
     iban: bool,
     token: bool,
     pem: bool,
@@ -39,6 +42,42 @@ const TRIGGER: u8 = 4;
 
 /// Byte classes for the pre-pass; `TRIGGER` marks the first byte of a token prefix or PEM header.
 static TABLE: [u8; 256] = byte_table();
+
+/// Bytes the pre-pass notes, one bit each in [`SEEN`]: OR-ed over a text in one branch-free
+/// pass, they say which detectors can find anything at all, since every match needs certain
+/// bytes (a token prefix its letters, a separated card a space or dash, a private key header
+/// its dashes and capitals). The digits of the text are counted in the same pass.
+mod seen {
+    pub(super) const DIGIT: u32 = 1;
+    pub(super) const AT: u32 = 1 << 1;
+    pub(super) const UPPER: u32 = 1 << 2;
+    pub(super) const DASH: u32 = 1 << 3;
+    pub(super) const SPACE: u32 = 1 << 4;
+    pub(super) const PLUS: u32 = 1 << 5;
+    pub(super) const UNDERSCORE: u32 = 1 << 6;
+    /// Letters of token prefixes: `eyJ`, `AKIA`/`ASIA`, `gh`, `xox`, `sk_`/`rk_`...
+    pub(super) const LOW_E: u32 = 1 << 7;
+    pub(super) const LOW_Y: u32 = 1 << 8;
+    pub(super) const UP_J: u32 = 1 << 9;
+    pub(super) const UP_A: u32 = 1 << 10;
+    pub(super) const UP_K: u32 = 1 << 11;
+    pub(super) const UP_I: u32 = 1 << 12;
+    pub(super) const UP_S: u32 = 1 << 13;
+    pub(super) const LOW_G: u32 = 1 << 14;
+    pub(super) const LOW_H: u32 = 1 << 15;
+    pub(super) const LOW_X: u32 = 1 << 16;
+    pub(super) const LOW_O: u32 = 1 << 17;
+    pub(super) const LOW_S: u32 = 1 << 18;
+    pub(super) const LOW_K: u32 = 1 << 19;
+    pub(super) const LOW_R: u32 = 1 << 20;
+    /// ... and of `bearer` in either case.
+    pub(super) const ANY_B: u32 = 1 << 21;
+    pub(super) const ANY_E: u32 = 1 << 22;
+    pub(super) const ANY_A: u32 = 1 << 23;
+    pub(super) const ANY_R: u32 = 1 << 24;
+}
+
+static SEEN: [u32; 256] = seen_table();
 
 impl ClassSet {
     pub(crate) const EMPTY: ClassSet = ClassSet(0);
@@ -60,6 +99,51 @@ impl ClassSet {
 
 fn bit(class: DataClass) -> u8 {
     1 << (class as u8)
+}
+
+const fn seen_table() -> [u32; 256] {
+    use seen::*;
+    let mut t = [0u32; 256];
+    let mut c = 0;
+    while c < 256 {
+        let b = c as u8;
+        let mut bits = 0;
+        if b.is_ascii_digit() {
+            bits |= DIGIT;
+        }
+        if b.is_ascii_uppercase() {
+            bits |= UPPER;
+        }
+        bits |= match b {
+            b'@' => AT,
+            b'-' => DASH,
+            b' ' => SPACE,
+            b'+' => PLUS,
+            b'_' => UNDERSCORE,
+            b'e' => LOW_E | ANY_E,
+            b'E' => ANY_E,
+            b'y' => LOW_Y,
+            b'J' => UP_J,
+            b'A' => UP_A | ANY_A,
+            b'a' => ANY_A,
+            b'K' => UP_K,
+            b'I' => UP_I,
+            b'S' => UP_S,
+            b'g' => LOW_G,
+            b'h' => LOW_H,
+            b'x' => LOW_X,
+            b'o' => LOW_O,
+            b's' => LOW_S,
+            b'k' => LOW_K,
+            b'r' => LOW_R | ANY_R,
+            b'R' => ANY_R,
+            b'b' | b'B' => ANY_B,
+            _ => 0,
+        };
+        t[c] = bits;
+        c += 1;
+    }
+    t
 }
 
 const fn byte_table() -> [u8; 256] {
@@ -86,7 +170,11 @@ pub(crate) fn detect(s: &str, classes: ClassSet, out: &mut Vec<Span>) {
     // A value that is one address and nothing else (an email column): every other detector
     // could only find something inside it, which the address would claim, so they need not
     // run (nor the pre-pass). No other detector ends a match on an address's alphabetic TLD.
-    if classes.has(DataClass::Email) && b.len() >= 6 && b[b.len() - 1].is_ascii_alphabetic() && b.contains(&b'@') {
+    if classes.has(DataClass::Email)
+        && b.len() >= 6
+        && b[b.len() - 1].is_ascii_alphabetic()
+        && memchr::memchr(b'@', b).is_some()
+    {
         let first = out.len();
         emails(b, out);
         if let [only] = &out[first..]
@@ -100,6 +188,19 @@ pub(crate) fn detect(s: &str, classes: ClassSet, out: &mut Vec<Span>) {
     detect_all(s, classes, out);
 }
 
+/// Whether `detect` can find anything in `b` at all (the pre-pass alone): when it says no,
+/// `detect` finds nothing, so a caller may skip the value (and its UTF-8 validation).
+pub(crate) fn may_find(b: &[u8], classes: ClassSet) -> bool {
+    if !classes.has_content_classes() {
+        return false;
+    }
+    let f = features(b, classes);
+    f.at || f.chains
+        || f.iban
+        || (f.token && classes.has(DataClass::Token))
+        || (f.pem && classes.has(DataClass::PrivateKey))
+}
+
 /// `detect` running every detector the pre-pass calls for.
 fn detect_all(s: &str, classes: ClassSet, out: &mut Vec<Span>) {
     let b = s.as_bytes();
@@ -107,7 +208,7 @@ fn detect_all(s: &str, classes: ClassSet, out: &mut Vec<Span>) {
     if f.at && classes.has(DataClass::Email) {
         emails(b, out);
     }
-    if f.digits >= 8 && (classes.has(DataClass::Card) || classes.has(DataClass::Ssn) || classes.has(DataClass::Phone)) {
+    if f.chains {
         digit_chains(b, classes, out);
     }
     if f.iban && classes.has(DataClass::Iban) {
@@ -132,22 +233,47 @@ fn detect_all(s: &str, classes: ClassSet, out: &mut Vec<Span>) {
     }
 }
 
-/// The pre-pass, computing only what the detectors of `classes` need. Counting digits and
-/// looking for `@` are branch-free passes the compiler vectorises; the byte-by-byte walk is
-/// left to the trigger bytes of secrets, and runs only when those classes are masked.
+/// The pre-pass, computing only what the detectors of `classes` need. One branch-free pass
+/// counts the digits and notes which bytes occur ([`SEEN`]); a detector whose every match
+/// needs a byte that does not occur is ruled out there (an md5 hex string has no separator,
+/// `+`, capital or token letter: only a run of 13 digits could make it a card). What is not
+/// ruled out is checked as before: the `[A-Z]{2}[0-9]{2}` opening of IBANs, and a byte-by-byte
+/// walk to the trigger bytes of token prefixes and PEM headers. The flags are exactly those of
+/// the walk alone; the byte checks only spare it where it cannot succeed.
 fn features(b: &[u8], classes: ClassSet) -> Features {
+    let (digits, seen) = scan(b);
+    let any = |bits: u32| seen & bits != 0;
+    let all = |bits: u32| seen & bits == bits;
     let mut f = Features {
-        digits: b.iter().filter(|c| c.is_ascii_digit()).count(),
-        at: classes.has(DataClass::Email) && b.contains(&b'@'),
+        digits,
+        at: classes.has(DataClass::Email) && any(seen::AT),
         ..Features::default()
     };
+    f.chains = digits >= 8
+        && (classes.has(DataClass::Card) || classes.has(DataClass::Ssn) || classes.has(DataClass::Phone))
+        && (any(seen::PLUS | seen::DASH | seen::SPACE) || has_digit_run(b, 13));
     // `[A-Z]{2}[0-9]{2}` opens every IBAN.
     f.iban = classes.has(DataClass::Iban)
         && f.digits >= 2
+        && any(seen::UPPER)
         && b.windows(4).any(|w| {
             w[0].is_ascii_uppercase() && w[1].is_ascii_uppercase() && w[2].is_ascii_digit() && w[3].is_ascii_digit()
         });
-    if classes.has(DataClass::Token) || classes.has(DataClass::PrivateKey) {
+    let token = classes.has(DataClass::Token)
+        && [
+            seen::LOW_E | seen::LOW_Y | seen::UP_J,
+            seen::UP_A | seen::UP_K | seen::UP_I,
+            seen::UP_A | seen::UP_S | seen::UP_I,
+            seen::LOW_G | seen::LOW_H,
+            seen::LOW_X | seen::LOW_O,
+            seen::LOW_S | seen::LOW_K | seen::UNDERSCORE,
+            seen::LOW_R | seen::LOW_K | seen::UNDERSCORE,
+            seen::ANY_B | seen::ANY_E | seen::ANY_A | seen::ANY_R,
+        ]
+        .into_iter()
+        .any(all);
+    let pem = classes.has(DataClass::PrivateKey) && all(seen::DASH | seen::UPPER | seen::SPACE);
+    if token || pem {
         for (i, &c) in b.iter().enumerate() {
             if TABLE[c as usize] & TRIGGER == 0 {
                 continue;
@@ -160,6 +286,36 @@ fn features(b: &[u8], classes: ClassSet) -> Features {
         }
     }
     f
+}
+
+/// The digits of `b` and the [`seen`] bits of its bytes, in one pass without branches.
+fn scan(b: &[u8]) -> (usize, u32) {
+    let mut seen = 0u32;
+    let mut digits = 0usize;
+    for &c in b {
+        let bits = SEEN[usize::from(c)];
+        seen |= bits;
+        digits += (bits & seen::DIGIT) as usize;
+    }
+    (digits, seen)
+}
+
+/// Whether `b` holds `n` (at least 1) ASCII digits in a row. Every such run covers one of the
+/// positions `n - 1`, `2n - 1`, ...: only the runs through those are measured, and a shorter
+/// run covers at most one of them, so each byte is looked at about once at most.
+fn has_digit_run(b: &[u8], n: usize) -> bool {
+    let mut p = n.saturating_sub(1);
+    while p < b.len() {
+        if b[p].is_ascii_digit() {
+            let left = b[..p].iter().rev().take_while(|c| c.is_ascii_digit()).count();
+            let right = b[p + 1..].iter().take_while(|c| c.is_ascii_digit()).count();
+            if left + 1 + right >= n {
+                return true;
+            }
+        }
+        p += n.max(1);
+    }
+    false
 }
 
 fn token_prefix(b: &[u8], i: usize) -> bool {
@@ -219,12 +375,11 @@ fn emails(b: &[u8], out: &mut Vec<Span>) {
     let mut floor = 0;
     let mut i = 0;
     while i < n {
-        if b[i] != b'@' {
-            i += 1;
-            continue;
-        }
-        let at = i;
-        i += 1;
+        let Some(offset) = memchr::memchr(b'@', &b[i..]) else {
+            break;
+        };
+        let at = i + offset;
+        i = at + 1;
         let mut start = at;
         while start > floor && at - start <= 64 && is_local(b[start - 1]) {
             start -= 1;
@@ -1120,5 +1275,115 @@ mod tests {
                 assert_eq!(fast, full, "{value}");
             }
         }
+    }
+
+    /// The pre-pass before the byte checks: the digit count, `@`, the IBAN opening, and the
+    /// walk to every trigger byte.
+    fn walked_features(b: &[u8], classes: ClassSet) -> Features {
+        let digits = b.iter().filter(|c| c.is_ascii_digit()).count();
+        let mut f = Features {
+            digits,
+            at: classes.has(DataClass::Email) && b.contains(&b'@'),
+            chains: digits >= 8
+                && (classes.has(DataClass::Card) || classes.has(DataClass::Ssn) || classes.has(DataClass::Phone)),
+            iban: classes.has(DataClass::Iban)
+                && digits >= 2
+                && b.windows(4).any(|w| {
+                    w[0].is_ascii_uppercase()
+                        && w[1].is_ascii_uppercase()
+                        && w[2].is_ascii_digit()
+                        && w[3].is_ascii_digit()
+                }),
+            ..Features::default()
+        };
+        if classes.has(DataClass::Token) || classes.has(DataClass::PrivateKey) {
+            for (i, &c) in b.iter().enumerate() {
+                if TABLE[c as usize] & TRIGGER == 0 {
+                    continue;
+                }
+                if c == b'-' {
+                    f.pem |= b[i..].starts_with(b"-----BEGIN ");
+                } else if !f.token {
+                    f.token = token_prefix(b, i);
+                }
+            }
+        }
+        f
+    }
+
+    /// Every detector the walk alone would run, for the same spans.
+    fn detect_walked(s: &str, classes: ClassSet) -> Vec<Span> {
+        let b = s.as_bytes();
+        let f = walked_features(b, classes);
+        let mut out = Vec::new();
+        if f.at && classes.has(DataClass::Email) {
+            emails(b, &mut out);
+        }
+        if f.chains {
+            digit_chains(b, classes, &mut out);
+        }
+        if f.iban && classes.has(DataClass::Iban) {
+            ibans(b, &mut out);
+        }
+        if f.token && classes.has(DataClass::Token) {
+            tokens(b, &mut out);
+        }
+        if f.pem && classes.has(DataClass::PrivateKey) {
+            private_keys(s, &mut out);
+        }
+        out.sort_unstable_by_key(|span| (span.start, Reverse(span.end)));
+        let mut end = 0;
+        out.retain(|span| {
+            let keep = span.start >= end;
+            if keep {
+                end = span.end;
+            }
+            keep
+        });
+        out
+    }
+
+    #[test]
+    fn byte_checks_rule_out_only_detectors_that_find_nothing() {
+        let fixed = [
+            "c4ca4238a0b923820dcc509a6f75849b",
+            "4222222222222",
+            "(4222222222222)",
+            "123456789012",
+            "4111111111111111",
+            "4111 1111 1111 1111",
+            "+14155552671",
+            "123-45-6789",
+            "GB82WEST12345698765432",
+            "xyzb-1234567890abc eyJ",
+            "xoxb-1234567890-abcdefghij",
+            "BEARER 0123456789ABCDEFXYZ",
+            "sk_live_4eC39HqLyjWDarjtT1zdp7dc",
+            "rk_live_4eC39HqLyjWDarjtT1zdp7dc",
+            "AKIAIOSFODNN7EXAMPLE",
+            "ASIAIOSFODNN7EXAMPLE",
+            "github_pat_11ABCDEFG0123456789_abcdefghijklmnop",
+            "-----BEGIN RSA PRIVATE KEY-----\nMIIB\n-----END RSA PRIVATE KEY-----",
+            "user1@example.com",
+        ];
+        let mut rng = crate::tests::Rng(0x2545_f491_4f6c_dd1d);
+        let random: Vec<String> = (0..20_000).map(|_| crate::tests::random_text(&mut rng)).collect();
+        let masks = [
+            all(),
+            ClassSet::EMPTY.with(DataClass::Token),
+            ClassSet::EMPTY.with(DataClass::PrivateKey),
+            ClassSet::EMPTY.with(DataClass::Card).with(DataClass::Iban),
+        ];
+        let mut found = 0;
+        for s in fixed.iter().copied().chain(random.iter().map(String::as_str)) {
+            for classes in masks {
+                let mut spans = Vec::new();
+                detect_all(s, classes, &mut spans);
+                assert_eq!(spans, detect_walked(s, classes), "{s:?}");
+                assert!(spans.is_empty() || may_find(s.as_bytes(), classes), "{s:?}");
+                found += spans.len();
+            }
+        }
+        assert!(found > 10_000, "the inputs hold sensitive values ({found} found)");
     }
 }

@@ -26,7 +26,7 @@ use pgwire::messages::response::{ErrorResponse, NoticeResponse, ReadyForQuery, T
 use pgwire::messages::simplequery::Query;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
-use gatehouse_mask::ColumnRules;
+use gatehouse_mask::{ColumnRules, DataClass, MaskCounts, Masker};
 
 use crate::classify::{self, Statement};
 use crate::completion::{self, Outcome};
@@ -80,6 +80,21 @@ pub trait StatementGate: Send + Sync + 'static {
         let _ = trace;
         self.mask_value(column, value)
     }
+    /// How every text value of one result column is masked, resolved once per result (at
+    /// RowDescription, Describe or CopyOutResponse): the relay then masks the column's values
+    /// itself, counting into its own [`MaskCounts`] that it hands over with `add_masked`,
+    /// with no call into the gate per value. Must mask exactly as `mask_traced` (with a trace)
+    /// or `mask_value` (without) would. `None`: the relay calls those per value.
+    fn column_mask(&self, column: &str, trace: Option<&ColumnTrace>) -> Option<ColumnMask> {
+        let _ = (column, trace);
+        None
+    }
+    /// Masking counts of values the relay masked by a `column_mask`: called at least once per
+    /// batch of target messages and always before `completed`, so a statement's counts are
+    /// there by the time its completion is reported.
+    fn add_masked(&self, counts: &MaskCounts) {
+        let _ = counts;
+    }
     /// Whether values of a traced column are masked for this session at all: binary values
     /// whose form the relay cannot rewrite are then sent as NULL, never as they are.
     fn masks_traced(&self, trace: &ColumnTrace) -> bool {
@@ -107,6 +122,22 @@ pub trait StatementGate: Send + Sync + 'static {
     /// of a statement decided earlier is not forwarded then, the session ends.
     fn recording(&self) -> bool {
         true
+    }
+}
+
+/// A column's masking as the gate resolved it: the relay applies it to each text value with
+/// [`Masker::mask_hinted_bytes`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ColumnMask {
+    /// The session's masker.
+    pub masker: Masker,
+    /// The class every value of the column is masked as (its name, a rule, its trace).
+    pub class: Option<DataClass>,
+}
+
+impl ColumnMask {
+    fn apply<'a>(&self, value: &'a [u8], counts: &mut MaskCounts) -> Cow<'a, [u8]> {
+        self.masker.mask_hinted_bytes(self.class, value, counts)
     }
 }
 
@@ -181,6 +212,8 @@ struct Column {
     /// The session masks the traced classes: a binary value the relay cannot rewrite as
     /// text is sent as NULL.
     null_binary: bool,
+    /// How its text values are masked, once resolved by the gate (`None`: per value).
+    mask: Option<ColumnMask>,
 }
 
 /// What the next target messages answer, in request order.
@@ -315,6 +348,10 @@ struct Relay<'g, G> {
     copy_traces: Vec<Option<Arc<ColumnTrace>>>,
     /// Every field's trace together, for rows that do not split into the expected fields.
     copy_union: Option<Arc<ColumnTrace>>,
+    /// How the streaming COPY's fields are masked, by position, as the gate resolved it.
+    copy_masks: CopyMasks,
+    /// Counts of values masked by a resolved `ColumnMask`, not yet handed to the gate.
+    masked: MaskCounts,
     /// Last transaction status the target reported.
     status: u8,
     /// After a refused Parse: drop client messages until Sync.
@@ -359,6 +396,8 @@ where
         copy_out_text: false,
         copy_traces: Vec::new(),
         copy_union: None,
+        copy_masks: CopyMasks::default(),
+        masked: MaskCounts::default(),
         status: b'I',
         discarding: false,
         answer_sync_locally: false,
@@ -900,13 +939,26 @@ impl<G: StatementGate> Relay<'_, G> {
 
     /// Handle every complete target message in `buf`.
     fn target_batch(&mut self, buf: &mut BytesMut) -> Result<(), RelayError> {
-        loop {
+        let result = loop {
             let frame = match wire::try_frame(buf, MAX_BACKEND_MESSAGE) {
                 Ok(Some(frame)) => frame,
-                Ok(None) => return Ok(()),
-                Err(e) => return Err(RelayError::TargetProtocol(e.to_string())),
+                Ok(None) => break Ok(()),
+                Err(e) => break Err(RelayError::TargetProtocol(e.to_string())),
             };
-            self.target_message(frame)?;
+            if let Err(e) = self.target_message(frame) {
+                break Err(e);
+            }
+        };
+        self.hand_over_masked();
+        result
+    }
+
+    /// The counts of values masked by resolved column masks go to the gate (once per batch of
+    /// rows, not per value).
+    fn hand_over_masked(&mut self) {
+        if !self.masked.is_empty() {
+            self.gate.add_masked(&self.masked);
+            self.masked = MaskCounts::default();
         }
     }
 
@@ -1027,6 +1079,7 @@ impl<G: StatementGate> Relay<'_, G> {
                         type_oid: f.type_id,
                         trace: None,
                         null_binary: false,
+                        mask: None,
                     })
                     .collect();
                 match self.pending.front_mut() {
@@ -1041,6 +1094,7 @@ impl<G: StatementGate> Relay<'_, G> {
                     _ => {
                         let trace = self.query_trace();
                         self.trace_columns(&mut columns, trace.as_deref());
+                        self.resolve_masks(&mut columns);
                         self.current = Some(columns);
                     }
                 }
@@ -1176,8 +1230,10 @@ impl<G: StatementGate> Relay<'_, G> {
     }
 
     /// Tells the gate what the target answered to a finished statement.
-    fn report(&self, done: Option<Done>, frame: &Frame) {
+    fn report(&mut self, done: Option<Done>, frame: &Frame) {
         let Some(done) = done else { return };
+        // The statement's masking counts go with its completion.
+        self.hand_over_masked();
         let mut outcome = Outcome {
             duration: done.since.elapsed(),
             parameters: done.parameters,
@@ -1204,6 +1260,7 @@ impl<G: StatementGate> Relay<'_, G> {
         };
         let trace = statement.and_then(|s| self.traced.get(s)).cloned();
         self.trace_columns(&mut columns, trace.as_deref());
+        self.resolve_masks(&mut columns);
         if portal {
             if let Some(p) = self.portals.get_mut(&name) {
                 p.described = Some(columns);
@@ -1262,9 +1319,29 @@ impl<G: StatementGate> Relay<'_, G> {
         }
     }
 
+    /// Each text column's masking, resolved by the gate once for the whole result.
+    fn resolve_masks(&self, columns: &mut [Column]) {
+        for column in columns {
+            column.mask = self.gate.column_mask(&column.name, column.trace.as_deref());
+        }
+    }
+
     /// CopyOutResponse: the fields of the rows to come, traced by position (COPY names no
     /// columns).
     fn copy_out_started(&mut self, message: &[u8]) {
+        self.copy_out_traced(message);
+        self.copy_masks = CopyMasks {
+            fields: self
+                .copy_traces
+                .iter()
+                .map(|t| self.gate.column_mask("", t.as_deref()))
+                .collect(),
+            union: self.gate.column_mask("", self.copy_union.as_deref()),
+            untraced: self.gate.column_mask("", None),
+        };
+    }
+
+    fn copy_out_traced(&mut self, message: &[u8]) {
         self.copy_traces.clear();
         self.copy_union = None;
         let Some(count) = message.get(6..8).map(|b| usize::from(u16::from_be_bytes([b[0], b[1]]))) else {
@@ -1319,6 +1396,7 @@ impl<G: StatementGate> Relay<'_, G> {
                     type_oid: c.type_oid,
                     trace: c.trace.clone(),
                     null_binary: c.null_binary,
+                    mask: c.mask.clone(),
                 }
             })
             .collect()
@@ -1330,8 +1408,9 @@ impl<G: StatementGate> Relay<'_, G> {
         let traces = CopyTraces {
             fields: &self.copy_traces,
             union: self.copy_union.as_deref(),
+            masks: &self.copy_masks,
         };
-        let masked = mask_copy_row_into(self.gate, &traces, &frame.bytes, &mut self.to_client)
+        let masked = mask_copy_row_into(self.gate, &traces, &frame.bytes, &mut self.to_client, &mut self.masked)
             .map_err(RelayError::TargetProtocol)?;
         self.stats.values_masked += masked;
         Ok(())
@@ -1354,8 +1433,8 @@ impl<G: StatementGate> Relay<'_, G> {
             Some(Pending::Execute { columns: Some(c), .. }) => c,
             _ => self.current.as_deref().unwrap_or(&[]),
         };
-        let masked =
-            mask_row_into(self.gate, columns, &frame.bytes, &mut self.to_client).map_err(RelayError::TargetProtocol)?;
+        let masked = mask_row_into(self.gate, columns, &frame.bytes, &mut self.to_client, &mut self.masked)
+            .map_err(RelayError::TargetProtocol)?;
         self.stats.values_masked += masked;
         Ok(())
     }
@@ -1387,28 +1466,36 @@ const MAX_ARRAY_DIMS: i32 = 6;
 #[cfg(test)]
 fn mask_row<G: StatementGate>(gate: &G, columns: &[Column], row: &[u8]) -> Result<Option<(BytesMut, u64)>, String> {
     let mut out = BytesMut::new();
-    let masked = mask_row_into(gate, columns, row, &mut out)?;
+    let masked = mask_row_into(gate, columns, row, &mut out, &mut MaskCounts::default())?;
     Ok((masked > 0).then_some((out, masked)))
 }
 
 /// `mask_row` appending straight to the client's output: the row as it came when no value
 /// changed, else the row rewritten (unchanged stretches copied whole). Returns how many
-/// values were replaced; on an error nothing is appended.
+/// values were replaced; on an error nothing is appended. Values of columns with a resolved
+/// mask are counted in `counts`, the others by the gate.
 fn mask_row_into<G: StatementGate>(
     gate: &G,
     columns: &[Column],
     row: &[u8],
     out: &mut BytesMut,
+    counts: &mut MaskCounts,
 ) -> Result<u64, String> {
     let start = out.len();
-    let result = rewrite_row(gate, columns, row, out);
+    let result = rewrite_row(gate, columns, row, out, counts);
     if result.is_err() {
         out.truncate(start);
     }
     result
 }
 
-fn rewrite_row<G: StatementGate>(gate: &G, columns: &[Column], row: &[u8], out: &mut BytesMut) -> Result<u64, String> {
+fn rewrite_row<G: StatementGate>(
+    gate: &G,
+    columns: &[Column],
+    row: &[u8],
+    out: &mut BytesMut,
+    counts: &mut MaskCounts,
+) -> Result<u64, String> {
     let start = out.len();
     let mut body = row.get(5..).ok_or("short DataRow")?;
     if body.len() < 2 {
@@ -1446,6 +1533,10 @@ fn rewrite_row<G: StatementGate>(gate: &G, columns: &[Column], row: &[u8], out: 
                     }
                 }
             }
+            Some(Column { mask: Some(mask), .. }) => match mask.apply(value, counts) {
+                Cow::Borrowed(_) => continue,
+                Cow::Owned(v) => Some(v),
+            },
             Some(c) => match leaf(gate, &c.name, c.trace.as_deref(), value) {
                 Cow::Borrowed(_) => continue,
                 Cow::Owned(v) => Some(v),
@@ -1635,6 +1726,19 @@ struct CopyTraces<'a> {
     fields: &'a [Option<Arc<ColumnTrace>>],
     /// All of them together.
     union: Option<&'a ColumnTrace>,
+    /// The gate's masking of the same, when it resolves it once.
+    masks: &'a CopyMasks,
+}
+
+/// How the gate masks a COPY's fields (`None`: by a call per value).
+#[derive(Debug, Default)]
+struct CopyMasks {
+    /// By position, for the traced fields.
+    fields: Vec<Option<ColumnMask>>,
+    /// By every field's trace together.
+    union: Option<ColumnMask>,
+    /// A field without a trace (under an empty column name).
+    untraced: Option<ColumnMask>,
 }
 
 /// Mask the fields of one text-format COPY row. Fields are split at tabs, the default
@@ -1686,18 +1790,19 @@ fn mask_copy_row<G: StatementGate>(
     message: &[u8],
 ) -> Result<Option<(BytesMut, u64)>, String> {
     let mut out = BytesMut::new();
-    let masked = mask_copy_row_into(gate, traces, message, &mut out)?;
+    let masked = mask_copy_row_into(gate, traces, message, &mut out, &mut MaskCounts::default())?;
     Ok((masked > 0).then_some((out, masked)))
 }
 
 /// `mask_copy_row` appending straight to the client's output: the message as it came when
 /// no field changed, else the row rewritten. Returns how many fields were replaced; on an
-/// error nothing is appended.
+/// error nothing is appended. Fields masked by a resolved mask are counted in `counts`.
 fn mask_copy_row_into<G: StatementGate>(
     gate: &G,
     traces: &CopyTraces<'_>,
     message: &[u8],
     out: &mut BytesMut,
+    counts: &mut MaskCounts,
 ) -> Result<u64, String> {
     let data = message.get(5..).ok_or("short CopyData")?;
     let line = match data.strip_suffix(b"\r\n") {
@@ -1705,24 +1810,53 @@ fn mask_copy_row_into<G: StatementGate>(
         None => data.strip_suffix(b"\n").unwrap_or(data),
     };
     let expected = traces.fields.len();
-    let split = line.iter().filter(|&&b| b == b'\t').count() + 1 == expected;
+    // One pass finds the tabs of a row of up to 32 fields; wider rows take a second.
+    let mut tabs = [0usize; 32];
+    let mut found = 0;
+    let mut all_found = true;
+    for tab in Tabs::new(line) {
+        let Some(slot) = tabs.get_mut(found) else {
+            all_found = false;
+            break;
+        };
+        *slot = tab;
+        found += 1;
+    }
+    let count = if all_found { found } else { Tabs::new(line).count() };
+    let split = count + 1 == expected;
     let start = out.len();
     let mut masked = 0u64;
     // Bytes of `message` before this offset are in `out` already (once something changed).
     let mut copied = 0usize;
     let mut at = 5usize;
-    for (i, field) in line.split(|b| *b == b'\t').enumerate() {
+    let mut field_start = 0;
+    let (mut stored, mut searched) = (tabs[..found].iter().copied(), Tabs::new(line));
+    let ends: &mut dyn Iterator<Item = usize> = if all_found { &mut stored } else { &mut searched };
+    for (i, field_end) in ends.chain(std::iter::once(line.len())).enumerate() {
+        let field = &line[field_start..field_end];
+        field_start = field_end + 1;
         let field_at = at;
         at += field.len() + 1;
         if field == b"\\N" {
             continue;
         }
-        let trace = if split {
-            traces.fields.get(i).and_then(Option::as_deref)
+        let (trace, mask) = if split {
+            (
+                traces.fields.get(i).and_then(Option::as_deref),
+                traces.masks.fields.get(i).and_then(Option::as_ref),
+            )
         } else {
-            traces.union
+            (traces.union, traces.masks.union.as_ref())
         };
-        let Cow::Owned(replaced) = leaf(gate, "", trace, field) else {
+        let mask = match trace {
+            Some(_) => mask,
+            None => traces.masks.untraced.as_ref(),
+        };
+        let replaced = match mask {
+            Some(mask) => mask.apply(field, counts),
+            None => leaf(gate, "", trace, field),
+        };
+        let Cow::Owned(replaced) = replaced else {
             continue;
         };
         if masked == 0 {
@@ -1745,13 +1879,82 @@ fn mask_copy_row_into<G: StatementGate>(
     Ok(masked)
 }
 
+/// The positions of the tabs in a COPY line, eight bytes at a time: a row's fields are short,
+/// too short for a vectorised search to pay for its setup, too many for a byte loop to be cheap.
+struct Tabs<'a> {
+    line: &'a [u8],
+    /// Offset of the word `found` was computed from.
+    at: usize,
+    /// One high bit per tab byte of the current word not yet returned.
+    found: u64,
+}
+
+impl<'a> Tabs<'a> {
+    const LOW7: u64 = 0x7f7f_7f7f_7f7f_7f7f;
+    const TABS: u64 = 0x0909_0909_0909_0909;
+
+    #[inline]
+    fn new(line: &'a [u8]) -> Self {
+        let mut tabs = Tabs { line, at: 0, found: 0 };
+        tabs.found = tabs.word(0);
+        tabs
+    }
+
+    /// The high bit of each byte of the 8 bytes from `at` (fewer at the end) that is a tab: a
+    /// byte is zero after the XOR exactly when adding 0x7f to its low 7 bits leaves its high
+    /// bit clear and so did the byte itself (no carry crosses bytes).
+    #[inline]
+    fn word(&self, at: usize) -> u64 {
+        let rest = self.line.get(at..).unwrap_or_default();
+        let (word, valid) = match rest.first_chunk::<8>() {
+            Some(chunk) => (u64::from_le_bytes(*chunk), u64::MAX),
+            None => {
+                // The last few bytes; the padding past the end is not tabs.
+                let word = rest
+                    .iter()
+                    .enumerate()
+                    .fold(0u64, |w, (i, &b)| w | (u64::from(b) << (8 * i)));
+                (word, (1u64 << (8 * rest.len())) - 1)
+            }
+        };
+        let x = word ^ Self::TABS;
+        let zero = !(((x & Self::LOW7) + Self::LOW7) | x | Self::LOW7);
+        zero & valid
+    }
+}
+
+impl Iterator for Tabs<'_> {
+    type Item = usize;
+
+    #[inline]
+    fn next(&mut self) -> Option<usize> {
+        while self.found == 0 {
+            self.at += 8;
+            if self.at >= self.line.len() {
+                return None;
+            }
+            self.found = self.word(self.at);
+        }
+        let bit = self.found.trailing_zeros() as usize;
+        self.found &= self.found - 1;
+        Some(self.at + bit / 8)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    const NO_MASKS: &CopyMasks = &CopyMasks {
+        fields: Vec::new(),
+        union: None,
+        untraced: None,
+    };
+
     const NO_TRACES: CopyTraces<'static> = CopyTraces {
         fields: &[],
         union: None,
+        masks: NO_MASKS,
     };
 
     /// Replaces every value equal to `secret` by `XX`.
@@ -1810,6 +2013,7 @@ mod tests {
             type_oid,
             null_binary: trace.is_some(),
             trace,
+            mask: None,
         };
         let columns = [
             column(false, 25, Some(traced())),
@@ -1841,6 +2045,7 @@ mod tests {
         let traces = CopyTraces {
             fields: &fields,
             union: Some(&union),
+            masks: NO_MASKS,
         };
         let mut msg = BytesMut::new();
         msg.put_u8(b'd');
@@ -1948,6 +2153,7 @@ mod tests {
                 type_oid: 1043,
                 trace: None,
                 null_binary: false,
+                mask: None,
             },
             Column {
                 name: "b".into(),
@@ -1955,6 +2161,7 @@ mod tests {
                 type_oid: 17,
                 trace: None,
                 null_binary: false,
+                mask: None,
             },
         ];
         let mut row = BytesMut::new();
@@ -2006,12 +2213,16 @@ mod tests {
                 type_oid: 25,
                 trace: None,
                 null_binary: false,
+                mask: None,
             })
             .collect();
         let mut out = BytesMut::from(&b"earlier"[..]);
         // Unchanged rows are copied whole, byte for byte.
         let clean = data_row(&[b"1", b"plain", b"", b"x"]);
-        assert_eq!(mask_row_into(&Gate, &columns, &clean, &mut out), Ok(0));
+        assert_eq!(
+            mask_row_into(&Gate, &columns, &clean, &mut out, &mut MaskCounts::default()),
+            Ok(0)
+        );
         // Values changed at the start, in the middle and at the end; NULLs kept.
         let mut dirty = BytesMut::new();
         dirty.put_u8(b'D');
@@ -2024,7 +2235,10 @@ mod tests {
             }
         }
         let dirty = finish_message(dirty).unwrap();
-        assert_eq!(mask_row_into(&Gate, &columns, &dirty, &mut out), Ok(2));
+        assert_eq!(
+            mask_row_into(&Gate, &columns, &dirty, &mut out, &mut MaskCounts::default()),
+            Ok(2)
+        );
         let mut expected = BytesMut::from(&b"earlier"[..]);
         expected.put_slice(&clean);
         expected.put_u8(b'D');
@@ -2042,7 +2256,7 @@ mod tests {
         assert_eq!(out, expected);
         // A row truncated after a changed value appends nothing.
         let truncated = &dirty[..dirty.len() - 3];
-        assert!(mask_row_into(&Gate, &columns, truncated, &mut out).is_err());
+        assert!(mask_row_into(&Gate, &columns, truncated, &mut out, &mut MaskCounts::default()).is_err());
         assert_eq!(out, expected);
         // COPY rows likewise, after what is already there.
         let mut copy = BytesMut::new();
@@ -2051,7 +2265,169 @@ mod tests {
         copy.put_slice(b"secret\tkeep\t\\N\tsecret\r\n");
         let copy = finish_message(copy).unwrap();
         let before = out.len();
-        assert_eq!(mask_copy_row_into(&Gate, &NO_TRACES, &copy, &mut out), Ok(2));
+        assert_eq!(
+            mask_copy_row_into(&Gate, &NO_TRACES, &copy, &mut out, &mut MaskCounts::default()),
+            Ok(2)
+        );
         assert_eq!(&out[before..], b"d\0\0\0\x13XX\tkeep\t\\N\tXX\r\n");
+    }
+
+    /// Masks by name hint and content with every class, per value or resolved per column.
+    struct Resolving;
+
+    impl StatementGate for Resolving {
+        type Grant = ();
+        type Hold = ();
+
+        async fn decide(&self, _: &str, _: &[classify::Statement]) -> Result<Gated<(), ()>, Refusal> {
+            Ok(Gated::Granted(()))
+        }
+
+        async fn wait(&self, (): ()) -> Result<(), Refusal> {
+            Ok(())
+        }
+
+        fn mask_value<'a>(&self, column: &str, value: &'a [u8]) -> Cow<'a, [u8]> {
+            let mut counts = MaskCounts::default();
+            Masker::all().mask_hinted_bytes(gatehouse_mask::column_hint(column), value, &mut counts)
+        }
+
+        fn column_mask(&self, column: &str, _: Option<&ColumnTrace>) -> Option<ColumnMask> {
+            Some(ColumnMask {
+                masker: Masker::all(),
+                class: gatehouse_mask::column_hint(column),
+            })
+        }
+    }
+
+    #[test]
+    fn resolved_column_masks_mask_as_the_gate_does_per_value_and_count_locally() {
+        let names = ["id", "email", "note", "password"];
+        let per_value: Vec<Column> = names
+            .iter()
+            .map(|name| Column {
+                name: (*name).into(),
+                binary: false,
+                type_oid: 25,
+                trace: None,
+                null_binary: false,
+                mask: None,
+            })
+            .collect();
+        let resolved: Vec<Column> = per_value
+            .iter()
+            .map(|c| Column {
+                mask: Resolving.column_mask(&c.name, None),
+                ..c.clone()
+            })
+            .collect();
+        let rows = [
+            data_row(&[
+                b"1",
+                b"user1@example.com",
+                b"c4ca4238a0b923820dcc509a6f75849b",
+                b"hunter2",
+            ]),
+            data_row(&[b"2", b"not an address", b"card 4111 1111 1111 1111", b""]),
+            data_row(&[b"3", b"\xff", b"plain", b"x"]),
+        ];
+        for row in &rows {
+            let (mut a, mut b) = (BytesMut::new(), BytesMut::new());
+            let mut counts = MaskCounts::default();
+            let n = mask_row_into(&Resolving, &per_value, row, &mut a, &mut counts).unwrap();
+            assert!(counts.is_empty(), "per-value masking counts in the gate");
+            let m = mask_row_into(&Resolving, &resolved, row, &mut b, &mut counts).unwrap();
+            assert_eq!((a, n), (b, m));
+        }
+        let mut counts = MaskCounts::default();
+        let mut out = BytesMut::new();
+        mask_row_into(&Resolving, &resolved, &rows[0], &mut out, &mut counts).unwrap();
+        assert_eq!(counts.get(gatehouse_mask::DataClass::Email), 1);
+        assert_eq!(counts.get(gatehouse_mask::DataClass::Secret), 1);
+        assert!(!out.windows(7).any(|w| w == b"hunter2"));
+
+        // COPY fields: untraced ones by the resolved mask of no name, like `mask_value("")`.
+        let masks = CopyMasks {
+            fields: Vec::new(),
+            union: None,
+            untraced: Resolving.column_mask("", None),
+        };
+        let traces = CopyTraces {
+            fields: &[],
+            union: None,
+            masks: &masks,
+        };
+        let mut copy = BytesMut::new();
+        copy.put_u8(b'd');
+        copy.put_i32(0);
+        copy.put_slice(b"1\tuser1@example.com\t\\N\tplain\n");
+        let copy = finish_message(copy).unwrap();
+        let (mut a, mut b) = (BytesMut::new(), BytesMut::new());
+        let mut counts = MaskCounts::default();
+        let n = mask_copy_row_into(&Resolving, &NO_TRACES, &copy, &mut a, &mut counts).unwrap();
+        assert!(counts.is_empty());
+        let m = mask_copy_row_into(&Resolving, &traces, &copy, &mut b, &mut counts).unwrap();
+        assert_eq!((&a, n), (&b, m));
+        assert_eq!(&b[5..], b"1\tu***@example.com\t\\N\tplain\n");
+        assert_eq!(counts.get(gatehouse_mask::DataClass::Email), 1);
+    }
+
+    #[test]
+    fn tabs_are_found_at_every_offset() {
+        let mut rng = 0x9e37_79b9_7f4a_7c15u64;
+        for len in 0..40 {
+            for _ in 0..50 {
+                let line: Vec<u8> = (0..len)
+                    .map(|_| {
+                        rng ^= rng << 13;
+                        rng ^= rng >> 7;
+                        rng ^= rng << 17;
+                        [b'\t', b'a', 0x89, 0x09 ^ 0x80, 0, b'\\', 0xff][(rng % 7) as usize]
+                    })
+                    .collect();
+                let expected: Vec<usize> = (0..line.len()).filter(|&i| line[i] == b'\t').collect();
+                assert_eq!(Tabs::new(&line).collect::<Vec<_>>(), expected, "{line:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn wide_copy_rows_split_into_their_fields() {
+        let mut fields: Vec<Option<Arc<ColumnTrace>>> = vec![None; 40];
+        fields[35] = Some(traced());
+        let traces = CopyTraces {
+            fields: &fields,
+            union: None,
+            masks: NO_MASKS,
+        };
+        let values: Vec<String> = (0..40)
+            .map(|i| if i == 20 { "secret".into() } else { format!("v{i}") })
+            .collect();
+        let mut msg = BytesMut::new();
+        msg.put_u8(b'd');
+        msg.put_i32(0);
+        msg.put_slice(values.join("\t").as_bytes());
+        msg.put_u8(b'\n');
+        let msg = finish_message(msg).unwrap();
+        let (out, masked) = mask_copy_row(&Gate, &traces, &msg).unwrap().unwrap();
+        assert_eq!(masked, 2);
+        let mut expected = values.clone();
+        expected[20] = "XX".into();
+        expected[35] = "T".into();
+        assert_eq!(&out[5..], format!("{}\n", expected.join("\t")).as_bytes());
+        // One field short of the 40: no position is trusted, every field by the (absent) union.
+        let (out, masked) = mask_copy_row(
+            &Gate,
+            &CopyTraces {
+                fields: &fields[1..],
+                ..traces
+            },
+            &msg,
+        )
+        .unwrap()
+        .unwrap();
+        assert_eq!(masked, 1);
+        expected[35] = "v35".into();
+        assert_eq!(&out[5..], format!("{}\n", expected.join("\t")).as_bytes());
     }
 }

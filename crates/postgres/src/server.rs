@@ -26,7 +26,7 @@ use crate::classify::{Statement, StatementKind};
 use crate::completion::Outcome;
 use crate::config::PostgresConfig;
 use crate::provenance::{ColumnTrace, Table};
-use crate::relay::{self, Gated, Refusal, StatementGate};
+use crate::relay::{self, ColumnMask, Gated, Refusal, StatementGate};
 use crate::upstream::{self, UpstreamConfig};
 
 const PROTOCOL_3_0: i32 = 196_608;
@@ -766,6 +766,30 @@ impl StatementGate for SessionGate {
             Cow::Borrowed(_) => Cow::Borrowed(value),
             Cow::Owned(masked) => Cow::Owned(masked.into_bytes()),
         }
+    }
+
+    /// `mask_value` and `mask_traced` with the column's class resolved once: the same class,
+    /// the same masker. The JSON of whole rows stays on `mask_traced`.
+    fn column_mask(&self, column: &str, trace: Option<&ColumnTrace>) -> Option<ColumnMask> {
+        let class = match trace {
+            _ if self.masker.is_noop() => None,
+            None => {
+                let mut guard = self.counts.lock().unwrap_or_else(|p| p.into_inner());
+                self.masker.strictest(guard.2.hint(column, &self.rules))
+            }
+            Some(trace) => match self.masker.strictest(trace.classes) {
+                None if !trace.rows.is_empty() => return None,
+                class => class,
+            },
+        };
+        Some(ColumnMask {
+            masker: self.masker.clone(),
+            class,
+        })
+    }
+
+    fn add_masked(&self, counts: &MaskCounts) {
+        self.counts.lock().unwrap_or_else(|p| p.into_inner()).1.merge(counts);
     }
 
     fn count_nulled(&self, trace: &ColumnTrace) {
