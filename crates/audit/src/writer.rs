@@ -556,14 +556,9 @@ impl Writer {
     /// batch may still be on disk (e.g. written but not fsynced, or HEAD failed): they
     /// verify, so the log can hold more than was acknowledged but never less.
     fn commit(&mut self, tip: &mut Tip, batch: Vec<(AuditEvent, Instant, Reply)>, durable: bool) {
-        let result = self.seal_batch(tip, batch.iter().map(|(e, _, _)| e)).and_then(|first| {
-            let mut buf = std::mem::take(&mut self.buf);
-            let (seq, hash) = tip.take(&mut buf);
-            let written = self.write_checked(&buf, seq, &hash, durable);
-            buf.clear();
-            self.buf = buf;
-            written.map(|()| first)
-        });
+        let result = self
+            .seal_batch(tip, batch.iter().map(|(e, _, _)| e))
+            .and_then(|first| self.write_sealed(|buf| tip.take(buf), durable).map(|()| first));
         for (i, (_, queued, reply)) in batch.into_iter().enumerate() {
             let answer = match &result {
                 Ok(first_seq) => Ok(first_seq + i as u64),
@@ -600,8 +595,14 @@ impl Writer {
     /// Writes every line sealed in `tip` so far (group commit: the caller's and whatever
     /// other appenders sealed meanwhile). The tip is locked only to take the lines.
     fn write_tip(&mut self, tip: &Mutex<Tip>, durable: bool) -> Result<(), String> {
+        self.write_sealed(|buf| lock(tip).take(buf), durable)
+    }
+
+    /// Writes the lines `take` moves into the writer's buffer (returning the last one's seq
+    /// and hash); the buffer keeps its capacity for the next write.
+    fn write_sealed(&mut self, take: impl FnOnce(&mut Vec<u8>) -> (u64, String), durable: bool) -> Result<(), String> {
         let mut buf = std::mem::take(&mut self.buf);
-        let (seq, hash) = lock(tip).take(&mut buf);
+        let (seq, hash) = take(&mut buf);
         let result = self.write_checked(&buf, seq, &hash, durable);
         buf.clear();
         self.buf = buf;
