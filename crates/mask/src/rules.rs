@@ -115,6 +115,22 @@ impl ColumnRules {
         self.rules.is_empty()
     }
 
+    /// Adds a rule for `column` of `schema.table` (a view whose column the gateway traced
+    /// to a class); false when an equal rule was there already.
+    pub fn add(&mut self, schema: &str, table: &str, column: &str, class: DataClass) -> bool {
+        let rule = Rule {
+            schema: Some(schema.to_ascii_lowercase()),
+            table: Some(table.to_ascii_lowercase()),
+            column: column.to_ascii_lowercase(),
+            class,
+        };
+        if self.rules.contains(&rule) {
+            return false;
+        }
+        self.rules.push(rule);
+        true
+    }
+
     /// The classes of column `column` read from one of `tables`. With no table known, every
     /// rule naming the column applies (the gateway cannot tell which table it is in).
     pub fn column_classes(&self, tables: &[TableRef<'_>], column: &str) -> DataClasses {
@@ -175,6 +191,20 @@ mod tests {
 
     fn t<'a>(schema: Option<&'a str>, name: &'a str) -> TableRef<'a> {
         TableRef { schema, name }
+    }
+
+    #[test]
+    fn added_rules_name_one_view_column_once() {
+        let mut rules = ColumnRules::default();
+        assert!(rules.add("HR", "Staff", "NM", DataClass::Secret));
+        assert!(!rules.add("hr", "staff", "nm", DataClass::Secret), "already there");
+        assert!(rules.add("hr", "staff", "nm", DataClass::Email), "another class");
+        let both = DataClasses::EMPTY.with(DataClass::Secret).with(DataClass::Email);
+        assert_eq!(rules.column_classes(&[t(Some("hr"), "staff")], "nm"), both);
+        assert_eq!(rules.column_classes(&[t(None, "staff")], "nm"), both, "unqualified");
+        assert!(rules.column_classes(&[t(Some("public"), "staff")], "nm").is_empty());
+        assert!(rules.bare_column_classes("nm").is_empty(), "never a bare-name rule");
+        assert_eq!(rules.table_classes(t(None, "staff")), both);
     }
 
     #[test]

@@ -13,7 +13,7 @@
 //! decides, and the least-privileged upstream role stays the second line of defence.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::{Buf, Bytes, BytesMut};
@@ -70,6 +70,30 @@ const LOOKUP_SQL: &str = "SELECT p.proname, n.nspname, p.provolatile \
                           FROM pg_catalog.pg_proc p \
                           JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace \
                           WHERE p.proname = ANY($1::pg_catalog.name[])";
+
+/// The views and materialized views of the names asked, in every schema, with their
+/// definitions and column names: masking follows a view's columns to the table columns
+/// they read.
+const VIEW_SQL: &str = "SELECT n.nspname::text, c.relname::text, pg_catalog.pg_get_viewdef(c.oid), \
+                        (SELECT pg_catalog.json_agg(a.attname ORDER BY a.attnum) \
+                         FROM pg_catalog.pg_attribute a \
+                         WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped)::text \
+                        FROM pg_catalog.pg_class c \
+                        JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
+                        WHERE c.relkind IN ('v', 'm') AND c.relname = ANY($1::pg_catalog.name[])";
+
+/// A view (or materialized view) the target's catalog holds under a name a statement used.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ViewRow {
+    /// Its schema.
+    pub schema: String,
+    /// Its name.
+    pub name: String,
+    /// Its query, as `pg_get_viewdef` prints it.
+    pub definition: String,
+    /// Its column names, in order.
+    pub columns: Vec<String>,
+}
 
 /// What the catalog says about one function name as a statement spells it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -186,8 +210,9 @@ pub fn verdict(name: &str, rows: &[ProcRow]) -> Volatility {
     }
 }
 
-/// The function name of `name` (`f` of `schema.f`), as `pg_proc.proname` holds it.
-fn proname(name: &str) -> &str {
+/// The last part of a name as a statement spells it (`f` of `schema.f`), as
+/// `pg_proc.proname` and `pg_class.relname` hold it.
+fn unqualified(name: &str) -> &str {
     name.rsplit_once('.').map_or(name, |(_, f)| f)
 }
 
@@ -223,10 +248,23 @@ pub struct Catalog {
 #[derive(Default)]
 struct Cache {
     entries: HashMap<String, (Volatility, Instant)>,
+    /// Views by the relation name asked (most names are tables: an empty answer).
+    views: HashMap<String, (Arc<[ViewRow]>, Instant)>,
     /// Bumped by [`Catalog::invalidate`]: answers to a lookup that began before are not kept.
     generation: u64,
     /// When and why the last lookup failed.
     failed: Option<(Instant, String)>,
+}
+
+impl Cache {
+    /// The last lookup's failure, while lookups still fail at once after it (only when
+    /// something must be asked).
+    fn recent_failure(&self, asking: bool) -> Result<(), CatalogError> {
+        match &self.failed {
+            Some((at, error)) if asking && at.elapsed() < RETRY_AFTER => Err(CatalogError::Recent(error.clone())),
+            _ => Ok(()),
+        }
+    }
 }
 
 /// A logged-in side connection to the target.
@@ -246,6 +284,16 @@ impl Catalog {
         }
     }
 
+    /// How long answers are kept.
+    pub fn ttl(&self) -> Duration {
+        self.ttl
+    }
+
+    /// Bumped each time the answers are forgotten ([`Catalog::invalidate`]).
+    pub fn generation(&self) -> u64 {
+        self.cache().generation
+    }
+
     fn cache(&self) -> std::sync::MutexGuard<'_, Cache> {
         self.cache.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -254,6 +302,7 @@ impl Catalog {
     pub fn invalidate(&self) {
         let mut cache = self.cache();
         cache.entries.clear();
+        cache.views.clear();
         cache.generation += 1;
     }
 
@@ -270,21 +319,10 @@ impl Catalog {
         if missing.is_empty() {
             return Ok(answers);
         }
-        let generation = self.cache().generation;
-        let asked = tokio::time::timeout(LOOKUP_TIMEOUT, self.ask(&mut side, &missing))
-            .await
-            .unwrap_or(Err(CatalogError::Timeout));
-        let rows = match asked {
-            Ok(rows) => rows,
-            Err(error) => {
-                *side = None;
-                self.cache().failed = Some((Instant::now(), error.to_string()));
-                return Err(error);
-            }
-        };
+        let asked: Vec<&str> = missing.iter().map(|n| unqualified(n)).collect();
+        let (rows, generation) = self.fetch(&mut side, LOOKUP_SQL, &asked, proc_row).await?;
         let now = Instant::now();
         let mut cache = self.cache();
-        cache.failed = None;
         let keep = cache.generation == generation && !self.ttl.is_zero();
         if keep && cache.entries.len() + missing.len() > CAPACITY {
             cache.entries.clear();
@@ -297,6 +335,81 @@ impl Catalog {
             answers.insert(name.to_owned(), v);
         }
         Ok(answers)
+    }
+
+    /// The views (and materialized views) named by any of `names` (relation names as a
+    /// statement spells them, schema-qualified or not), in any schema; tables and unknown
+    /// names contribute nothing. From the cache or by asking the target.
+    pub async fn views(&self, names: &[&str]) -> Result<Vec<ViewRow>, CatalogError> {
+        let mut found = Vec::new();
+        let mut names: Vec<&str> = names.iter().map(|n| unqualified(n)).collect();
+        names.sort_unstable();
+        names.dedup();
+        let missing = self.cached_views(&names, &mut found)?;
+        if missing.is_empty() {
+            return Ok(found);
+        }
+        let mut side = self.side.lock().await;
+        let missing = self.cached_views(&missing, &mut found)?;
+        if missing.is_empty() {
+            return Ok(found);
+        }
+        let (rows, generation) = self.fetch(&mut side, VIEW_SQL, &missing, view_row).await?;
+        let now = Instant::now();
+        let mut cache = self.cache();
+        let keep = cache.generation == generation && !self.ttl.is_zero();
+        if keep && cache.views.len() + missing.len() > CAPACITY {
+            cache.views.clear();
+        }
+        for name in missing {
+            let views: Arc<[ViewRow]> = rows.iter().filter(|v| v.name == name).cloned().collect();
+            found.extend(views.iter().cloned());
+            if keep {
+                cache.views.insert(name.to_owned(), (views, now));
+            }
+        }
+        Ok(found)
+    }
+
+    /// Fill `found` from fresh cache entries; the names still missing.
+    fn cached_views<'n>(&self, names: &[&'n str], found: &mut Vec<ViewRow>) -> Result<Vec<&'n str>, CatalogError> {
+        let cache = self.cache();
+        let mut missing = Vec::new();
+        for name in names {
+            match cache.views.get(*name) {
+                Some((views, at)) if at.elapsed() < self.ttl => found.extend(views.iter().cloned()),
+                _ => missing.push(*name),
+            }
+        }
+        cache.recent_failure(!missing.is_empty())?;
+        Ok(missing)
+    }
+
+    /// Runs `sql` with `names` as its one array parameter on the side connection, within
+    /// the lookup timeout; also returns the cache generation from before the question. A
+    /// failure closes the connection and fails lookups for the next [`RETRY_AFTER`].
+    async fn fetch<R>(
+        &self,
+        side: &mut Option<Side>,
+        sql: &str,
+        names: &[&str],
+        row: fn(&[u8]) -> Result<R, String>,
+    ) -> Result<(Vec<R>, u64), CatalogError> {
+        let generation = self.cache().generation;
+        let asked = tokio::time::timeout(LOOKUP_TIMEOUT, self.ask(side, sql, names, row))
+            .await
+            .unwrap_or(Err(CatalogError::Timeout));
+        match asked {
+            Ok(rows) => {
+                self.cache().failed = None;
+                Ok((rows, generation))
+            }
+            Err(error) => {
+                *side = None;
+                self.cache().failed = Some((Instant::now(), error.to_string()));
+                Err(error)
+            }
+        }
     }
 
     /// Fill `answers` from fresh cache entries; the names still missing.
@@ -315,21 +428,22 @@ impl Catalog {
                 _ => missing.push(*name),
             }
         }
-        if !missing.is_empty()
-            && let Some((at, error)) = &cache.failed
-            && at.elapsed() < RETRY_AFTER
-        {
-            return Err(CatalogError::Recent(error.clone()));
-        }
+        cache.recent_failure(!missing.is_empty())?;
         Ok(missing)
     }
 
     /// Query over the side connection, opening it first if needed; an idle connection
     /// the target closed is reopened once.
-    async fn ask(&self, side: &mut Option<Side>, names: &[&str]) -> Result<Vec<ProcRow>, CatalogError> {
+    async fn ask<R>(
+        &self,
+        side: &mut Option<Side>,
+        sql: &str,
+        names: &[&str],
+        row: fn(&[u8]) -> Result<R, String>,
+    ) -> Result<Vec<R>, CatalogError> {
         let reused = side.is_some();
         if let Some(open) = side.as_mut() {
-            match query(open, names).await {
+            match query(open, sql, names, row).await {
                 Ok(rows) => return Ok(rows),
                 Err(CatalogError::Io(_) | CatalogError::Protocol(_)) if reused => *side = None,
                 Err(error) => return Err(error),
@@ -339,19 +453,24 @@ impl Catalog {
             stream, read_buf: buf, ..
         } = Upstream::connect(&self.upstream).await?;
         let open = side.insert(Side { stream, buf });
-        query(open, names).await
+        query(open, sql, names, row).await
     }
 }
 
 /// One lookup: Parse/Bind/Execute/Sync with the names as one array parameter, then read
 /// up to ReadyForQuery.
-async fn query(side: &mut Side, names: &[&str]) -> Result<Vec<ProcRow>, CatalogError> {
+async fn query<R>(
+    side: &mut Side,
+    sql: &str,
+    names: &[&str],
+    row: fn(&[u8]) -> Result<R, String>,
+) -> Result<Vec<R>, CatalogError> {
     let protocol = |e: pgwire::error::PgWireError| CatalogError::Protocol(e.to_string());
-    let mut unique: Vec<&str> = names.iter().map(|n| proname(n)).collect();
+    let mut unique = names.to_vec();
     unique.sort_unstable();
     unique.dedup();
     let mut out = BytesMut::new();
-    wire::encode(&Parse::new(None, LOOKUP_SQL.to_owned(), Vec::new()), &mut out).map_err(protocol)?;
+    wire::encode(&Parse::new(None, sql.to_owned(), Vec::new()), &mut out).map_err(protocol)?;
     let parameter = Bytes::from(array_literal(unique.into_iter()));
     wire::encode(
         &Bind::new(None, None, vec![0], vec![Some(parameter)], vec![0]),
@@ -377,7 +496,7 @@ async fn query(side: &mut Side, names: &[&str]) -> Result<Vec<ProcRow>, CatalogE
             }
         };
         match frame.tag {
-            b'D' => rows.push(proc_row(&frame.bytes).map_err(CatalogError::Protocol)?),
+            b'D' => rows.push(row(&frame.bytes).map_err(CatalogError::Protocol)?),
             b'E' => {
                 let e: ErrorResponse = wire::decode(&frame).map_err(protocol)?;
                 let message = e
@@ -400,26 +519,53 @@ async fn query(side: &mut Side, names: &[&str]) -> Result<Vec<ProcRow>, CatalogE
     }
 }
 
-/// A DataRow of three text columns: proname, nspname, provolatile.
-fn proc_row(message: &[u8]) -> Result<ProcRow, String> {
+/// The text fields of a DataRow of `n` columns (`None` for NULL).
+fn data_row(message: &[u8], n: i16) -> Result<Vec<Option<String>>, String> {
     let mut body = message.get(5..).ok_or("short DataRow")?;
-    if body.len() < 2 || body.get_i16() != 3 {
-        return Err("catalog row without three columns".to_owned());
+    if body.len() < 2 || body.get_i16() != n {
+        return Err(format!("catalog row without {n} columns"));
     }
-    let mut field = || -> Result<String, String> {
+    let mut fields = Vec::with_capacity(n as usize);
+    for _ in 0..n {
         if body.len() < 4 {
             return Err("truncated DataRow".to_owned());
         }
-        let len = usize::try_from(body.get_i32()).map_err(|_| "NULL in a catalog row")?;
+        let len = body.get_i32();
+        let Ok(len) = usize::try_from(len) else {
+            fields.push(None);
+            continue;
+        };
         let value = body.get(..len).ok_or("truncated DataRow")?;
-        let text = String::from_utf8_lossy(value).into_owned();
+        fields.push(Some(String::from_utf8_lossy(value).into_owned()));
         body.advance(len);
-        Ok(text)
-    };
+    }
+    Ok(fields)
+}
+
+/// A row of [`LOOKUP_SQL`]: proname, nspname, provolatile.
+fn proc_row(message: &[u8]) -> Result<ProcRow, String> {
+    let mut fields = data_row(message, 3)?.into_iter();
+    let mut field = || fields.next().flatten().ok_or("NULL in a catalog row");
     let name = field()?;
     let schema = field()?;
     let volatile = field()?.bytes().next().ok_or("empty provolatile")?;
     Ok(ProcRow { name, schema, volatile })
+}
+
+/// A row of [`VIEW_SQL`]: schema, name, definition, column names as a JSON array.
+fn view_row(message: &[u8]) -> Result<ViewRow, String> {
+    let mut fields = data_row(message, 4)?.into_iter();
+    let mut field = || fields.next().flatten().ok_or("NULL in a catalog row");
+    let schema = field()?;
+    let name = field()?;
+    let definition = field()?;
+    let columns = serde_json::from_str(&field()?).map_err(|e| format!("view columns: {e}"))?;
+    Ok(ViewRow {
+        schema,
+        name,
+        definition,
+        columns,
+    })
 }
 
 #[cfg(test)]
@@ -519,21 +665,63 @@ mod tests {
             array_literal([r#"we"ird\"#, "x,y}"].into_iter()),
             r#"{"we\"ird\\","x,y}"}"#
         );
-        assert_eq!(proname("public.f"), "f");
-        assert_eq!(proname("f"), "f");
+        assert_eq!(unqualified("public.f"), "f");
+        assert_eq!(unqualified("f"), "f");
+    }
+
+    /// A DataRow of text fields (`None`: NULL).
+    fn data_row_message(fields: &[Option<&str>]) -> BytesMut {
+        let mut msg = BytesMut::new();
+        bytes::BufMut::put_u8(&mut msg, b'D');
+        bytes::BufMut::put_i32(&mut msg, 0);
+        bytes::BufMut::put_i16(&mut msg, fields.len() as i16);
+        for value in fields {
+            match value {
+                Some(value) => {
+                    bytes::BufMut::put_i32(&mut msg, value.len() as i32);
+                    bytes::BufMut::put_slice(&mut msg, value.as_bytes());
+                }
+                None => bytes::BufMut::put_i32(&mut msg, -1),
+            }
+        }
+        msg
     }
 
     #[test]
     fn catalog_rows_are_read_from_data_rows() {
-        let mut msg = BytesMut::new();
-        bytes::BufMut::put_u8(&mut msg, b'D');
-        bytes::BufMut::put_i32(&mut msg, 0);
-        bytes::BufMut::put_i16(&mut msg, 3);
-        for value in ["f", "public", "v"] {
-            bytes::BufMut::put_i32(&mut msg, value.len() as i32);
-            bytes::BufMut::put_slice(&mut msg, value.as_bytes());
-        }
+        let msg = data_row_message(&[Some("f"), Some("public"), Some("v")]);
         assert_eq!(proc_row(&msg).unwrap(), row("f", "public", b'v'));
         assert!(proc_row(&msg[..msg.len() - 1]).is_err());
+        assert!(proc_row(&data_row_message(&[Some("f"), None, Some("v")])).is_err());
+        assert!(proc_row(&data_row_message(&[Some("f"), Some("public")])).is_err());
+    }
+
+    #[test]
+    fn view_rows_carry_the_definition_and_column_names() {
+        let msg = data_row_message(&[
+            Some("hr"),
+            Some("staff"),
+            Some(" SELECT people.full_name AS nm\n   FROM people;"),
+            Some(r#"["nm", "Odd \"name\""]"#),
+        ]);
+        assert_eq!(
+            view_row(&msg).unwrap(),
+            ViewRow {
+                schema: "hr".into(),
+                name: "staff".into(),
+                definition: " SELECT people.full_name AS nm\n   FROM people;".into(),
+                columns: vec!["nm".into(), "Odd \"name\"".into()],
+            }
+        );
+        assert!(view_row(&data_row_message(&[Some("hr"), Some("staff"), Some("SELECT 1"), None])).is_err());
+        assert!(
+            view_row(&data_row_message(&[
+                Some("hr"),
+                Some("staff"),
+                Some("SELECT 1"),
+                Some("nm")
+            ]))
+            .is_err()
+        );
     }
 }

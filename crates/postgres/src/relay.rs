@@ -68,10 +68,11 @@ pub trait StatementGate: Send + Sync + 'static {
     /// STDOUT rows all come here. The column name is empty when the relay could not learn
     /// it (always for COPY, which does not describe its columns).
     fn mask_value<'a>(&self, column: &str, value: &'a [u8]) -> Cow<'a, [u8]>;
-    /// Column rules from configuration: with the name hints they say which source columns
-    /// hold which class when the relay traces result columns to the columns they read.
-    fn column_rules(&self) -> &ColumnRules {
-        ColumnRules::none()
+    /// Column rules from configuration (and those the gate derived for views): with the
+    /// name hints they say which source columns hold which class when the relay traces
+    /// result columns to the columns they read.
+    fn column_rules(&self) -> Arc<ColumnRules> {
+        Arc::default()
     }
     /// Like `mask_value`, for a value of a column the relay traced to data classes (a column
     /// computed from `email`, a whole row, a column named by a rule). The default masks by
@@ -1306,11 +1307,12 @@ impl<G: StatementGate> Relay<'_, G> {
         let Some(provenance) = provenance.and_then(|p| self.rows_of(p)) else {
             return;
         };
-        if provenance.traces_nothing(self.gate.column_rules()) {
+        let rules = self.gate.column_rules();
+        if provenance.traces_nothing(&rules) {
             return;
         }
         let names: Vec<&str> = columns.iter().map(|c| c.name.as_str()).collect();
-        let traces = provenance.trace_columns(&names, self.gate.column_rules());
+        let traces = provenance.trace_columns(&names, &rules);
         for (column, trace) in columns.iter_mut().zip(traces) {
             if let Some(trace) = trace {
                 column.null_binary = self.gate.masks_traced(&trace);
@@ -1354,7 +1356,7 @@ impl<G: StatementGate> Relay<'_, G> {
             return;
         };
         let names = vec![""; count];
-        let traces = provenance.trace_columns(&names, self.gate.column_rules());
+        let traces = provenance.trace_columns(&names, &self.gate.column_rules());
         let mut union = ColumnTrace::default();
         for trace in traces.iter().flatten() {
             union.classes = union.classes.union(trace.classes).union(trace.row_classes);

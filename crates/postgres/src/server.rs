@@ -8,7 +8,7 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::{BufMut, BytesMut};
 use gatehouse_core::{
@@ -22,7 +22,7 @@ use tokio::sync::watch;
 use tokio_rustls::TlsAcceptor;
 
 use crate::catalog::{self, Catalog, Volatility};
-use crate::classify::{Statement, StatementKind};
+use crate::classify::{self, Statement, StatementKind};
 use crate::completion::Outcome;
 use crate::config::PostgresConfig;
 use crate::provenance::{ColumnTrace, Table};
@@ -384,7 +384,16 @@ impl PostgresFrontend {
 struct SessionGate {
     session: Session,
     masker: Masker,
+    /// The configured column rules (name hints read only their table-less ones).
     rules: Arc<ColumnRules>,
+    /// The configured rules and those derived for the views this session's statements read
+    /// (see [`SessionGate::resolve_views`]); only ever grows.
+    view_rules: Mutex<Arc<ColumnRules>>,
+    /// This session changed a view since its last COMMIT or ROLLBACK.
+    view_changed: AtomicBool,
+    /// Relation names already looked up as possible views: when, and in which generation
+    /// of the catalog's answers (DDL starts a new one).
+    views_seen: Mutex<HashMap<String, (Instant, u64)>>,
     /// Masking counts of the statement whose rows are streaming now, audited with its
     /// completion (what is left when the next request is decided or the session ends, e.g.
     /// from notices, is audited as `masking_applied` under the last decided request); and
@@ -403,6 +412,12 @@ struct SessionGate {
     /// likely been committed.
     invalidate_next: AtomicBool,
 }
+
+/// How deep views over views are followed.
+const MAX_VIEW_DEPTH: usize = 8;
+
+/// Relation names a session remembers having looked up (then it forgets them all).
+const MAX_VIEWS_SEEN: usize = 4096;
 
 /// Why a statement's function call makes it a write.
 struct CallWrite {
@@ -423,12 +438,137 @@ impl SessionGate {
         Self {
             session,
             masker,
+            view_rules: Mutex::new(Arc::clone(&rules)),
             rules,
+            views_seen: Mutex::new(HashMap::new()),
+            view_changed: AtomicBool::new(false),
             counts: Mutex::new((0, MaskCounts::default(), HintCache::default())),
             cancels,
             catalog,
             changed_functions: AtomicBool::new(false),
             invalidate_next: AtomicBool::new(false),
+        }
+    }
+
+    /// After a statement that created, replaced or dropped a view (or materialized view)
+    /// ran, and again when its transaction ends, the catalog forgets its answers: every
+    /// session looks its relations up again.
+    fn views_may_have_changed(&self, tag: &str) {
+        let Some(catalog) = &self.catalog else { return };
+        if tag.contains("VIEW") {
+            self.view_changed.store(true, Ordering::Relaxed);
+            catalog.invalidate();
+        } else if matches!(tag, "COMMIT" | "ROLLBACK") && self.view_changed.swap(false, Ordering::Relaxed) {
+            catalog.invalidate();
+        }
+    }
+
+    /// The configured column rules with those derived for views so far.
+    fn current_rules(&self) -> Arc<ColumnRules> {
+        Arc::clone(&self.view_rules.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    /// Masking follows views: for each relation the statements read that the target's
+    /// catalog knows as a view (or materialized view), and the views those read in turn,
+    /// the view's definition is traced like a statement, and each view column that reads a
+    /// column of a class gets a rule of that class (`schema.view.column`). Later results
+    /// reading the view are then masked as its sources are. Each name is looked up once
+    /// per catalog lifetime (the catalog's TTL; DDL empties it); a failed lookup leaves
+    /// masking by name and content for that statement, and says so in the log.
+    async fn resolve_views(&self, statements: &[Statement]) {
+        let Some(catalog) = &self.catalog else { return };
+        let generation = catalog.generation();
+        let fresh = |(at, seen_in): &(Instant, u64)| *seen_in == generation && at.elapsed() < catalog.ttl();
+        let mut names: Vec<String> = {
+            let seen = self.views_seen.lock().unwrap_or_else(|p| p.into_inner());
+            statements
+                .iter()
+                // Only reads and writes return rows (a CREATE VIEW's own tables do not).
+                .filter(|s| matches!(s.kind, StatementKind::Read | StatementKind::Write))
+                .flat_map(|s| &s.tables)
+                .filter(|name| !seen.get(*name).is_some_and(fresh))
+                .cloned()
+                .collect()
+        };
+        if names.is_empty() {
+            return;
+        }
+        names.sort_unstable();
+        names.dedup();
+        let mut views: Vec<(catalog::ViewRow, Arc<crate::provenance::Provenance>)> = Vec::new();
+        let mut asked = std::collections::BTreeSet::new();
+        let mut next = names.clone();
+        for _ in 0..MAX_VIEW_DEPTH {
+            next.retain(|name| asked.insert(name.clone()));
+            if next.is_empty() {
+                break;
+            }
+            let refs: Vec<&str> = next.iter().map(String::as_str).collect();
+            let found = match catalog.views(&refs).await {
+                Ok(found) => found,
+                // Failed again within the retry pause: said already.
+                Err(error @ catalog::CatalogError::Recent(_)) => {
+                    tracing::debug!(%error, tables = ?refs, "No view lookup: the target's catalog failed just now.");
+                    return;
+                }
+                Err(error) => {
+                    tracing::warn!(%error, tables = ?refs, "Cannot ask the target's catalog which of these are views; their columns are masked by name and content only.");
+                    return;
+                }
+            };
+            next.clear();
+            for view in found {
+                if views.iter().any(|(v, _)| *v == view) {
+                    continue;
+                }
+                match classify::classify(&view.definition) {
+                    Ok(parsed) => {
+                        for statement in parsed {
+                            next.extend(statement.tables.iter().cloned());
+                            views.push((view.clone(), statement.provenance));
+                        }
+                    }
+                    Err(error) => {
+                        tracing::warn!(%error, view = %format!("{}.{}", view.schema, view.name), "Cannot parse a view's definition; its columns are masked by name and content only.");
+                    }
+                }
+            }
+        }
+        {
+            let mut seen = self.views_seen.lock().unwrap_or_else(|p| p.into_inner());
+            if seen.len() > MAX_VIEWS_SEEN {
+                seen.clear();
+            }
+            let now = Instant::now();
+            for name in names {
+                seen.insert(name, (now, generation));
+            }
+        }
+        if views.is_empty() {
+            return;
+        }
+        // A view over another view needs that one's rules first: derive until nothing new.
+        let mut rules = (*self.current_rules()).clone();
+        let mut changed = false;
+        for _ in 0..=MAX_VIEW_DEPTH {
+            let mut added = false;
+            for (view, provenance) in &views {
+                let columns: Vec<&str> = view.columns.iter().map(String::as_str).collect();
+                let traces = provenance.trace_columns(&columns, &rules);
+                for (column, trace) in columns.iter().zip(traces) {
+                    let Some(trace) = trace else { continue };
+                    for class in trace.classes.union(trace.row_classes).iter() {
+                        added |= rules.add(&view.schema, &view.name, column, class);
+                    }
+                }
+            }
+            if !added {
+                break;
+            }
+            changed = true;
+        }
+        if changed {
+            *self.view_rules.lock().unwrap_or_else(|p| p.into_inner()) = Arc::new(rules);
         }
     }
 
@@ -552,11 +692,12 @@ impl SessionGate {
         }
         let mut json: serde_json::Value = serde_json::from_str(text).ok()?;
         let tables: Vec<TableRef<'_>> = rows.iter().map(Table::as_ref).collect();
+        let rules = self.current_rules();
         let before = counts.total();
         let key_class = |key: &str| {
             let classes = DataClasses::EMPTY
                 .with_opt(gatehouse_mask::column_hint(key))
-                .union(self.rules.column_classes(&tables, key));
+                .union(rules.column_classes(&tables, key));
             self.masker.strictest(classes)
         };
         self.masker.mask_json_with(&mut json, counts, &key_class);
@@ -636,6 +777,7 @@ impl StatementGate for SessionGate {
     async fn decide(&self, sql: &str, statements: &[Statement]) -> Result<Gated<Self::Grant, Self::Hold>, Refusal> {
         self.flush_masking().await;
         let calls = self.function_writes(statements).await;
+        self.resolve_views(statements).await;
         let audit_masker = Masker::all();
         let mut permits = Vec::with_capacity(statements.len());
         let mut needed = Vec::new();
@@ -737,8 +879,8 @@ impl StatementGate for SessionGate {
         }
     }
 
-    fn column_rules(&self) -> &ColumnRules {
-        &self.rules
+    fn column_rules(&self) -> Arc<ColumnRules> {
+        self.current_rules()
     }
 
     /// A value derived from sources of several classes is masked as the most sensitive one
@@ -841,6 +983,9 @@ impl StatementGate for SessionGate {
             suspended: outcome.suspended,
         };
         self.session.record_completion(completion, &masked);
+        if let Some(tag) = outcome.command_tag {
+            self.views_may_have_changed(tag);
+        }
     }
 }
 
