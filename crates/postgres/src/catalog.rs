@@ -309,13 +309,16 @@ impl Catalog {
     /// The verdict for each of `names`, from the cache or by asking the target.
     pub async fn lookup(&self, names: &[&str]) -> Result<HashMap<String, Volatility>, CatalogError> {
         let mut answers = HashMap::with_capacity(names.len());
-        let missing = self.cached(names, &mut answers)?;
+        let mut hit = |name: &str, v: &Volatility| {
+            answers.insert(name.to_owned(), *v);
+        };
+        let missing = self.cached(|c| &c.entries, names, &mut hit)?;
         if missing.is_empty() {
             return Ok(answers);
         }
         let mut side = self.side.lock().await;
         // Another session may have asked while this one waited for the connection.
-        let missing = self.cached(&missing, &mut answers)?;
+        let missing = self.cached(|c| &c.entries, &missing, &mut hit)?;
         if missing.is_empty() {
             return Ok(answers);
         }
@@ -345,12 +348,13 @@ impl Catalog {
         let mut names: Vec<&str> = names.iter().map(|n| unqualified(n)).collect();
         names.sort_unstable();
         names.dedup();
-        let missing = self.cached_views(&names, &mut found)?;
+        let mut hit = |_: &str, views: &Arc<[ViewRow]>| found.extend(views.iter().cloned());
+        let missing = self.cached(|c| &c.views, &names, &mut hit)?;
         if missing.is_empty() {
             return Ok(found);
         }
         let mut side = self.side.lock().await;
-        let missing = self.cached_views(&missing, &mut found)?;
+        let missing = self.cached(|c| &c.views, &missing, &mut hit)?;
         if missing.is_empty() {
             return Ok(found);
         }
@@ -369,20 +373,6 @@ impl Catalog {
             }
         }
         Ok(found)
-    }
-
-    /// Fill `found` from fresh cache entries; the names still missing.
-    fn cached_views<'n>(&self, names: &[&'n str], found: &mut Vec<ViewRow>) -> Result<Vec<&'n str>, CatalogError> {
-        let cache = self.cache();
-        let mut missing = Vec::new();
-        for name in names {
-            match cache.views.get(*name) {
-                Some((views, at)) if at.elapsed() < self.ttl => found.extend(views.iter().cloned()),
-                _ => missing.push(*name),
-            }
-        }
-        cache.recent_failure(!missing.is_empty())?;
-        Ok(missing)
     }
 
     /// Runs `sql` with `names` as its one array parameter on the side connection, within
@@ -412,19 +402,19 @@ impl Catalog {
         }
     }
 
-    /// Fill `answers` from fresh cache entries; the names still missing.
-    fn cached<'n>(
+    /// Hands each of `names` with a fresh entry in the map `which` picks to `hit`; the
+    /// names still missing (an error instead while lookups pause after a failure).
+    fn cached<'n, V>(
         &self,
+        which: fn(&Cache) -> &HashMap<String, (V, Instant)>,
         names: &[&'n str],
-        answers: &mut HashMap<String, Volatility>,
+        mut hit: impl FnMut(&'n str, &V),
     ) -> Result<Vec<&'n str>, CatalogError> {
         let cache = self.cache();
         let mut missing = Vec::new();
         for name in names {
-            match cache.entries.get(*name) {
-                Some((v, at)) if at.elapsed() < self.ttl => {
-                    answers.insert((*name).to_owned(), *v);
-                }
+            match which(&cache).get(*name) {
+                Some((v, at)) if at.elapsed() < self.ttl => hit(name, v),
                 _ => missing.push(*name),
             }
         }
