@@ -81,6 +81,27 @@ fn err(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
 }
 
+/// psql through the gateway to `orders`, which must succeed; its output.
+fn read_ok(s: &Setup, token: &str, sql: &str) -> String {
+    let o = psql(s, "orders", token, sql);
+    assert!(o.status.success(), "{sql}: {}\n{}", err(&o), s.gw.log());
+    out(&o)
+}
+
+/// A gateway with `people.full_name` ruled `secret`, and a `people` table whose one row
+/// no detector recognises: its email is `not-an-address`, and nothing about its
+/// `full_name` looks secret.
+fn people_with_a_secret_rule() -> Setup {
+    let s =
+        setup_with(|_| "allow_plaintext = true\n[mask]\ncolumns = { \"people.full_name\" = \"secret\" }".to_string());
+    direct(
+        &s,
+        "CREATE TABLE people (id int PRIMARY KEY, full_name text, email text);
+         INSERT INTO people VALUES (1, 'Ada Lovelace', 'not-an-address');",
+    );
+    s
+}
+
 fn direct(s: &Setup, sql: &str) -> String {
     let o =
         s.pg.psql_as("gatehouse_orders", ORDERS_PASSWORD, "orders", sql)
@@ -415,14 +436,10 @@ print(json.dumps(out))
 /// the gateway is seen at once.
 #[test]
 fn views_are_masked_as_the_columns_they_read() {
-    let s =
-        setup_with(|_| "allow_plaintext = true\n[mask]\ncolumns = { \"people.full_name\" = \"secret\" }".to_string());
-    // No detector recognises this email, and nothing about `full_name` looks secret.
+    let s = people_with_a_secret_rule();
     direct(
         &s,
-        "CREATE TABLE people (id int PRIMARY KEY, full_name text, email text);
-         INSERT INTO people VALUES (1, 'Ada Lovelace', 'not-an-address');
-         CREATE VIEW directory AS SELECT id, full_name AS who, email AS contact FROM people;
+        "CREATE VIEW directory AS SELECT id, full_name AS who, email AS contact FROM people;
          CREATE VIEW names AS SELECT upper(who) AS n FROM directory;
          CREATE MATERIALIZED VIEW snap AS SELECT id, full_name FROM people;
          CREATE SCHEMA hr;
@@ -430,11 +447,7 @@ fn views_are_masked_as_the_columns_they_read() {
          CREATE VIEW plain AS SELECT id FROM people;",
     );
     let dba = s.gw.mint("alice", &["dba"], false).unwrap();
-    let read = |sql: &str| {
-        let o = psql(&s, "orders", &dba, sql);
-        assert!(o.status.success(), "{sql}: {}\n{}", err(&o), s.gw.log());
-        out(&o)
-    };
+    let read = |sql: &str| read_ok(&s, &dba, sql);
     for (sql, want) in [
         ("SELECT who, contact FROM directory", "<masked:secret>|<masked:email>\n"),
         ("SELECT * FROM directory", "1|<masked:secret>|<masked:email>\n"),
@@ -467,20 +480,9 @@ fn views_are_masked_as_the_columns_they_read() {
 /// `[mask]` rule names is masked as the rule's class, and COPY rows are masked by field.
 #[test]
 fn columns_derived_from_masked_columns_are_masked() {
-    let s =
-        setup_with(|_| "allow_plaintext = true\n[mask]\ncolumns = { \"people.full_name\" = \"secret\" }".to_string());
-    // No detector recognises this email, and nothing about `full_name` looks secret.
-    direct(
-        &s,
-        "CREATE TABLE people (id int PRIMARY KEY, full_name text, email text);
-         INSERT INTO people VALUES (1, 'Ada Lovelace', 'not-an-address');",
-    );
+    let s = people_with_a_secret_rule();
     let dba = s.gw.mint("alice", &["dba"], false).unwrap();
-    let read = |sql: &str| {
-        let o = psql(&s, "orders", &dba, sql);
-        assert!(o.status.success(), "{sql}: {}\n{}", err(&o), s.gw.log());
-        out(&o)
-    };
+    let read = |sql: &str| read_ok(&s, &dba, sql);
     for sql in [
         "SELECT email FROM people",
         "SELECT email AS x FROM people",
