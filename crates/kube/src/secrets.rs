@@ -5,7 +5,7 @@
 
 use std::io::Read as _;
 
-use bytes::{Buf as _, Bytes, BytesMut};
+use bytes::{Buf as _, BufMut as _, Bytes, BytesMut};
 use gatehouse_mask::{KUBE_MASKED_DATA, KUBE_MASKED_STRING, MaskCounts, Masker, mask_kube_secret};
 use serde_json::Value;
 
@@ -106,7 +106,10 @@ pub fn mask_document(body: &[u8], masking: &Masking, counts: &mut MaskCounts) ->
     if !masking.apply(&mut value, counts) {
         return Ok(Bytes::copy_from_slice(body));
     }
-    Ok(Bytes::from(value.to_string()))
+    // Straight into bytes: `to_string` goes through `fmt::Write`, which was a sixth of the
+    // CPU of masking a list of Secrets.
+    let out = serde_json::to_vec(&value).map_err(|e| MaskError::BadJson(e.to_string()))?;
+    Ok(Bytes::from(out))
 }
 
 /// Splits a watch stream into events and masks each as soon as it is complete.
@@ -139,7 +142,8 @@ impl WatchMasker {
                     let used = events.byte_offset();
                     self.buffer.advance(used);
                     self.masking.apply(&mut event, counts);
-                    out.extend_from_slice(event.to_string().as_bytes());
+                    serde_json::to_writer((&mut out).writer(), &event)
+                        .map_err(|e| MaskError::BadJson(e.to_string()))?;
                     out.extend_from_slice(b"\n");
                 }
                 Some(Err(e)) if e.is_eof() => break,

@@ -141,6 +141,11 @@ impl TestGateway {
         self.dir.path()
     }
 
+    /// The gateway process's id (benchmarks read its CPU time from `/proc`).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     pub fn config_path(&self) -> &Path {
         &self.config
     }

@@ -9,7 +9,9 @@
 //! nothing else). For each of GET of one pod and LIST of the 1,000 Secrets (masked through
 //! the gateway) it runs CONCURRENCY keep-alive HTTPS connections, each sending one request
 //! after another for SECONDS, in the order direct, copy relay, HTTPS relay, gateway. Prints
-//! requests per second for each and the gateway's ratios to direct and to the HTTPS relay.
+//! requests per second for each and the gateway's ratios to direct and to the HTTPS relay,
+//! and the CPU time (user + system, from `/proc`) each proxy process spent per request: unlike
+//! requests per second, that figure hardly depends on what else the machine is doing.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -29,6 +31,8 @@ use rustls_pki_types::pem::PemObject as _;
 /// Where to send and as whom.
 #[derive(Clone)]
 struct Target {
+    /// The proxy process in the path (none for direct): its CPU per request is reported.
+    proxy: Option<u32>,
     port: u16,
     prefix: String,
     token: String,
@@ -75,12 +79,14 @@ fn main() -> anyhow::Result<()> {
     };
     let api_port: u16 = api.url().rsplit(':').next().unwrap_or("0").parse()?;
     let direct = Target {
+        proxy: None,
         port: api_port,
         prefix: String::new(),
         token: api.token().to_string(),
         roots: roots(api.ca_cert())?,
     };
     let gateway = Target {
+        proxy: Some(gw.pid()),
         port,
         prefix: "/clusters/dev".into(),
         token,
@@ -110,10 +116,12 @@ fn main() -> anyhow::Result<()> {
         ],
     )?;
     let copy = Target {
+        proxy: Some(_copy.0.id()),
         port: copy_port,
         ..direct.clone()
     };
     let https = Target {
+        proxy: Some(_https.0.id()),
         port: https_port,
         prefix: String::new(),
         token: "unused-the-relay-sends-its-own".into(),
@@ -132,10 +140,12 @@ fn main() -> anyhow::Result<()> {
     ] {
         let mut rates = Vec::new();
         let mut sizes = Vec::new();
+        let mut cpu = Vec::new();
         for target in [&direct, &copy, &https, &gateway] {
-            let (rate, size) = runtime.block_on(run(target, path, seconds, concurrency))?;
+            let (rate, size, us) = runtime.block_on(run(target, path, seconds, concurrency))?;
             rates.push(rate);
             sizes.push(size);
+            cpu.push(us);
         }
         println!(
             "{name:<18} {:>9.1} {:>11.1} {:>11.1} {:>9.1}   {:>13.2}x  {:>18.2}x",
@@ -149,6 +159,14 @@ fn main() -> anyhow::Result<()> {
         println!(
             "{:<18} (response bytes: direct {}, copy-relay {}, https-relay {}, gateway {})",
             "", sizes[0], sizes[1], sizes[2], sizes[3]
+        );
+        println!(
+            "{:<18} (proxy CPU per request: copy-relay {:.1} µs, https-relay {:.1} µs, gateway {:.1} µs; gateway/https-relay {:.2}x)",
+            "",
+            cpu[1],
+            cpu[2],
+            cpu[3],
+            cpu[3] / cpu[2]
         );
     }
     drop(gw);
@@ -191,8 +209,9 @@ impl Drop for Relay {
     }
 }
 
-/// Requests per second over `seconds`, and the size of the last response body.
-async fn run(target: &Target, path: &str, seconds: u64, concurrency: usize) -> anyhow::Result<(f64, u64)> {
+/// Requests per second over `seconds`, the size of the last response body, and the CPU time
+/// the proxy in the path spent per request meanwhile, in microseconds (0 for direct).
+async fn run(target: &Target, path: &str, seconds: u64, concurrency: usize) -> anyhow::Result<(f64, u64, f64)> {
     let stop = Arc::new(AtomicBool::new(false));
     let done = Arc::new(AtomicU64::new(0));
     let size = Arc::new(AtomicU64::new(0));
@@ -207,15 +226,58 @@ async fn run(target: &Target, path: &str, seconds: u64, concurrency: usize) -> a
     // A warm-up second (connections, TLS, the gateway's session cache), then the measurement.
     tokio::time::sleep(Duration::from_secs(1)).await;
     let start_count = done.load(Ordering::SeqCst);
+    let cpu_before = target.proxy.map(cpu_seconds).transpose()?;
     let started = Instant::now();
     tokio::time::sleep(Duration::from_secs(seconds)).await;
     let count = done.load(Ordering::SeqCst) - start_count;
     let elapsed = started.elapsed().as_secs_f64();
+    let cpu_after = target.proxy.map(cpu_seconds).transpose()?;
+    let cpu_us = match (cpu_before, cpu_after) {
+        (Some(before), Some(after)) if count > 0 => (after - before) * 1e6 / count as f64,
+        _ => 0.0,
+    };
     stop.store(true, Ordering::SeqCst);
     for w in workers {
         w.await.context("worker panicked")??;
     }
-    Ok((count as f64 / elapsed, size.load(Ordering::SeqCst)))
+    Ok((count as f64 / elapsed, size.load(Ordering::SeqCst), cpu_us))
+}
+
+/// User + system CPU time the process has used so far, in seconds (`/proc/PID/stat`).
+fn cpu_seconds(pid: u32) -> anyhow::Result<f64> {
+    let stat =
+        std::fs::read_to_string(format!("/proc/{pid}/stat")).with_context(|| format!("reading /proc/{pid}/stat"))?;
+    // The command name (field 2) may hold spaces: count fields after its closing parenthesis.
+    let rest = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| rest)
+        .context("malformed /proc stat")?;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // utime and stime are fields 14 and 15 of the whole line, 12 and 13 after the name.
+    let ticks: f64 = fields
+        .get(11..13)
+        .context("short /proc stat")?
+        .iter()
+        .map(|f| f.parse::<f64>())
+        .sum::<Result<f64, _>>()?;
+    Ok(ticks / clock_ticks()?)
+}
+
+/// Clock ticks per second, the unit of `/proc` CPU times (`getconf CLK_TCK`), asked once.
+fn clock_ticks() -> anyhow::Result<f64> {
+    static TICKS: std::sync::OnceLock<f64> = std::sync::OnceLock::new();
+    if let Some(ticks) = TICKS.get() {
+        return Ok(*ticks);
+    }
+    let out = Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .context("running getconf CLK_TCK")?;
+    let ticks: f64 = String::from_utf8_lossy(&out.stdout)
+        .trim()
+        .parse()
+        .context("getconf CLK_TCK")?;
+    Ok(*TICKS.get_or_init(|| ticks))
 }
 
 async fn worker(
