@@ -24,6 +24,12 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
 
+/// mimalloc instead of glibc's malloc: the data path allocates many small, short-lived
+/// buffers (messages, parsed JSON, audit records) across worker threads, where glibc spent a
+/// sixth of the Kubernetes gateway's CPU (`docs/benchmarks.md`).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Exit code for a configuration error (EX_CONFIG would be 78; sysexits' EX_USAGE, 64, is what
 /// operators' scripts expect from a bad invocation or file).
 pub const EXIT_CONFIG: u8 = 64;
