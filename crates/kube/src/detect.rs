@@ -4,9 +4,14 @@
 //! value goes through the session's `gatehouse_mask::Masker` (the same detectors PostgreSQL
 //! results use) with its key or variable name as the hint, so policy `unmask` per data class
 //! decides what a caller sees. Only these values are touched; names, labels and the rest of
-//! the object stay as they are. Pure functions over `serde_json::Value`.
+//! the object stay as they are. Pure functions over `serde_json::Value`, and a pre-pass over
+//! the raw document ([`may_change`]) that spares most responses the `Value` round trip.
+
+use std::cell::Cell;
+use std::fmt;
 
 use gatehouse_mask::{MaskCounts, Masker};
+use serde::de::{DeserializeSeed, MapAccess, SeqAccess, Visitor};
 use serde_json::Value;
 
 const LAST_APPLIED: &str = "kubectl.kubernetes.io/last-applied-configuration";
@@ -45,6 +50,134 @@ pub fn mask_detected(v: &mut Value, masker: &Masker, counts: &mut MaskCounts) ->
     };
     changed |= annotation(v, masker, counts);
     changed
+}
+
+/// Whether [`mask_detected`] could change the JSON document `body`, read without building a
+/// `Value` (no allocation for strings without escapes): the document is walked once and every
+/// key and string under an `env` or `data` key (the only places `mask_detected` changes, with
+/// names drawn from the same places) goes through [`Masker::may_mask`]; a last-applied
+/// annotation always answers yes. False means the document can be passed on as it is. Errors
+/// exactly when the document is not valid JSON.
+pub fn may_change(body: &[u8], masker: &Masker) -> Result<bool, serde_json::Error> {
+    if masker.is_noop() {
+        // Still one JSON document, as when it is masked.
+        serde_json::from_slice::<serde::de::IgnoredAny>(body)?;
+        return Ok(false);
+    }
+    let hit = Cell::new(false);
+    let mut de = serde_json::Deserializer::from_slice(body);
+    Probe {
+        masker,
+        under: false,
+        hit: &hit,
+    }
+    .deserialize(&mut de)?;
+    de.end()?;
+    Ok(hit.get())
+}
+
+/// One value of the document being probed; `under` when an `env` or `data` key is above it.
+#[derive(Clone, Copy)]
+struct Probe<'a> {
+    masker: &'a Masker,
+    under: bool,
+    hit: &'a Cell<bool>,
+}
+
+impl Probe<'_> {
+    fn check(&self, s: &str) {
+        if self.under && !self.hit.get() && self.masker.may_mask(s) {
+            self.hit.set(true);
+        }
+    }
+}
+
+impl<'de> DeserializeSeed<'de> for Probe<'_> {
+    type Value = ();
+
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for Probe<'_> {
+    type Value = ();
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a JSON value")
+    }
+
+    fn visit_bool<E>(self, _: bool) -> Result<(), E> {
+        Ok(())
+    }
+
+    fn visit_i64<E>(self, _: i64) -> Result<(), E> {
+        Ok(())
+    }
+
+    fn visit_u64<E>(self, _: u64) -> Result<(), E> {
+        Ok(())
+    }
+
+    fn visit_f64<E>(self, _: f64) -> Result<(), E> {
+        Ok(())
+    }
+
+    fn visit_unit<E>(self) -> Result<(), E> {
+        Ok(())
+    }
+
+    fn visit_str<E>(self, s: &str) -> Result<(), E> {
+        self.check(s);
+        Ok(())
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+        while seq.next_element_seed(self)?.is_some() {}
+        Ok(())
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+        while let Some(key) = map.next_key_seed(KeySeed(self))? {
+            let under = self.under || key.enters;
+            map.next_value_seed(Probe { under, ..self })?;
+        }
+        Ok(())
+    }
+}
+
+/// A key of the document being probed: checked like a string, and whether it opens a part
+/// that `mask_detected` reads.
+struct Key {
+    enters: bool,
+}
+
+struct KeySeed<'a>(Probe<'a>);
+
+impl<'de> DeserializeSeed<'de> for KeySeed<'_> {
+    type Value = Key;
+
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<Key, D::Error> {
+        d.deserialize_str(self)
+    }
+}
+
+impl<'de> Visitor<'de> for KeySeed<'_> {
+    type Value = Key;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("an object key")
+    }
+
+    fn visit_str<E>(self, key: &str) -> Result<Key, E> {
+        if key == LAST_APPLIED {
+            self.0.hit.set(true);
+        }
+        self.0.check(key);
+        Ok(Key {
+            enters: key == "env" || key == "data",
+        })
+    }
 }
 
 fn each(v: &mut Value, key: &str, mut f: impl FnMut(&mut Value) -> bool) -> bool {
@@ -200,6 +333,56 @@ mod tests {
             assert_eq!(counts.get(DataClass::Email), 1, "{text}");
         }
         assert!(carries_detected_values("apps", "deployments"));
+    }
+
+    /// The pre-pass never says "unchanged" about a document that masking changes, and says
+    /// it about the documents that only look like such documents.
+    #[test]
+    fn the_pre_pass_finds_whatever_masking_changes() {
+        let all = Masker::all();
+        let pod = |env: Value| {
+            json!({"kind": "Pod", "metadata": {"name": "web-0", "uid": "4111111111111111"},
+            "spec": {"containers": [{"name": "web", "image": "nginx:1.27", "env": env}]},
+            "status": {"podIP": "10.0.0.5", "message": "mail ops@example.com"}})
+        };
+        let changed = [
+            pod(json!([{"name": "ADMIN", "value": EMAIL}])),
+            pod(json!([{"name": "DB_PASSWORD", "value": "hunter2"}])),
+            json!({"kind": "PodList", "items": [pod(json!([{"name": "CARD", "value": CARD}]))]}),
+            json!({"type": "ADDED", "object": pod(json!([{"name": "X", "value": EMAIL}]))}),
+            json!({"kind": "Table", "rows": [{"object": pod(json!([{"name": "X", "value": EMAIL}]))}]}),
+            config_map_value(),
+            json!({"kind": "ConfigMap", "data": {"api_token": "abc"}}),
+            json!({"kind": "ConfigMapList", "items": [{"data": {"owner": EMAIL}}]}),
+        ];
+        for doc in changed {
+            let text = doc.to_string();
+            assert!(may_change(text.as_bytes(), &all).unwrap(), "{text}");
+            let mut masked = doc.clone();
+            assert!(mask_detected(&mut masked, &all, &mut MaskCounts::default()), "{text}");
+        }
+        // Escaped keys and values are read as the parser reads them.
+        let escaped = r#"{"kind":"ConfigMap","d\u0061ta":{"owner":"lena\u0040example.com"}}"#;
+        assert!(may_change(escaped.as_bytes(), &all).unwrap());
+
+        // Detectable text outside env values and ConfigMap data is never masked, so it does
+        // not send the document through the `Value` round trip either.
+        let unchanged = [
+            pod(json!([{"name": "MODE", "value": "fast"}])),
+            json!({"kind": "ConfigMap", "metadata": {"annotations": {"owner": EMAIL}}, "data": {"mode": "fast"}}),
+        ];
+        for doc in unchanged {
+            let text = doc.to_string();
+            assert!(!may_change(text.as_bytes(), &all).unwrap(), "{text}");
+            let mut masked = doc.clone();
+            assert!(!mask_detected(&mut masked, &all, &mut MaskCounts::default()), "{text}");
+        }
+        let everything_but_email = Masker::new(DataClass::ALL.into_iter().filter(|c| *c != DataClass::Email));
+        let only_email = pod(json!([{"name": "ADMIN", "value": EMAIL}])).to_string();
+        assert!(!may_change(only_email.as_bytes(), &everything_but_email).unwrap());
+        assert!(!may_change(only_email.as_bytes(), &Masker::none()).unwrap());
+        assert!(may_change(b"{\"env\": [}", &all).is_err());
+        assert!(may_change(b"{} {}", &Masker::none()).is_err());
         assert!(carries_detected_values("", "configmaps"));
         assert!(!carries_detected_values("", "services"));
     }

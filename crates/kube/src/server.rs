@@ -830,7 +830,7 @@ impl KubeFrontend {
             other => mask_failed(other),
         })?;
         let mut local = MaskCounts::default();
-        let masked = secrets::mask_document(&plain, &masking, &mut local).map_err(mask_failed)?;
+        let masked = secrets::mask_document(plain, &masking, &mut local).map_err(mask_failed)?;
         lock(&counts).merge(&local);
         parts
             .headers

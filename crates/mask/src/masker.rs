@@ -83,6 +83,14 @@ impl Masker {
         }
     }
 
+    /// The pre-pass for a whole document: false when `s` is neither a name that announces a
+    /// class this masker masks nor a value in which a detector could find anything. When
+    /// every string of a document answers false, `mask_column` leaves every (name, value)
+    /// pair drawn from them unchanged, so a caller may skip parsing the document.
+    pub fn may_mask(&self, s: &str) -> bool {
+        detect::may_find(s.as_bytes(), self.classes) || column_hint(s).is_some_and(|c| self.masks(c))
+    }
+
     /// Replaces every detected value of a masked class in `s` (formats in the crate docs).
     /// Borrows `s` when nothing matched, and only then: `Cow::Borrowed` always means unchanged.
     pub fn mask_text<'a>(&self, s: &'a str, counts: &mut MaskCounts) -> Cow<'a, str> {
