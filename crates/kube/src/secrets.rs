@@ -1,12 +1,16 @@
 //! Secret masking on the data path: responses that may carry Secrets are asked for as JSON,
-//! decompressed, bounded, and masked with `gatehouse_mask::mask_kube_secret` — whole documents
-//! for get and list, event by event for watch streams. Pure functions over bytes, so they are
+//! decompressed, bounded, and masked with `gatehouse_mask::mask_kube_secret_json` (only the
+//! masked values are rewritten; the rest goes out byte for byte) — whole documents for get
+//! and list, event by event for watch streams. Pure functions over bytes, so they are
 //! tested without sockets.
 
 use std::io::Read as _;
 
-use bytes::{Buf as _, BufMut as _, Bytes, BytesMut};
-use gatehouse_mask::{KUBE_MASKED_DATA, KUBE_MASKED_STRING, MaskCounts, Masker, mask_kube_secret};
+use bytes::{Bytes, BytesMut};
+use gatehouse_mask::{
+    KUBE_MASKED_DATA, KUBE_MASKED_STRING, MaskCounts, Masker, mask_kube_secret, mask_kube_secret_json,
+};
+use serde::de::IgnoredAny;
 use serde_json::Value;
 
 /// What a response that must be read is masked for.
@@ -104,6 +108,11 @@ pub fn mask_document(body: Bytes, masking: &Masking, counts: &mut MaskCounts) ->
         return Ok(body);
     }
     let bad_json = |e: serde_json::Error| MaskError::BadJson(e.to_string());
+    if let Masking::Secrets = masking {
+        // Spliced into the bytes as they came: only the masked values are rewritten.
+        let masked = mask_kube_secret_json(&body, counts).map_err(bad_json)?;
+        return Ok(masked.map_or(body, Bytes::from));
+    }
     if let Masking::Detect(masker) = masking
         && !crate::detect::may_change(&body, masker).map_err(bad_json)?
     {
@@ -144,14 +153,17 @@ impl WatchMasker {
         self.buffer.extend_from_slice(chunk);
         let mut out = BytesMut::new();
         loop {
-            let mut events = serde_json::Deserializer::from_slice(&self.buffer).into_iter::<Value>();
+            let Some(start) = self.buffer.iter().position(|b| !b.is_ascii_whitespace()) else {
+                self.buffer.clear();
+                break;
+            };
+            // Only the event's extent is parsed here; the event itself is one document.
+            let mut events = serde_json::Deserializer::from_slice(&self.buffer[start..]).into_iter::<IgnoredAny>();
             match events.next() {
-                Some(Ok(mut event)) => {
-                    let used = events.byte_offset();
-                    self.buffer.advance(used);
-                    self.masking.apply(&mut event, counts);
-                    serde_json::to_writer((&mut out).writer(), &event)
-                        .map_err(|e| MaskError::BadJson(e.to_string()))?;
+                Some(Ok(_)) => {
+                    let end = start + events.byte_offset();
+                    let event = self.buffer.split_to(end).freeze().slice(start..);
+                    out.extend_from_slice(&mask_document(event, &self.masking, counts)?);
                     out.extend_from_slice(b"\n");
                 }
                 Some(Err(e)) if e.is_eof() => break,

@@ -2,9 +2,13 @@
 //! kubectl's last-applied annotation), where no detector would recognise base64 blobs: this
 //! module masks them by structure, keeping the object valid for clients that decode it.
 
+mod splice;
+
 use serde_json::{Map, Value};
 
 use crate::{DataClass, MaskCounts};
+
+pub use splice::mask_kube_secret_json;
 
 /// What replaces each `data` value: base64 of `<masked>`, so clients that decode it still can.
 pub const KUBE_MASKED_DATA: &str = "PG1hc2tlZD4=";
@@ -84,20 +88,31 @@ fn mask_annotation(object: &mut Value, counts: &mut MaskCounts, only_secrets: bo
     else {
         return false;
     };
+    match mask_applied(annotation, only_secrets, counts) {
+        Some(masked) => {
+            *annotation = masked;
+            true
+        }
+        None => false,
+    }
+}
+
+/// The last-applied annotation `annotation` with the Secret in it masked, or `None` when
+/// nothing changes. With `only_secrets`, an annotation that is not a Secret's is left alone;
+/// otherwise one that does not parse is replaced whole.
+fn mask_applied(annotation: &str, only_secrets: bool, counts: &mut MaskCounts) -> Option<String> {
     match serde_json::from_str::<Value>(annotation) {
         Ok(mut applied) => {
             let is_secret = applied.get("kind").and_then(Value::as_str) == Some("Secret");
             if (only_secrets && !is_secret) || !mask_secret(&mut applied, counts) {
-                return false;
+                return None;
             }
-            *annotation = serde_json::to_string(&applied).unwrap_or_else(|_| KUBE_MASKED_STRING.to_owned());
-            true
+            Some(serde_json::to_string(&applied).unwrap_or_else(|_| KUBE_MASKED_STRING.to_owned()))
         }
-        Err(_) if only_secrets || annotation == KUBE_MASKED_STRING => false,
+        Err(_) if only_secrets || annotation == KUBE_MASKED_STRING => None,
         Err(_) => {
-            *annotation = KUBE_MASKED_STRING.to_owned();
             counts.add(DataClass::Secret, 1);
-            true
+            Some(KUBE_MASKED_STRING.to_owned())
         }
     }
 }

@@ -33,7 +33,7 @@ use std::str::FromStr;
 use serde::{Deserialize, Serialize};
 
 pub use hint::column_hint;
-pub use kube::{KUBE_MASKED_DATA, KUBE_MASKED_STRING, mask_kube_secret};
+pub use kube::{KUBE_MASKED_DATA, KUBE_MASKED_STRING, mask_kube_secret, mask_kube_secret_json};
 pub use masker::{Masker, carries_masked_value};
 pub use rules::{ColumnRules, MaskConfig, TableRef};
 
